@@ -1,0 +1,30 @@
+# Two commands do everything on a fresh clone: `make run` and `make test`.
+# Set-up is idempotent: the venv is rebuilt only when pyproject.toml changes.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+
+.PHONY: run test lint setup clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	# torch first and alone: the CPU wheel on disk; a bare `torch` would pull a CUDA build.
+	$(PY) -m pip install --quiet --disable-pip-version-check torch==2.13.0
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	touch $(STAMP)
+
+run: $(STAMP)
+	$(VENV)/bin/instructrank data fetch movielens-100k
+	$(VENV)/bin/instructrank evaluate --dataset movielens-100k
+
+test: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(PY) -m pytest -q
+
+clean:
+	rm -rf $(VENV) data .pytest_cache

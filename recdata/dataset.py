@@ -1,0 +1,80 @@
+"""The in-memory dataset every stage starts from, whatever the source.
+
+Columns (types are enforced by the loaders):
+- interactions: user_id Int64, item_id Int64, timestamp Int64 (unix seconds), rating Float64 (nullable)
+- items: item_id Int64, title String, genres List[String], year Int32 (nullable), plus any
+  further text or attribute columns named in `text_columns`
+- users: user_id Int64 plus optional attribute columns (may be absent)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import polars as pl
+
+INTERACTION_SCHEMA = {
+    "user_id": pl.Int64,
+    "item_id": pl.Int64,
+    "timestamp": pl.Int64,
+    "rating": pl.Float64,
+}
+
+
+@dataclass(frozen=True)
+class Dataset:
+    name: str
+    interactions: pl.DataFrame
+    items: pl.DataFrame
+    users: pl.DataFrame | None = None
+    text_columns: tuple[str, ...] = ("title",)
+    item_noun: tuple[str, ...] = ("movie", "film")
+
+    @property
+    def n_users(self) -> int:
+        return self.interactions["user_id"].n_unique()
+
+    @property
+    def n_items(self) -> int:
+        return self.items.height
+
+    def summary(self) -> dict[str, int | str]:
+        return {
+            "dataset": self.name,
+            "interactions": self.interactions.height,
+            "users": self.n_users,
+            "items": self.n_items,
+        }
+
+    def sample_users(self, n_users: int, seed: int) -> Dataset:
+        """The same dataset restricted to `n_users` random users (all their interactions,
+        the whole catalogue), for quick end-to-end runs on real data."""
+        users = self.interactions.select(pl.col("user_id").unique().sort())
+        keep = users.sample(n=min(n_users, users.height), seed=seed)
+        inter = self.interactions.join(keep, on="user_id", how="semi")
+        kept_users = None if self.users is None else self.users.join(keep, on="user_id", how="semi")
+        return Dataset(
+            f"{self.name}[{keep.height} users]", inter, self.items, kept_users,
+            self.text_columns, self.item_noun,
+        )
+
+
+def item_text(items: pl.DataFrame, text_columns: tuple[str, ...]) -> pl.Series:
+    """The text an encoder sees for each item: its text fields, genres and decade.
+    Built from attributes only, never from interactions, so it cannot leak the future."""
+    parts: list[pl.Expr] = [pl.col(c).cast(pl.String) for c in text_columns]
+    if "genres" in items.columns:
+        parts.append(
+            pl.when(pl.col("genres").list.len() > 0)
+            .then(pl.lit("Genres: ") + pl.col("genres").list.join(", "))
+        )
+    if "year" in items.columns:
+        parts.append(
+            pl.when(pl.col("year").is_not_null()).then(
+                pl.lit("Released ") + pl.col("year").cast(pl.String)
+                + pl.lit(", the ") + (pl.col("year") // 10 * 10).cast(pl.String) + pl.lit("s")
+            )
+        )
+    return items.select(
+        pl.concat_str(parts, separator=". ", ignore_nulls=True).alias("item_text")
+    )["item_text"]
