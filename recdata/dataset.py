@@ -1,7 +1,8 @@
 """The in-memory dataset every stage starts from, whatever the source.
 
 Columns (types are enforced by the loaders):
-- interactions: user_id Int64, item_id Int64, timestamp Int64 (unix seconds), rating Float64 (nullable)
+- interactions: user_id Int64, item_id Int64, timestamp Int64 (unix seconds),
+  rating Float64 (nullable)
 - items: item_id Int64, title String, genres List[String], year Int32 (nullable), plus any
   further text or attribute columns named in `text_columns`
 - users: user_id Int64 plus optional attribute columns (may be absent)

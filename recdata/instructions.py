@@ -1,0 +1,186 @@
+"""Turn interaction logs into instruction requests (the InstructRec part).
+
+A request row is (request_id, user_id, task, instruction, target_item_id, timestamp,
+phrasing_set) plus `split`, `seq` (the target's position in the user's history) and
+`template_id`. Tasks:
+- `history`: a vague request; the user's history carries the preference;
+- `intent`: a specific intention built from the target's attributes, never its title;
+- `search`: the same kind of intention, evaluated with no history (cold start).
+Test requests use held-out phrasings only; train and validation requests use the training
+phrasings, so every test figure measures generalisation to unseen wording.
+Item popularity and rating levels come from the training window only.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import polars as pl
+from pydantic import BaseModel, ConfigDict, Field
+
+from recdata import attributes as vocab
+from recdata.dataset import Dataset
+from recdata.errors import ConfigError
+from recdata.split import temporal_leave_one_out
+from recdata.templates import FAMILIES
+
+TASKS = ("history", "intent", "search")
+REQUEST_COLUMNS = ["request_id", "user_id", "task", "instruction", "target_item_id",
+                   "timestamp", "phrasing_set", "split", "seq", "template_id"]
+
+
+class InstructionConfig(BaseModel):
+    """How requests are generated. Unknown keys are rejected."""
+
+    model_config = ConfigDict(extra="forbid")
+    seed: int = 42
+    train_share: float = Field(2 / 3, gt=0, lt=1)
+    train_requests_per_user: int = Field(3, ge=0)
+    p_second_genre: float = Field(0.35, ge=0, le=1)
+    p_decade: float = Field(0.6, ge=0, le=1)
+    p_popularity: float = Field(0.35, ge=0, le=1)
+    p_rating: float = Field(0.35, ge=0, le=1)
+
+
+def phrasing_split(seed: int, train_share: float) -> pl.DataFrame:
+    """(family, template_id, template, phrasing_set): a seeded split of every family."""
+    rng = np.random.default_rng(seed)
+    frames = []
+    for family, templates in FAMILIES.items():
+        order = rng.permutation(len(templates))
+        n_train = round(len(templates) * train_share)
+        sets = np.where(np.argsort(order) < n_train, "train", "heldout")
+        frames.append(pl.DataFrame({
+            "family": family, "template_id": np.arange(len(templates)),
+            "template": templates, "phrasing_set": sets,
+        }))
+    return pl.concat(frames).with_columns(
+        pl.int_range(pl.len()).over("family", "phrasing_set").alias("slot"),
+        pl.len().over("family", "phrasing_set").alias("n_slots"),
+    )
+
+
+def item_levels(items: pl.DataFrame, train: pl.DataFrame) -> pl.DataFrame:
+    """Popularity and rating level per item from training-window interactions only."""
+    stats = train.group_by("item_id").agg(
+        pl.len().alias("n"), pl.col("rating").mean().alias("mean_rating"))
+    out = items.select("item_id", "genres", "year").join(stats, on="item_id", how="left")
+    out = out.with_columns(pl.col("n").fill_null(0))
+    pop_rank = pl.col("n").rank("ordinal", descending=True) / pl.len()
+    return out.with_columns(
+        pl.when(pop_rank <= vocab.POPULAR_TOP_SHARE).then(pl.lit("popular"))
+        .when(pop_rank > 1 - vocab.OBSCURE_BOTTOM_SHARE).then(pl.lit("obscure"))
+        .alias("popularity_level"),
+        ((pl.col("mean_rating") >= vocab.ACCLAIMED_MIN_MEAN)
+         & (pl.col("n") >= vocab.ACCLAIMED_MIN_COUNT)).fill_null(False).alias("acclaimed"),
+    )
+
+
+def _pick(phrases: list[str], r: pl.Expr) -> pl.Expr:
+    return pl.lit(pl.Series([phrases])).list.get(r % len(phrases))
+
+
+def _genre_phrase(genre: pl.Expr, r: pl.Expr) -> pl.Expr:
+    table = {g: p for g, p in vocab.GENRE_PHRASES.items()}
+    phrases = genre.replace_strict(
+        list(table), list(table.values()), default=None, return_dtype=pl.List(pl.String))
+    phrases = pl.coalesce(phrases, pl.concat_list(genre.str.to_lowercase()))
+    return phrases.list.get(r % phrases.list.len())
+
+
+def _decade_phrase(year: pl.Expr, form: pl.Expr) -> pl.Expr:
+    decade = year // 10 * 10
+    word = decade.replace_strict(
+        list(vocab.DECADE_WORDS), list(vocab.DECADE_WORDS.values()), default=None,
+        return_dtype=pl.String)
+    short = (decade % 100).cast(pl.String).str.zfill(2)
+    full = decade.cast(pl.String)
+    return (
+        pl.when(form == 1).then(pl.format("from the '{}s", short))
+        .when((form == 2) & word.is_not_null()).then(pl.format("from the {}", word))
+        .when(form == 3).then(pl.format("made in the {}s", full))
+        .otherwise(pl.format("from the {}s", full))
+    )
+
+
+def describe(frame: pl.DataFrame, cfg: InstructionConfig, nouns: tuple[str, ...],
+             rng: np.random.Generator) -> pl.Series:
+    """The intention text for each row of `frame` (columns genres, year, popularity_level,
+    acclaimed), with an article: 'an acclaimed funny film from the '90s'."""
+    n = frame.height
+    rand = {k: rng.integers(0, 1 << 30, n) for k in ("g1", "g2", "s1", "s2", "form", "pp",
+                                                      "rp", "noun")}
+    coin = {k: rng.random(n) for k in ("second", "decade", "pop", "rating")}
+    f = frame.with_columns(
+        *[pl.Series(f"r_{k}", v) for k, v in rand.items()],
+        *[pl.Series(f"u_{k}", v) for k, v in coin.items()],
+    )
+    n_genres = pl.col("genres").list.len()
+    i1 = pl.col("r_g1") % n_genres
+    g1 = pl.when(n_genres > 0).then(pl.col("genres").list.get(i1, null_on_oob=True))
+    i2 = (i1 + 1 + pl.col("r_g2") % (n_genres - 1).clip(lower_bound=1)) % n_genres
+    g2 = pl.when((n_genres > 1) & (pl.col("u_second") < cfg.p_second_genre)).then(
+        pl.col("genres").list.get(i2, null_on_oob=True))
+    genre_part = pl.concat_str(
+        [_genre_phrase(g1, pl.col("r_s1")), _genre_phrase(g2, pl.col("r_s2"))],
+        separator=" and ", ignore_nulls=True)
+    pop = (
+        pl.when((pl.col("popularity_level") == "popular") & (pl.col("u_pop") < cfg.p_popularity))
+        .then(_pick(vocab.POPULAR_PHRASES, pl.col("r_pp")))
+        .when((pl.col("popularity_level") == "obscure") & (pl.col("u_pop") < cfg.p_popularity))
+        .then(_pick(vocab.OBSCURE_PHRASES, pl.col("r_pp")))
+    )
+    rating = pl.when(pl.col("acclaimed") & (pl.col("u_rating") < cfg.p_rating)).then(
+        _pick(vocab.ACCLAIMED_PHRASES, pl.col("r_rp")))
+    decade = pl.when(pl.col("year").is_not_null() & (pl.col("u_decade") < cfg.p_decade)).then(
+        _decade_phrase(pl.col("year"), pl.col("r_form") % 4))
+    desc = pl.concat_str(
+        [rating, pop, pl.when(genre_part != "").then(genre_part),
+         _pick(list(nouns), pl.col("r_noun")), decade],
+        separator=" ", ignore_nulls=True)
+    article = pl.when(desc.str.contains(r"^[aeiouAEIOU]")).then(pl.lit("an ")).otherwise(
+        pl.lit("a "))
+    return f.select((article + desc).alias("desc"))["desc"]
+
+
+def _targets(split: pl.DataFrame, per_user: int, rng: np.random.Generator) -> pl.DataFrame:
+    """Validation and test targets, plus up to `per_user` earlier training positions per
+    user (each with at least one interaction before it) for learning-to-rank later."""
+    evals = split.filter(pl.col("split").is_in(["val", "test"]))
+    train = split.filter((pl.col("split") == "train") & (pl.col("seq") >= 1))
+    train = train.with_columns(pl.Series("_r", rng.random(train.height))).filter(
+        pl.col("_r").rank("ordinal").over("user_id") <= per_user).drop("_r")
+    return pl.concat([train, evals]).sort("user_id", "seq")
+
+
+def generate_requests(ds: Dataset, cfg: InstructionConfig | None = None) -> pl.DataFrame:
+    """Request rows for every user and task, deterministic for `cfg.seed`."""
+    cfg = cfg or InstructionConfig()
+    if "genres" not in ds.items.columns and "year" not in ds.items.columns:
+        raise ConfigError("items need a 'genres' or 'year' column to build intent requests")
+    rng = np.random.default_rng(cfg.seed)
+    split = temporal_leave_one_out(ds.interactions)
+    levels = item_levels(ds.items, split.filter(pl.col("split") == "train"))
+    targets = _targets(split, cfg.train_requests_per_user, rng)
+    rows = targets.join(pl.DataFrame({"task": list(TASKS)}), how="cross").with_columns(
+        pl.when(pl.col("split") == "test").then(pl.lit("heldout")).otherwise(pl.lit("train"))
+        .alias("phrasing_set"),
+        pl.Series("_r", rng.integers(0, 1 << 30, targets.height * len(TASKS))),
+    )
+    phrasings = phrasing_split(cfg.seed, cfg.train_share).rename({"family": "task"})
+    sizes = phrasings.select("task", "phrasing_set", "n_slots").unique()
+    rows = rows.join(sizes, on=["task", "phrasing_set"]).with_columns(
+        (pl.col("_r") % pl.col("n_slots")).alias("slot")
+    ).join(phrasings.drop("n_slots"), on=["task", "phrasing_set", "slot"])
+    rows = rows.sort("user_id", "seq", "task").join(
+        levels.rename({"item_id": "_item"}), left_on="item_id", right_on="_item", how="left")
+    desc = describe(rows, cfg, ds.item_noun, rng)
+    parts = pl.col("template").str.split("{desc}")
+    instruction = pl.when(pl.col("task") == "history").then(pl.col("template")).otherwise(
+        parts.list.first() + pl.col("_desc") + parts.list.last())
+    out = rows.with_columns(pl.Series("_desc", desc)).select(
+        pl.format("{}-{}-{}-{}", "split", "task", "user_id", "seq").alias("request_id"),
+        "user_id", "task", instruction.alias("instruction"),
+        pl.col("item_id").alias("target_item_id"), "timestamp", "phrasing_set", "split",
+        "seq", "template_id",
+    )
+    return out.sort("split", "task", "user_id", "seq")
