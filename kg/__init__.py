@@ -1,0 +1,1 @@
+"""Knowledge-graph construction, PyKEEN training and KG features (see issue 4)."""

@@ -1,0 +1,1 @@
+"""Candidate scoring, evaluation, serving and the command line."""

@@ -1,0 +1,1 @@
+"""Offline evaluation: rankings from scores, metrics in DuckDB SQL, the harness, reports."""

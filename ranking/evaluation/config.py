@@ -1,0 +1,62 @@
+"""The typed configuration of an evaluation run (experiments live as files in configs/)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from recdata.errors import UnknownNameError
+from recdata.instructions import TASKS, InstructionConfig
+
+BASELINES = ["popularity", "itemknn", "ease", "itemknn_lastn", "ease_lastn", "transition",
+             "filter_popularity", "embedding", "embedding_ease"]
+
+
+class EvalConfig(BaseModel):
+    """Everything that determines a run's figures; its hash names the run's artifacts."""
+
+    model_config = ConfigDict(extra="forbid")
+    dataset: str = "movielens-100k"
+    interactions: Path | None = None
+    items: Path | None = None
+    text_columns: list[str] = ["title"]
+    models: list[str] = Field(default_factory=lambda: list(BASELINES))
+    tasks: list[str] = Field(default_factory=lambda: list(TASKS))
+    seed: int = 42
+    sampled_negatives: int = Field(99, ge=1)
+    top_k: int = Field(50, ge=20)
+    sample_users: int | None = Field(None, ge=3)
+    encoder_path: Path | None = None
+    instructions: InstructionConfig = Field(default_factory=InstructionConfig)
+    data_dir: Path = Path("data")
+    results_dir: Path = Path("bench/results")
+
+    @field_validator("models")
+    @classmethod
+    def _known_models(cls, models: list[str]) -> list[str]:
+        from ranking.scorers.base import scorer_class
+
+        for m in models:
+            scorer_class(m)
+        return models
+
+    @field_validator("tasks")
+    @classmethod
+    def _known_tasks(cls, tasks: list[str]) -> list[str]:
+        for t in tasks:
+            if t not in TASKS:
+                raise UnknownNameError("task", t, list(TASKS))
+        return tasks
+
+    def fingerprint(self, data_fingerprint: str) -> str:
+        """Hash of what determines the figures (not where files go)."""
+        payload = self.model_dump(mode="json", exclude={"data_dir", "results_dir"})
+        text = json.dumps(payload, sort_keys=True) + data_fingerprint
+        return hashlib.sha1(text.encode()).hexdigest()[:12]
+
+    @classmethod
+    def from_file(cls, path: Path) -> EvalConfig:
+        return cls.model_validate(json.loads(Path(path).read_text()))

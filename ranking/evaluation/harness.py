@@ -1,0 +1,190 @@
+"""`evaluate()`: every model, same split, same requests, same candidates, one run.
+
+For each model, each configuration of its grid is fitted on the training window and scored
+on validation requests; the best by validation NDCG@10 (per task) is refitted on train +
+validation and scored on test requests. Test figures are never looked at while choosing.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import polars as pl
+import scipy.sparse as sp
+from tqdm.auto import tqdm
+
+from ranking.datasets import load_dataset
+from ranking.evaluation.config import EvalConfig
+from ranking.evaluation.metrics import metrics_of
+from ranking.evaluation.rankings import (
+    full_ranking,
+    ranking_rows,
+    sample_negatives,
+    sampled_ranking,
+    tie_permutation,
+)
+from ranking.evaluation.result import EvalResult
+from ranking.inputs import (
+    Catalogue,
+    FitData,
+    RequestBatch,
+    fit_data,
+    request_batch,
+    split_interactions,
+)
+from ranking.scorers.base import Scorer, ScorerConfig, ScorerContext, scorer_class
+from recdata.dataset import Dataset
+from recdata.instructions import generate_requests
+
+TUNE_K = 10
+
+
+@dataclass
+class Prepared:
+    """Everything shared by all models of a run, built once."""
+
+    dataset: Dataset
+    catalogue: Catalogue
+    requests: pl.DataFrame
+    fits: dict[str, FitData]
+    batches: dict[tuple[str, str], RequestBatch]
+    negatives: dict[str, np.ndarray]  # task -> test requests x n_negatives
+    tiebreak: np.ndarray
+
+
+def data_fingerprint(ds: Dataset) -> str:
+    inter = ds.interactions.hash_rows(seed=0).sum()
+    items = ds.items.select(
+        pl.col("item_id"), pl.col("title"), pl.col("genres").list.join("|")
+    ).hash_rows(seed=0).sum()
+    return f"{ds.name}:{inter}:{items}"
+
+
+def prepare(cfg: EvalConfig, ds: Dataset) -> Prepared:
+    requests = generate_requests(ds, cfg.instructions)
+    catalogue = Catalogue.from_dataset(ds)
+    split = split_interactions(ds, catalogue)
+    fits = {cut: fit_data(split, catalogue, cut) for cut in ("val", "test")}
+    batches = {
+        (cut, task): request_batch(
+            requests.filter((pl.col("split") == cut) & (pl.col("task") == task)),
+            split, catalogue)
+        for cut in ("val", "test") for task in cfg.tasks
+    }
+    negatives = {}
+    for task in cfg.tasks:
+        batch = batches[("test", task)]
+        ever = batch.requests.select("user_id").with_row_index("row").join(
+            split.select("user_id", "item_idx"), on="user_id")
+        seen = sp.csr_matrix(
+            (np.ones(ever.height), (ever["row"].to_numpy(), ever["item_idx"].to_numpy())),
+            shape=(len(batch), catalogue.n_items))
+        negatives[task] = sample_negatives(
+            seen, batch.requests["target_idx"].to_numpy(), cfg.sampled_negatives, cfg.seed)
+    return Prepared(ds, catalogue, requests, fits, batches, negatives,
+                    tie_permutation(catalogue.n_items, cfg.seed))
+
+
+def _rank_full(scores: np.ndarray, batch: RequestBatch, prep: Prepared,
+               k: int) -> pl.DataFrame:
+    top, top_scores = full_ranking(scores, batch.history,
+                                   batch.requests["target_idx"].to_numpy(), prep.tiebreak, k)
+    return ranking_rows(batch.requests["request_id"], top, top_scores,
+                        prep.catalogue.items["item_id"].to_numpy())
+
+
+def tune(name: str, cfg: EvalConfig, prep: Prepared, context: ScorerContext,
+         progress: bool) -> tuple[dict[str, ScorerConfig], pl.DataFrame]:
+    """Best configuration per task by validation NDCG@10, and every configuration's figures."""
+    cls = scorer_class(name)
+    configs = list(cls.configs())
+    frames: dict[str, list[pl.DataFrame]] = {t: [] for t in cfg.tasks}
+    for i, conf in enumerate(tqdm(configs, desc=f"tune {name}", disable=not progress,
+                                  leave=False)):
+        scorer = cls(conf, context).fit(prep.fits["val"])
+        for task in cfg.tasks:
+            batch = prep.batches[("val", task)]
+            rows = _rank_full(scorer.score(batch), batch, prep, TUNE_K)
+            frames[task].append(rows.with_columns(
+                pl.lit(str(i)).alias("model"), pl.lit(task).alias("task"),
+                pl.lit("full").alias("protocol")))
+    best: dict[str, ScorerConfig] = {}
+    tuning = []
+    for task in cfg.tasks:
+        val_requests = prep.batches[("val", task)].requests
+        m = metrics_of(pl.concat(frames[task]), val_requests).with_columns(
+            pl.col("model").cast(pl.Int64).alias("config_index"))
+        m = m.sort("config_index")
+        best_index = int(m.sort(["ndcg@10", "config_index"], descending=[True, False])
+                         ["config_index"][0])
+        best[task] = configs[best_index]
+        tuning.append(m.select(
+            pl.lit(name).alias("model"), pl.lit(task).alias("task"),
+            pl.Series("params", [json.dumps(configs[j].model_dump()) for j in
+                                 m["config_index"]]),
+            pl.col("ndcg@10").alias("val_ndcg@10"), pl.col("hr@10").alias("val_hr@10"),
+            (pl.col("config_index") == best_index).alias("chosen"),
+        ))
+    return best, pl.concat(tuning)
+
+
+def score_test(name: str, best: dict[str, ScorerConfig], cfg: EvalConfig, prep: Prepared,
+               context: ScorerContext) -> pl.DataFrame:
+    """Rankings of the test requests (full and sampled) with each task's chosen config."""
+    cls = scorer_class(name)
+    fitted: dict[str, Scorer] = {}
+    frames = []
+    item_ids = prep.catalogue.items["item_id"].to_numpy()
+    for task in cfg.tasks:
+        key = best[task].model_dump_json()
+        if key not in fitted:
+            fitted[key] = cls(best[task], context).fit(prep.fits["test"])
+        batch = prep.batches[("test", task)]
+        scores = fitted[key].score(batch)
+        full = _rank_full(scores, batch, prep, cfg.top_k)
+        targets = batch.requests["target_idx"].to_numpy()[:, None]
+        candidates = np.concatenate([targets, prep.negatives[task]], axis=1)
+        top, top_scores = sampled_ranking(scores, candidates, prep.tiebreak, cfg.top_k)
+        sampled = ranking_rows(batch.requests["request_id"], top, top_scores, item_ids)
+        for protocol, rows in (("full", full), ("sampled", sampled)):
+            frames.append(rows.select(
+                pl.lit(name).alias("model"), pl.lit(task).alias("task"),
+                pl.lit(protocol).alias("protocol"), pl.all()))
+    return pl.concat(frames)
+
+
+def evaluate(cfg: EvalConfig, *, dataset: Dataset | None = None,
+             progress: bool = True) -> EvalResult:
+    """Run every model of `cfg` on every task; the result saves itself (see EvalResult)."""
+    started = time.perf_counter()
+    ds = dataset or load_dataset(cfg.dataset, cfg.data_dir, interactions=cfg.interactions,
+                                 items=cfg.items, text_columns=tuple(cfg.text_columns))
+    if cfg.sample_users:
+        ds = ds.sample_users(cfg.sample_users, cfg.seed)
+    prep = prepare(cfg, ds)
+    encoder = None
+    if any(scorer_class(m).uses_instruction for m in cfg.models):
+        from encoders.text import TextEncoder
+
+        encoder = TextEncoder(cfg.encoder_path, cache_dir=cfg.data_dir / "cache",
+                              show_progress=progress)
+    context = ScorerContext(encoder=encoder)
+    rankings, tuning, chosen = [], [], {}
+    for name in tqdm(cfg.models, desc="models", disable=not progress):
+        best, tuned = tune(name, cfg, prep, context, progress)
+        tuning.append(tuned)
+        chosen[name] = {t: c.model_dump() for t, c in best.items()}
+        rankings.append(score_test(name, best, cfg, prep, context))
+    test_requests = prep.requests.filter(pl.col("split") == "test")
+    test_requests = test_requests.filter(pl.col("task").is_in(cfg.tasks))
+    all_rankings = pl.concat(rankings)
+    metrics = metrics_of(all_rankings, test_requests)
+    return EvalResult(
+        config=cfg, dataset_summary=ds.summary(), fingerprint=cfg.fingerprint(
+            data_fingerprint(ds)),
+        requests=prep.requests, rankings=all_rankings, metrics=metrics,
+        tuning=pl.concat(tuning), chosen=chosen, seconds=time.perf_counter() - started,
+    )

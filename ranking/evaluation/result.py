@@ -1,0 +1,125 @@
+"""The result of an evaluation run, which saves itself.
+
+`save()` writes the run's artifacts under `data_dir/runs/<fingerprint>/` (a DuckDB file with
+the requests, rankings, metrics and tuning tables a data scientist can open and query, the
+request file as parquet, the resolved config and library versions) and updates the
+committed `quality.csv` and its plot. Every write goes to a temporary file first and is
+renamed into place, so a crash never leaves half a file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import polars as pl
+
+from ranking.evaluation.config import EvalConfig
+from ranking.evaluation.metrics import METRICS
+
+LIBRARIES = ("polars", "duckdb", "numpy", "scipy", "sentence-transformers", "torch",
+             "lightgbm", "feast", "pykeen")
+
+
+def library_versions() -> dict[str, str]:
+    out = {}
+    for lib in LIBRARIES:
+        try:
+            out[lib] = metadata.version(lib)
+        except metadata.PackageNotFoundError:
+            out[lib] = "not installed"
+    return out
+
+
+def atomic_path(target: Path) -> tuple[Path, Path]:
+    """A temporary path beside `target`; rename it onto `target` when complete."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    os.close(fd)
+    return Path(tmp), target
+
+
+def write_text_atomic(target: Path, text: str) -> None:
+    tmp, target = atomic_path(target)
+    tmp.write_text(text)
+    os.replace(tmp, target)
+
+
+def write_parquet_atomic(frame: pl.DataFrame, target: Path) -> None:
+    tmp, target = atomic_path(target)
+    frame.write_parquet(tmp)
+    os.replace(tmp, target)
+
+
+def long_metrics(metrics: pl.DataFrame, dataset: str) -> pl.DataFrame:
+    """quality.csv layout: dataset, task, model, metric, value."""
+    return metrics.unpivot(index=["model", "task"], on=list(METRICS), variable_name="metric",
+                           value_name="value").select(
+        pl.lit(dataset).alias("dataset"), "task", "model", "metric", pl.col("value").round(6))
+
+
+@dataclass
+class EvalResult:
+    config: EvalConfig
+    dataset_summary: dict[str, Any]
+    fingerprint: str
+    requests: pl.DataFrame
+    rankings: pl.DataFrame
+    metrics: pl.DataFrame
+    tuning: pl.DataFrame
+    chosen: dict[str, dict[str, Any]]
+    seconds: float
+
+    @property
+    def dataset(self) -> str:
+        return str(self.dataset_summary["dataset"])
+
+    @property
+    def run_dir(self) -> Path:
+        return self.config.data_dir / "runs" / self.fingerprint
+
+    def save(self, update_quality: bool = True) -> dict[str, Path]:
+        """Write every artifact; returns their paths by name."""
+        run = self.run_dir
+        run.mkdir(parents=True, exist_ok=True)
+        paths = {"run_dir": run, "duckdb": run / "eval.duckdb",
+                 "requests": run / "requests.parquet"}
+        tmp, target = atomic_path(paths["duckdb"])
+        tmp.unlink()
+        con = duckdb.connect(str(tmp))
+        try:
+            for name, frame in (("requests", self.requests), ("rankings", self.rankings),
+                                ("metrics", self.metrics), ("tuning", self.tuning)):
+                con.register("_frame", frame.to_arrow())
+                con.execute(f"CREATE TABLE {name} AS SELECT * FROM _frame")
+                con.unregister("_frame")
+        finally:
+            con.close()
+        os.replace(tmp, target)
+        write_parquet_atomic(self.requests, paths["requests"])
+        write_text_atomic(run / "result.json", json.dumps({
+            "config": self.config.model_dump(mode="json"),
+            "dataset": self.dataset_summary,
+            "chosen_configs": self.chosen,
+            "versions": library_versions(),
+            "seconds": round(self.seconds, 1),
+        }, indent=2))
+        if update_quality:
+            from ranking.evaluation.report import plot_ndcg
+
+            quality = self.config.results_dir / "quality.csv"
+            rows = long_metrics(self.metrics, self.dataset)
+            if quality.exists():
+                old = pl.read_csv(quality).filter(pl.col("dataset") != self.dataset)
+                rows = pl.concat([old, rows], how="vertical_relaxed")
+            write_text_atomic(quality, rows.write_csv())
+            paths["quality"] = quality
+            paths["plot"] = plot_ndcg(rows.filter(pl.col("dataset") == self.dataset),
+                                      self.config.results_dir / "quality.png")
+        return paths

@@ -1,0 +1,147 @@
+"""What models see: the data they are fitted on and the requests they score.
+
+Both are built here and nowhere else, so the point-in-time rule lives in one place:
+- `FitData` for a cut holds only interactions strictly before that cut's targets (train
+  when scoring validation, train + validation when scoring test);
+- a request's history holds only the user's interactions before the target's position
+  (timestamp, then ascending item id); `search` requests carry no history at all.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import polars as pl
+import scipy.sparse as sp
+
+from recdata.dataset import Dataset
+
+CUTS = {"val": ("train",), "test": ("train", "val")}
+
+
+@dataclass(frozen=True)
+class Catalogue:
+    """Items in a fixed order: column j of every score matrix is `item_ids[j]`."""
+
+    items: pl.DataFrame  # item_idx, item_id, and the dataset's item columns
+    text: pl.Series
+
+    @property
+    def n_items(self) -> int:
+        return self.items.height
+
+    @classmethod
+    def from_dataset(cls, ds: Dataset) -> Catalogue:
+        from recdata.dataset import item_text
+
+        items = ds.items.sort("item_id").with_row_index("item_idx").with_columns(
+            pl.col("item_idx").cast(pl.Int64))
+        return cls(items, item_text(items, ds.text_columns))
+
+    def index(self, frame: pl.DataFrame, id_col: str = "item_id",
+              idx_col: str = "item_idx") -> pl.DataFrame:
+        return frame.join(
+            self.items.select(pl.col("item_id").alias(id_col), pl.col("item_idx").alias(idx_col)),
+            on=id_col, how="left")
+
+
+@dataclass(frozen=True)
+class FitData:
+    """Interactions a model may learn from (user_id, item_idx, timestamp, rating, seq)."""
+
+    name: str
+    interactions: pl.DataFrame
+    catalogue: Catalogue
+    _cache: dict = field(default_factory=dict, repr=False, compare=False)
+
+    @property
+    def n_items(self) -> int:
+        return self.catalogue.n_items
+
+    def user_item(self) -> sp.csr_matrix:
+        """Binary users x items matrix (users in ascending id order)."""
+        if "ui" not in self._cache:
+            users = self.interactions["user_id"].rank("dense").cast(pl.Int64).to_numpy() - 1
+            items = self.interactions["item_idx"].to_numpy()
+            m = sp.csr_matrix((np.ones(len(items), dtype=np.float32), (users, items)),
+                              shape=(int(users.max(initial=-1)) + 1, self.n_items))
+            m.data[:] = 1.0
+            self._cache["ui"] = m
+        return self._cache["ui"]
+
+    def popularity(self) -> np.ndarray:
+        counts = np.bincount(self.interactions["item_idx"].to_numpy(), minlength=self.n_items)
+        return counts.astype(np.float64)
+
+    def transitions(self) -> sp.csr_matrix:
+        """Counts of consecutive (previous item -> next item) pairs within each user's order."""
+        pairs = self.interactions.sort("user_id", "seq").select(
+            pl.col("item_idx").shift(1).over("user_id").alias("prev"), pl.col("item_idx"),
+        ).drop_nulls()
+        return sp.csr_matrix(
+            (np.ones(pairs.height, dtype=np.float32),
+             (pairs["prev"].to_numpy(), pairs["item_idx"].to_numpy())),
+            shape=(self.n_items, self.n_items))
+
+
+@dataclass(frozen=True)
+class RequestBatch:
+    """Requests of one task and cut, with each request's history as a sparse matrix whose
+    value is the recency rank (1 = the item just before the target)."""
+
+    requests: pl.DataFrame  # request_id, user_id, task, instruction, target_idx, seq, ...
+    history: sp.csr_matrix
+    n_items: int
+
+    def __len__(self) -> int:
+        return self.requests.height
+
+    @property
+    def instructions(self) -> list[str]:
+        return self.requests["instruction"].to_list()
+
+    def last_n(self, n: int | None) -> sp.csr_matrix:
+        """Binary matrix of the last `n` items of each history (all when n is None)."""
+        h = self.history.copy()
+        if n is not None:
+            h.data[h.data > n] = 0
+            h.eliminate_zeros()
+        h.data[:] = 1.0
+        return h
+
+    def has_history(self) -> np.ndarray:
+        return np.diff(self.history.indptr) > 0
+
+    def last_item(self) -> np.ndarray:
+        """Index of each request's most recent item, -1 where the history is empty."""
+        h = self.history.tocoo()
+        out = np.full(self.history.shape[0], -1, dtype=np.int64)
+        last = h.data == 1
+        out[h.row[last]] = h.col[last]
+        return out
+
+
+def split_interactions(ds: Dataset, catalogue: Catalogue) -> pl.DataFrame:
+    from recdata.split import temporal_leave_one_out
+
+    return catalogue.index(temporal_leave_one_out(ds.interactions))
+
+
+def fit_data(split: pl.DataFrame, catalogue: Catalogue, cut: str) -> FitData:
+    return FitData(cut, split.filter(pl.col("split").is_in(CUTS[cut])), catalogue)
+
+
+def request_batch(requests: pl.DataFrame, split: pl.DataFrame,
+                  catalogue: Catalogue) -> RequestBatch:
+    """Attach to each request the user's interactions strictly before its target."""
+    reqs = catalogue.index(requests, "target_item_id", "target_idx").with_row_index("row")
+    with_history = reqs.filter(pl.col("task") != "search").select("row", "user_id", "seq")
+    past = with_history.join(
+        split.select("user_id", pl.col("seq").alias("s"), "item_idx"), on="user_id",
+    ).filter(pl.col("s") < pl.col("seq"))
+    history = sp.csr_matrix(
+        ((past["seq"] - past["s"]).to_numpy().astype(np.float32),
+         (past["row"].to_numpy().astype(np.int64), past["item_idx"].to_numpy())),
+        shape=(reqs.height, catalogue.n_items))
+    return RequestBatch(reqs.drop("row"), history, catalogue.n_items)

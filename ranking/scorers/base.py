@@ -1,0 +1,129 @@
+"""The contract every scorer follows, and the registry that picks them by name.
+
+A scorer is fitted on `FitData` and returns a dense (requests x items) score matrix for a
+`RequestBatch`; ranking, masking of seen items and tie-breaking are the harness's job, so a
+scorer is pure computation. Requests with an empty history (cold start) get popularity from
+the fit data unless the scorer reads the instruction itself.
+"""
+
+from __future__ import annotations
+
+import itertools
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Self
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict
+
+from ranking.inputs import FitData, RequestBatch
+from recdata.errors import ConfigError, UnknownNameError
+
+
+class ScorerConfig(BaseModel):
+    """Hyperparameters of a scorer; unknown keys are rejected."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+@dataclass
+class ScorerContext:
+    """Shared, expensive resources: a text encoder and a memo so that configurations that
+    differ only in cheap parameters (N of last-N, a blend weight) reuse the heavy part."""
+
+    encoder: Any = None
+    memo: dict = field(default_factory=dict)
+
+    def cached(self, key: tuple, compute: Callable[[], Any]) -> Any:
+        if key not in self.memo:
+            self.memo[key] = compute()
+        return self.memo[key]
+
+    def require_encoder(self) -> Any:
+        if self.encoder is None:
+            raise ConfigError("this scorer reads instructions and needs a text encoder")
+        return self.encoder
+
+
+class Scorer(ABC):
+    """Base for every model in the harness. Subclasses set `name`, `Config` and `grid`."""
+
+    name: ClassVar[str]
+    Config: ClassVar[type[ScorerConfig]] = ScorerConfig
+    grid: ClassVar[dict[str, list[Any]]] = {}
+    uses_history: ClassVar[bool] = True
+    uses_instruction: ClassVar[bool] = False
+
+    def __init__(self, config: ScorerConfig | None = None,
+                 context: ScorerContext | None = None) -> None:
+        self.config = config if config is not None else self.Config()
+        self.context = context or ScorerContext()
+        self._fit: FitData | None = None
+        self._popularity: np.ndarray | None = None
+
+    def fit(self, data: FitData) -> Self:
+        self._fit = data
+        self._popularity = data.popularity()
+        self._fit_model(data)
+        return self
+
+    def _fit_model(self, data: FitData) -> None:  # noqa: B027 - optional hook
+        """Learn from `data`; scorers without a learned part leave it as is."""
+
+    @property
+    def fitted(self) -> FitData:
+        if self._fit is None:
+            raise ConfigError(f"scorer {self.name!r} must be fitted before scoring")
+        return self._fit
+
+    def score(self, batch: RequestBatch) -> np.ndarray:
+        """Scores (len(batch) x n_items), float64; higher is better."""
+        if batch.n_items != self.fitted.n_items:
+            raise ConfigError(
+                f"batch has {batch.n_items} items but {self.name!r} was fitted on "
+                f"{self.fitted.n_items}")
+        scores = np.asarray(self._score(batch), dtype=np.float64)
+        if self.uses_history and not self.uses_instruction:
+            cold = ~batch.has_history()
+            scores[cold] = self._popularity
+        return scores
+
+    @abstractmethod
+    def _score(self, batch: RequestBatch) -> np.ndarray: ...
+
+    @classmethod
+    def configs(cls) -> Iterator[ScorerConfig]:
+        """Every configuration of the tuning grid (the default alone when no grid)."""
+        keys = list(cls.grid)
+        for values in itertools.product(*(cls.grid[k] for k in keys)):
+            yield cls.Config(**dict(zip(keys, values, strict=True)))
+
+
+REGISTRY: dict[str, type[Scorer]] = {}
+
+
+def register(cls: type[Scorer]) -> type[Scorer]:
+    REGISTRY[cls.name] = cls
+    return cls
+
+
+def scorer_class(name: str) -> type[Scorer]:
+    from ranking import scorers  # noqa: F401 - populates the registry
+
+    if name not in REGISTRY:
+        raise UnknownNameError("model", name, list(REGISTRY))
+    return REGISTRY[name]
+
+
+def available_scorers() -> list[str]:
+    from ranking import scorers  # noqa: F401
+
+    return list(REGISTRY)
+
+
+def zscore_rows(x: np.ndarray) -> np.ndarray:
+    """Per-request standardisation, so scores of different models can be blended."""
+    mu = x.mean(axis=1, keepdims=True)
+    sd = x.std(axis=1, keepdims=True)
+    return (x - mu) / np.where(sd > 0, sd, 1.0)

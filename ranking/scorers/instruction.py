@@ -1,0 +1,109 @@
+"""Baselines that read the instruction: an attribute filter ranked by popularity,
+instruction-item embedding similarity, and that similarity blended with EASE."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ranking.inputs import FitData, RequestBatch
+from ranking.intent_parser import parse_instructions
+from ranking.scorers.base import Scorer, ScorerConfig, register, zscore_rows
+from ranking.scorers.history import LAMBDAS, ease_weights
+from recdata.instructions import item_levels
+
+
+@register
+class FilterPopularity(Scorer):
+    """Count of the instruction's constraints an item meets, popularity breaking ties:
+    items meeting every constraint come first, most popular first."""
+
+    name = "filter_popularity"
+    uses_history = False
+    uses_instruction = True
+
+    def _fit_model(self, data: FitData) -> None:
+        items = data.catalogue.items
+        self.genres = sorted(set(items["genres"].explode().drop_nulls().to_list()))
+        self.item_genre = np.stack(
+            [items["genres"].list.contains(g).to_numpy() for g in self.genres], axis=1
+        ) if self.genres else np.zeros((items.height, 0), dtype=bool)
+        self.item_decade = (items["year"] // 10 * 10).fill_null(-1).to_numpy()
+        train = data.interactions.join(items.select("item_idx", "item_id"), on="item_idx")
+        levels = item_levels(items, train).sort("item_id")
+        self.popular = (levels["popularity_level"] == "popular").fill_null(False).to_numpy()
+        self.obscure = (levels["popularity_level"] == "obscure").fill_null(False).to_numpy()
+        self.acclaimed = levels["acclaimed"].to_numpy()
+        pop = self._popularity
+        self.tiebreak = pop / (pop.max(initial=0.0) + 1.0)
+
+    def _score(self, batch: RequestBatch) -> np.ndarray:
+        p = parse_instructions(batch.instructions, self.genres)
+        matches = p.genre_mask.astype(np.float64) @ self.item_genre.T.astype(np.float64)
+        matches += (p.decade[:, None] > 0) & (p.decade[:, None] == self.item_decade[None, :])
+        matches += p.popular[:, None] & self.popular[None, :]
+        matches += p.obscure[:, None] & self.obscure[None, :]
+        matches += p.acclaimed[:, None] & self.acclaimed[None, :]
+        return matches + self.tiebreak
+
+
+def item_vectors(scorer: Scorer, data: FitData) -> np.ndarray:
+    encoder = scorer.context.require_encoder()
+    return scorer.context.cached(
+        ("item_vectors", encoder.fingerprint, id(data.catalogue)),
+        lambda: encoder.encode(data.catalogue.text.to_list(), desc="items"))
+
+
+def instruction_similarity(scorer: Scorer, batch: RequestBatch,
+                           items: np.ndarray) -> np.ndarray:
+    encoder = scorer.context.require_encoder()
+    key = ("instruction_sim", id(batch), id(items))
+    return scorer.context.cached(
+        key, lambda: encoder.encode(batch.instructions, desc="instructions") @ items.T)
+
+
+@register
+class Embedding(Scorer):
+    """Cosine between the instruction and each item's text (all-MiniLM-L6-v2)."""
+
+    name = "embedding"
+    uses_history = False
+    uses_instruction = True
+
+    def _fit_model(self, data: FitData) -> None:
+        self.items = item_vectors(self, data)
+
+    def _score(self, batch: RequestBatch) -> np.ndarray:
+        return instruction_similarity(self, batch, self.items)
+
+
+class BlendConfig(ScorerConfig):
+    weight: float = 0.5
+    lam: float = 250.0
+    last_n: int | None = 5
+
+
+@register
+class EmbeddingEASE(Scorer):
+    """weight * z(similarity) + (1 - weight) * z(EASE on the last N items); for a request
+    with no history the EASE part is popularity (the cold-start path)."""
+
+    name = "embedding_ease"
+    Config = BlendConfig
+    uses_instruction = True
+    grid = {"weight": [0.2, 0.35, 0.5, 0.65, 0.8], "lam": [LAMBDAS[4], LAMBDAS[6]],
+            "last_n": [3, 5, 10, None]}
+
+    def _fit_model(self, data: FitData) -> None:
+        lam = self.config.lam
+        self.items = item_vectors(self, data)
+        self.weights = self.context.cached(("ease", data.name, id(data), lam),
+                                           lambda: ease_weights(data, lam))
+
+    def _score(self, batch: RequestBatch) -> np.ndarray:
+        sim = instruction_similarity(self, batch, self.items)
+        ease = np.asarray(batch.last_n(self.config.last_n) @ self.weights)
+        cold = ~batch.has_history()
+        ease[cold] = self._popularity
+        w = self.config.weight
+        return w * zscore_rows(sim) + (1 - w) * zscore_rows(ease)
+
