@@ -35,10 +35,16 @@ class ScorerContext:
     encoder: Any = None
     memo: dict = field(default_factory=dict)
 
-    def cached(self, key: tuple, compute: Callable[[], Any]) -> Any:
-        if key not in self.memo:
-            self.memo[key] = compute()
-        return self.memo[key]
+    def cached(self, owner: object, key: tuple, compute: Callable[[], Any]) -> Any:
+        """`compute()` once per (owner object, key). The owner is held and compared by
+        identity, so a new object that happens to reuse a freed one's id never gets its
+        stale result."""
+        slot = (id(owner), *key)
+        hit = self.memo.get(slot)
+        if hit is None or hit[0] is not owner:
+            hit = (owner, compute())
+            self.memo[slot] = hit
+        return hit[1]
 
     def require_encoder(self) -> Any:
         if self.encoder is None:

@@ -58,7 +58,7 @@ class ItemKNN(Scorer):
 
     def _fit_model(self, data: FitData) -> None:
         k = self.config.neighbours
-        self.sim = self.context.cached(("knn", data.name, id(data), k),
+        self.sim = self.context.cached(data, ("knn", k),
                                        lambda: cosine_neighbours(data, k))
 
     def _score(self, batch: RequestBatch) -> np.ndarray:
@@ -95,7 +95,7 @@ class EASE(Scorer):
 
     def _fit_model(self, data: FitData) -> None:
         lam = self.config.lam
-        self.weights = self.context.cached(("ease", data.name, id(data), lam),
+        self.weights = self.context.cached(data, ("ease", lam),
                                            lambda: ease_weights(data, lam))
 
     def _score(self, batch: RequestBatch) -> np.ndarray:
@@ -115,7 +115,7 @@ class Transition(Scorer):
     name = "transition"
 
     def _fit_model(self, data: FitData) -> None:
-        self.counts = self.context.cached(("transitions", data.name, id(data)),
+        self.counts = self.context.cached(data, ("transitions",),
                                           data.transitions)
         pop = self._popularity
         self.tiebreak = pop / (pop.max(initial=0.0) + 1.0)  # < 1: never outweighs a count

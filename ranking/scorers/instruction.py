@@ -49,16 +49,22 @@ class FilterPopularity(Scorer):
 def item_vectors(scorer: Scorer, data: FitData) -> np.ndarray:
     encoder = scorer.context.require_encoder()
     return scorer.context.cached(
-        ("item_vectors", encoder.fingerprint, id(data.catalogue)),
+        data.catalogue, ("item_vectors", encoder.fingerprint),
         lambda: encoder.encode(data.catalogue.text.to_list(), desc="items"))
 
 
 def instruction_similarity(scorer: Scorer, batch: RequestBatch,
                            items: np.ndarray) -> np.ndarray:
+    """Cosine of each instruction with each item, in float64 so that a request scores the
+    same alone or in a batch."""
     encoder = scorer.context.require_encoder()
-    key = ("instruction_sim", id(batch), id(items))
-    return scorer.context.cached(
-        key, lambda: encoder.encode(batch.instructions, desc="instructions") @ items.T)
+
+    def compute() -> np.ndarray:
+        queries = encoder.encode(batch.instructions, desc="instructions")
+        return queries.astype(np.float64) @ items.T.astype(np.float64)
+
+    return scorer.context.cached(batch, ("instruction_sim", encoder.fingerprint, id(items)),
+                                 compute)
 
 
 @register
@@ -96,7 +102,7 @@ class EmbeddingEASE(Scorer):
     def _fit_model(self, data: FitData) -> None:
         lam = self.config.lam
         self.items = item_vectors(self, data)
-        self.weights = self.context.cached(("ease", data.name, id(data), lam),
+        self.weights = self.context.cached(data, ("ease", lam),
                                            lambda: ease_weights(data, lam))
 
     def _score(self, batch: RequestBatch) -> np.ndarray:

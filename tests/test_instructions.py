@@ -1,0 +1,74 @@
+import re
+
+import polars as pl
+import pytest
+
+from ranking.intent_parser import parse_instructions
+from recdata.instructions import InstructionConfig, generate_requests, phrasing_split
+from recdata.templates import FAMILIES
+
+
+@pytest.fixture(scope="module")
+def requests(movielens):
+    return generate_requests(movielens)
+
+
+def test_at_least_thirty_phrasings_per_family_split_disjointly():
+    split = phrasing_split(42, 2 / 3)
+    for family, templates in FAMILIES.items():
+        assert len(set(templates)) >= 30, family
+        part = split.filter(pl.col("family") == family)
+        train = set(part.filter(pl.col("phrasing_set") == "train")["template"])
+        held = set(part.filter(pl.col("phrasing_set") == "heldout")["template"])
+        assert train and held and not train & held
+
+
+def _pattern(template: str) -> re.Pattern:
+    pre, _, post = template.partition("{desc}")
+    body = re.escape(pre) + ("an? .+" if _ else "") + re.escape(post)
+    return re.compile(body)
+
+
+def test_held_out_phrasings_never_reach_training_requests(requests):
+    split = phrasing_split(42, 2 / 3)
+    for family in FAMILIES:
+        held = split.filter((pl.col("family") == family) & (pl.col("phrasing_set") == "heldout"))
+        patterns = [_pattern(t) for t in held["template"]]
+        seen = requests.filter((pl.col("task") == family) & (pl.col("split") != "test"))
+        for text in seen["instruction"]:
+            assert not any(p.fullmatch(text) for p in patterns), text
+        test = requests.filter((pl.col("task") == family) & (pl.col("split") == "test"))
+        assert (test["phrasing_set"] == "heldout").all()
+        assert test["template_id"].is_in(held["template_id"].implode()).all()
+
+
+def test_one_request_per_user_task_and_evaluation_split(requests, movielens):
+    for split in ("val", "test"):
+        part = requests.filter(pl.col("split") == split)
+        assert part.height == 3 * movielens.n_users
+        assert part.select("user_id", "task").is_unique().all()
+    assert requests["request_id"].is_unique().all()
+
+
+def test_intent_names_target_attributes_not_title(requests, movielens):
+    intent = requests.filter(pl.col("task") == "intent").join(
+        movielens.items.rename({"item_id": "target_item_id"}), on="target_item_id")
+    parsed = parse_instructions(intent["instruction"].to_list(),
+                                sorted(set(movielens.items["genres"].explode().drop_nulls())))
+    genres = sorted(set(movielens.items["genres"].explode().drop_nulls()))
+    asked = [{g for g, on in zip(genres, row, strict=True) if on} for row in parsed.genre_mask]
+    for wanted, actual in zip(asked, intent["genres"], strict=True):
+        assert wanted <= set(actual)
+        assert wanted or not actual
+    bare = intent["title"].str.replace(r"\s*\(\d{4}\)$", "").str.to_lowercase()
+    long_titles = [(t, i) for t, i in zip(bare, intent["instruction"].str.to_lowercase(),
+                                          strict=True) if len(t) >= 8]
+    assert long_titles and not any(t in i for t, i in long_titles)
+
+
+def test_deterministic_for_a_seed(movielens):
+    a = generate_requests(movielens, InstructionConfig(seed=3, train_requests_per_user=1))
+    b = generate_requests(movielens, InstructionConfig(seed=3, train_requests_per_user=1))
+    c = generate_requests(movielens, InstructionConfig(seed=4, train_requests_per_user=1))
+    assert a.equals(b)
+    assert not a["instruction"].equals(c["instruction"])
