@@ -10,6 +10,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.text import Text
 
 app = typer.Typer(
     help="Instruction-following recommender: fetch data, evaluate models, inspect results.",
@@ -25,6 +26,12 @@ DataDir = Annotated[Path, typer.Option("--data-dir", help="Where data, caches an
                                        envvar="INSTRUCTRANK_DATA_DIR")]
 
 
+def fail(message: str) -> None:
+    """Print `message` verbatim (no markup: it may hold '[column]') and exit with 1."""
+    err.print(Text("error: ", style="red") + Text(message), soft_wrap=True)
+    sys.exit(1)
+
+
 def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Known errors become one red line and exit code 1, without a traceback."""
 
@@ -37,12 +44,10 @@ def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
         try:
             return fn(*args, **kwargs)
         except InstructRankError as exc:
-            err.print(f"[red]error:[/red] {exc}", highlight=False)
-            sys.exit(1)
+            fail(str(exc))
         except ValidationError as exc:
             msgs = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-            err.print(f"[red]error:[/red] invalid configuration: {msgs}", highlight=False)
-            sys.exit(1)
+            fail(f"invalid configuration: {msgs}")
 
     return wrapper
 

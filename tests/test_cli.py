@@ -1,0 +1,44 @@
+from typer.testing import CliRunner
+
+from ranking.cli import app
+
+runner = CliRunner()
+
+
+def test_help_explains_commands():
+    out = runner.invoke(app, ["--help"])
+    assert out.exit_code == 0
+    for command in ("evaluate", "data", "models"):
+        assert command in out.output
+    out = runner.invoke(app, ["evaluate", "--help"])
+    assert "quality.csv" in out.output and "--models" in out.output
+
+
+def test_unknown_model_is_one_line_and_exit_1():
+    out = runner.invoke(app, ["evaluate", "--models", "popularity,nope"])
+    assert out.exit_code == 1
+    assert "unknown model 'nope'" in out.output
+    assert "Traceback" not in out.output
+
+
+def test_validate_lists_problems_with_rows(tmp_path):
+    (tmp_path / "i.csv").write_text("user_id,item_id,timestamp\n1,1,10\n1,7,11\n")
+    (tmp_path / "items.csv").write_text("item_id,title\n1,A\n")
+    out = runner.invoke(app, ["data", "validate", "--interactions", str(tmp_path / "i.csv"),
+                              "--items", str(tmp_path / "items.csv")])
+    assert out.exit_code == 1
+    assert "i.csv:3 [item_id]: item_id 7 is not in the items file" in out.output.replace("\n", "")
+
+
+def test_evaluate_synthetic_writes_table(tmp_path):
+    out = runner.invoke(app, ["evaluate", "--dataset", "synthetic", "--models",
+                              "popularity,ease_lastn", "--tasks", "history", "--quiet",
+                              "--data-dir", str(tmp_path), "--results-dir", str(tmp_path)])
+    assert out.exit_code == 0, out.output
+    assert (tmp_path / "quality.csv").exists() and (tmp_path / "quality.png").exists()
+    assert "ease_lastn" in out.output
+
+
+def test_models_lists_registry():
+    out = runner.invoke(app, ["models"])
+    assert out.exit_code == 0 and "embedding_ease" in out.output
