@@ -161,7 +161,7 @@ def evaluate_cmd(
 
     from ranking.evaluation.config import EvalConfig
     from ranking.evaluation.harness import evaluate
-    from ranking.evaluation.report import print_metrics
+    from ranking.evaluation.report import print_metrics, print_samples, sample_recommendations
 
     base: dict[str, Any] = json.loads(config.read_text()) if config else {}
     overrides = {"dataset": dataset, "models": _split(models), "tasks": _split(tasks),
@@ -172,6 +172,9 @@ def evaluate_cmd(
     result = evaluate(cfg, progress=not quiet)
     paths = result.save()
     print_metrics(result.metrics, result.dataset, console)
+    task = next(t for t in ("intent", "search", "history") if t in cfg.tasks)
+    print_samples(sample_recommendations(result.rankings, result.requests, result.items,
+                                         result.metrics, task=task), console)
     console.print(f"rankings, metrics and tuning: {paths['duckdb']}")
     console.print(f"requests: {paths['requests']}")
     console.print(f"table: {paths['quality']}  plot: {paths['plot']}")

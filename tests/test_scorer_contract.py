@@ -97,3 +97,13 @@ def test_planted_taste_is_learned(synthetic, tmp_path):
     assert ndcg[("ease", "history")] > 1.3 * ndcg[("popularity", "history")]
     assert ndcg[("filter_popularity", "intent")] > 1.3 * ndcg[("popularity", "intent")]
     assert m.filter(pl.col("requests") != synthetic.n_users).height == 0
+
+
+def test_run_fingerprint_covers_config_grids_and_data(monkeypatch):
+    cfg = EvalConfig(models=["ease"])
+    base = cfg.fingerprint("data-a")
+    assert base == EvalConfig(models=["ease"], data_dir="elsewhere").fingerprint("data-a")
+    assert base != cfg.fingerprint("data-b")
+    assert base != EvalConfig(models=["ease"], seed=1).fingerprint("data-a")
+    monkeypatch.setattr(scorer_class("ease"), "grid", {"lam": [1.0], "last_n": [None]})
+    assert base != cfg.fingerprint("data-a")

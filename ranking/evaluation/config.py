@@ -23,8 +23,8 @@ class EvalConfig(BaseModel):
     interactions: Path | None = None
     items: Path | None = None
     text_columns: list[str] = ["title"]
-    models: list[str] = Field(default_factory=lambda: list(BASELINES))
-    tasks: list[str] = Field(default_factory=lambda: list(TASKS))
+    models: list[str] = Field(default_factory=lambda: list(BASELINES), min_length=1)
+    tasks: list[str] = Field(default_factory=lambda: list(TASKS), min_length=1)
     seed: int = 42
     sampled_negatives: int = Field(99, ge=1)
     top_k: int = Field(50, ge=20)
@@ -52,9 +52,13 @@ class EvalConfig(BaseModel):
         return tasks
 
     def fingerprint(self, data_fingerprint: str) -> str:
-        """Hash of what determines the figures (not where files go)."""
+        """Hash of what determines the figures: config, tuning grids and data (not where
+        files go)."""
+        from ranking.scorers.base import scorer_class
+
         payload = self.model_dump(mode="json", exclude={"data_dir", "results_dir"})
-        text = json.dumps(payload, sort_keys=True) + data_fingerprint
+        payload["grids"] = {m: scorer_class(m).grid for m in self.models}
+        text = json.dumps(payload, sort_keys=True, default=str) + data_fingerprint
         return hashlib.sha1(text.encode()).hexdigest()[:12]
 
     @classmethod

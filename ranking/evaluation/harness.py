@@ -185,6 +185,6 @@ def evaluate(cfg: EvalConfig, *, dataset: Dataset | None = None,
     return EvalResult(
         config=cfg, dataset_summary=ds.summary(), fingerprint=cfg.fingerprint(
             data_fingerprint(ds)),
-        requests=prep.requests, rankings=all_rankings, metrics=metrics,
+        requests=prep.requests, items=ds.items, rankings=all_rankings, metrics=metrics,
         tuning=pl.concat(tuning), chosen=chosen, seconds=time.perf_counter() - started,
     )

@@ -12,6 +12,10 @@ from rich.table import Table
 from ranking.evaluation.metrics import METRICS
 from ranking.evaluation.result import atomic_path
 
+# Short headers keep the table inside an 80-column terminal.
+HEADERS = {"hr@10": "HR@10", "ndcg@10": "NDCG@10", "mrr@10": "MRR@10", "recall@20": "R@20",
+           "sampled_hr@10": "sHR@10", "sampled_ndcg@10": "sNDCG@10"}
+
 
 def metrics_tables(metrics: pl.DataFrame, dataset: str) -> list[Table]:
     """One table per task: models as rows, metrics as columns, best per column in bold."""
@@ -19,13 +23,13 @@ def metrics_tables(metrics: pl.DataFrame, dataset: str) -> list[Table]:
     for task in metrics["task"].unique(maintain_order=True).to_list():
         part = metrics.filter(pl.col("task") == task).sort("ndcg@10", descending=True)
         table = Table(title=f"{dataset} — task '{task}' (test, {part['requests'][0]} requests,"
-                            " held-out phrasings)")
-        table.add_column("model")
+                            " held-out phrasings; s = sampled 1+99)")
+        table.add_column("model", no_wrap=True)
         for m in METRICS:
-            table.add_column(m, justify="right")
+            table.add_column(HEADERS[m], justify="right")
         best = {m: part[m].max() for m in METRICS}
         for row in part.iter_rows(named=True):
-            cells = [f"[bold]{row[m]:.4f}[/bold]" if row[m] == best[m] else f"{row[m]:.4f}"
+            cells = [f"[bold]{row[m]:.3f}[/bold]" if row[m] == best[m] else f"{row[m]:.3f}"
                      for m in METRICS]
             table.add_row(row["model"], *cells)
         tables.append(table)
@@ -69,3 +73,40 @@ def plot_ndcg(quality: pl.DataFrame, target: Path) -> Path:
     plt.close(fig)
     os.replace(tmp, target)
     return target
+
+
+def sample_recommendations(rankings: pl.DataFrame, requests: pl.DataFrame,
+                           items: pl.DataFrame, metrics: pl.DataFrame, *, task: str = "intent",
+                           n_requests: int = 3, k: int = 5) -> pl.DataFrame:
+    """Top-k titles of the task's best model (by test NDCG@10) for a few test requests;
+    `hit` marks the held-out target, so a reader sees what the figures mean."""
+    best = metrics.filter(pl.col("task") == task).sort("ndcg@10", descending=True)
+    if best.height == 0:
+        return pl.DataFrame()
+    model = best["model"][0]
+    chosen = requests.filter((pl.col("split") == "test") & (pl.col("task") == task)).sort(
+        "user_id").head(n_requests)
+    return rankings.filter(
+        (pl.col("model") == model) & (pl.col("protocol") == "full") & (pl.col("rank") <= k)
+    ).join(chosen.select("request_id", "user_id", "instruction", "target_item_id"),
+           on="request_id").join(items.select("item_id", "title"), on="item_id").select(
+        pl.lit(model).alias("model"), "user_id", "instruction", "rank", "title",
+        (pl.col("item_id") == pl.col("target_item_id")).alias("hit"),
+    ).sort("user_id", "rank")
+
+
+def print_samples(samples: pl.DataFrame, console: Console | None = None) -> None:
+    console = console or Console()
+    if samples.height == 0:
+        return
+    table = Table(title=f"sample recommendations ({samples['model'][0]}, test requests; "
+                        "* = the held-out target)")
+    table.add_column("user")
+    table.add_column("request")
+    table.add_column("top titles")
+    for (user, instruction), part in samples.group_by(["user_id", "instruction"],
+                                                      maintain_order=True):
+        titles = [f"{r}. {t}{' *' if h else ''}" for r, t, h in
+                  part.select("rank", "title", "hit").iter_rows()]
+        table.add_row(str(user), str(instruction), "\n".join(titles))
+    console.print(table)

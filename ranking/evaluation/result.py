@@ -70,6 +70,7 @@ class EvalResult:
     dataset_summary: dict[str, Any]
     fingerprint: str
     requests: pl.DataFrame
+    items: pl.DataFrame
     rankings: pl.DataFrame
     metrics: pl.DataFrame
     tuning: pl.DataFrame

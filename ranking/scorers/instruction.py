@@ -96,7 +96,8 @@ class EmbeddingEASE(Scorer):
     name = "embedding_ease"
     Config = BlendConfig
     uses_instruction = True
-    grid = {"weight": [0.2, 0.35, 0.5, 0.65, 0.8], "lam": [LAMBDAS[4], LAMBDAS[6]],
+    grid = {"weight": [0.05, 0.1, 0.2, 0.35, 0.5, 0.65, 0.8, 0.9, 0.95],
+            "lam": [LAMBDAS[4], LAMBDAS[6]],
             "last_n": [3, 5, 10, None]}
 
     def _fit_model(self, data: FitData) -> None:
