@@ -15,7 +15,8 @@ import numpy as np
 import polars as pl
 import scipy.sparse as sp
 
-from recdata.dataset import Dataset
+from recdata.dataset import Dataset, item_text
+from recdata.split import temporal_leave_one_out
 
 CUTS = {"val": ("train",), "test": ("train", "val")}
 
@@ -33,8 +34,6 @@ class Catalogue:
 
     @classmethod
     def from_dataset(cls, ds: Dataset) -> Catalogue:
-        from recdata.dataset import item_text
-
         items = ds.items.sort("item_id").with_row_index("item_idx").with_columns(
             pl.col("item_idx").cast(pl.Int64))
         return cls(items, item_text(items, ds.text_columns))
@@ -123,8 +122,6 @@ class RequestBatch:
 
 
 def split_interactions(ds: Dataset, catalogue: Catalogue) -> pl.DataFrame:
-    from recdata.split import temporal_leave_one_out
-
     return catalogue.index(temporal_leave_one_out(ds.interactions))
 
 

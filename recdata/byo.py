@@ -72,6 +72,19 @@ def _integer(frame: pl.DataFrame, file: str, column: str) -> list[Problem]:
     )
 
 
+def _optional_number(frame: pl.DataFrame, file: str, column: str, dtype: type[pl.DataType],
+                     kind: str) -> list[Problem]:
+    """An optional column may be absent or empty in a row, but not hold a non-number."""
+    if column not in frame.columns:
+        return []
+    value = pl.col(column).str.strip_chars()
+    return _row_problems(
+        frame, file, value.is_not_null() & (value != "")
+        & value.cast(dtype, strict=False).is_null(), column,
+        pl.format("{} {} is not {}", pl.lit(column), value, pl.lit(kind)),
+    )
+
+
 def _timestamp_expr() -> pl.Expr:
     value = pl.col("timestamp").str.strip_chars()
     as_int = value.cast(pl.Int64, strict=False)
@@ -95,13 +108,7 @@ def load_custom(interactions_path: str | Path, items_path: str | Path, *,
             inter, inter_file, _timestamp_expr().is_null(), "timestamp",
             pl.format("unparseable timestamp {}", pl.col("timestamp").fill_null("null")),
         )
-    if "rating" in inter.columns:
-        rating = pl.col("rating").str.strip_chars()
-        problems += _row_problems(
-            inter, inter_file, rating.is_not_null() & (rating != "")
-            & rating.cast(pl.Float64, strict=False).is_null(), "rating",
-            pl.format("rating {} is not a number", rating),
-        )
+    problems += _optional_number(inter, inter_file, "rating", pl.Float64, "a number")
     if "item_id" in items.columns:
         problems += _integer(items, item_file, "item_id")
         problems += _row_problems(
@@ -109,13 +116,7 @@ def load_custom(interactions_path: str | Path, items_path: str | Path, *,
             & pl.col("item_id").is_duplicated(), "item_id",
             pl.format("duplicate item_id {}", pl.col("item_id")),
         )
-    if "year" in items.columns:
-        year = pl.col("year").str.strip_chars()
-        problems += _row_problems(
-            items, item_file, year.is_not_null() & (year != "")
-            & year.cast(pl.Int32, strict=False).is_null(), "year",
-            pl.format("year {} is not an integer", year),
-        )
+    problems += _optional_number(items, item_file, "year", pl.Int32, "an integer")
     if "item_id" in inter.columns and "item_id" in items.columns:
         known = items.select(pl.col("item_id").str.strip_chars())
         problems += _row_problems(
