@@ -59,3 +59,11 @@ class DataValidationError(InstructRankError):
         more = len(problems) - self.MAX_SHOWN
         tail = f"\n  ... and {more} more" if more > 0 else ""
         super().__init__(f"{len(problems)} problem(s) in the input data:\n{shown}{tail}")
+
+
+class FeatureStoreError(InstructRankError):
+    """The feature store is misconfigured, or a source no longer matches its view."""
+
+
+class StoreUnavailableError(InstructRankError):
+    """The online store cannot be reached (the service answers 503)."""

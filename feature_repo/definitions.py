@@ -1,0 +1,139 @@
+"""instructrank's features, read top to bottom: entities, sources, views, services.
+
+Adding a feature = one `Field` in one view here + one column in the job that writes that
+view's source (feature_repo/jobs/). Sources are parquet files under data/sources/, written by
+`instructrank features build`; paths are relative to this folder.
+
+Time semantics (what makes training sets point-in-time correct):
+- user views hold one row per (user, second with interactions), timestamped one second
+  *after* it: a request at T sees exactly the interactions strictly before T;
+- item_stats holds one row per (item, day with interactions), timestamped at the end of that
+  day: a request sees only days that ended before it;
+- static views (content, text embeddings) are timestamped 1970-01-01 and never expire.
+
+The hot path (`ranker_online_v1`) is one user row plus one compact row per candidate
+(`item_serving`: item_stats packed into one vector, because the online read costs per
+(entity, feature) pair). The 384-d item vectors are static and loaded once into the scoring
+process, so per request only the user's profile vector travels.
+"""
+
+from datetime import timedelta
+
+from feast import Entity, FeatureService, FeatureView, Field, FileSource
+from feast.types import Array, Float32, Float64, Int64, String
+from feast.value_type import ValueType
+
+FOREVER = timedelta(0)  # Feast: a ttl of 0 means the value never expires
+
+# --- entities -----------------------------------------------------------------------------
+
+user = Entity(name="user", join_keys=["user_id"], value_type=ValueType.INT64,
+              description="A person with a history of interactions.")
+item = Entity(name="item", join_keys=["item_id"], value_type=ValueType.INT64,
+              description="A catalogue item.")
+request = Entity(name="request", join_keys=["request_id"], value_type=ValueType.STRING,
+                 description="A logged instruction request.")
+
+# --- sources (written by feature_repo/jobs) -------------------------------------------------
+
+user_history_source = FileSource(name="user_history_source",
+                                 path="data/sources/user_history.parquet",
+                                 timestamp_field="event_timestamp")
+user_profile_source = FileSource(name="user_profile_source",
+                                 path="data/sources/user_profile_embedding.parquet",
+                                 timestamp_field="event_timestamp")
+item_stats_source = FileSource(name="item_stats_source", path="data/sources/item_stats.parquet",
+                               timestamp_field="event_timestamp")
+item_serving_source = FileSource(name="item_serving_source",
+                                 path="data/sources/item_serving.parquet",
+                                 timestamp_field="event_timestamp")
+item_content_source = FileSource(name="item_content_source",
+                                 path="data/sources/item_content.parquet",
+                                 timestamp_field="event_timestamp")
+item_text_source = FileSource(name="item_text_source",
+                              path="data/sources/item_text_embedding.parquet",
+                              timestamp_field="event_timestamp")
+instruction_source = FileSource(name="instruction_source",
+                                path="data/sources/instruction_embedding.parquet",
+                                timestamp_field="event_timestamp")
+
+# --- feature views ---------------------------------------------------------------------------
+
+user_history = FeatureView(
+    name="user_history", entities=[user], ttl=FOREVER, source=user_history_source,
+    description="The user's history as of each interaction (strictly before the row time).",
+    schema=[
+        Field(name="n_interactions", dtype=Int64),
+        Field(name="mean_rating", dtype=Float32, description="null when nothing was rated"),
+        Field(name="last_interaction_ts", dtype=Int64, description="unix seconds"),
+        Field(name="genre_share", dtype=Array(Float32),
+              description="share of the history in each genre, order in data/sources/meta.json"),
+        Field(name="last_items", dtype=Array(Int64), description="most recent first, up to 5"),
+    ],
+)
+
+user_profile_embedding = FeatureView(
+    name="user_profile_embedding", entities=[user], ttl=FOREVER, source=user_profile_source,
+    description="Recency-weighted mean of the history's item text vectors (half-life 20 items).",
+    schema=[Field(name="embedding", dtype=Array(Float32))],
+)
+
+item_stats = FeatureView(
+    name="item_stats", entities=[item], ttl=FOREVER, source=item_stats_source,
+    description="Popularity and rating as of the end of each day with interactions.",
+    schema=[
+        Field(name="interactions", dtype=Int64, description="all-time count"),
+        Field(name="mean_rating", dtype=Float32),
+        Field(name="popularity_7d", dtype=Float32,
+              description="interaction count decayed with a 7-day half-life, at row time"),
+        Field(name="popularity_30d", dtype=Float32,
+              description="interaction count decayed with a 30-day half-life, at row time"),
+        Field(name="last_interaction_ts", dtype=Int64),
+    ],
+)
+
+item_serving = FeatureView(
+    name="item_serving", entities=[item], ttl=FOREVER, source=item_serving_source,
+    description="item_stats packed into one vector per item for the hot path, in the order "
+                "of feature_repo/jobs/items.py SERVING_FIELDS (interactions, mean_rating, "
+                "popularity_7d, popularity_30d, last_interaction_ts); unpacked by name when read.",
+    schema=[Field(name="vector", dtype=Array(Float64))],
+)
+
+item_content = FeatureView(
+    name="item_content", entities=[item], ttl=FOREVER, source=item_content_source,
+    description="Static attributes.",
+    schema=[
+        Field(name="title", dtype=String),
+        Field(name="year", dtype=Int64),
+        Field(name="genres", dtype=Array(String)),
+    ],
+)
+
+item_text_embedding = FeatureView(
+    name="item_text_embedding", entities=[item], ttl=FOREVER, source=item_text_source,
+    description="all-MiniLM-L6-v2 vector of the item's text (title, genres, decade).",
+    schema=[Field(name="embedding", dtype=Array(Float32))],
+)
+
+instruction_embedding = FeatureView(
+    name="instruction_embedding", entities=[request], ttl=FOREVER, source=instruction_source,
+    online=False,  # logged requests are for training; online requests are encoded live
+    description="all-MiniLM-L6-v2 vector of each logged instruction.",
+    schema=[Field(name="embedding", dtype=Array(Float32))],
+)
+
+# --- feature services: one per model version ----------------------------------------------
+
+ranker_training_v1 = FeatureService(
+    name="ranker_training_v1",
+    features=[user_history, item_stats, item_content],
+    description="Point-in-time features per (request, candidate) for training the ranker; "
+                "vectors are joined per request, not per candidate.",
+)
+
+ranker_online_v1 = FeatureService(
+    name="ranker_online_v1",
+    features=[user_history, user_profile_embedding, item_serving],
+    description="The hot path: one read for the user's views and one per candidate view.",
+)

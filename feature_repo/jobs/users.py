@@ -1,0 +1,90 @@
+"""User views: `user_history` and `user_profile_embedding`.
+
+One row per (user, second with interactions), holding the state *including* that second and
+timestamped one second later, so a point-in-time join at T sees interactions strictly before
+T. Within a second, interactions are ordered by ascending item id (the protocol's tie rule).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import polars as pl
+
+from feature_repo.jobs import utc_seconds
+
+LAST_ITEMS = 5
+PROFILE_HALF_LIFE = 20  # items
+
+
+def _ordered(interactions: pl.DataFrame) -> pl.DataFrame:
+    return interactions.sort("user_id", "timestamp", "item_id").with_columns(
+        pl.int_range(pl.len()).over("user_id").alias("pos"))
+
+
+def _group_end() -> pl.Expr:
+    """True on the last interaction of each (user, second): the row that closes the state."""
+    nxt = pl.col("timestamp").shift(-1).over("user_id")
+    return nxt.is_null() | (nxt != pl.col("timestamp"))
+
+
+def user_history(interactions: pl.DataFrame, items: pl.DataFrame,
+                 genres: list[str]) -> pl.DataFrame:
+    """user_id, n_interactions, mean_rating, last_interaction_ts, genre_share, last_items,
+    event_timestamp."""
+    flags = items.select(
+        "item_id",
+        *[pl.col("genres").list.contains(g).cast(pl.Float32).alias(f"_g{i}")
+          for i, g in enumerate(genres)],
+    )
+    g_cols = [f"_g{i}" for i in range(len(genres))]
+    x = _ordered(interactions).join(flags, on="item_id", how="left").with_columns(
+        pl.col(g_cols).fill_null(0.0))
+    n = pl.col("pos") + 1
+    rated = pl.col("rating").is_not_null().cast(pl.Int64).cum_sum().over("user_id")
+    rating_sum = pl.col("rating").fill_null(0.0).cum_sum().over("user_id")
+    share = [(pl.col(c).cum_sum().over("user_id") / n).cast(pl.Float32) for c in g_cols]
+    last = pl.concat_list(
+        [pl.col("item_id").shift(k).over("user_id") for k in range(LAST_ITEMS)]
+    ).list.drop_nulls()
+    return x.with_columns(
+        n.cast(pl.Int64).alias("n_interactions"),
+        pl.when(rated > 0).then(rating_sum / rated).cast(pl.Float32).alias("mean_rating"),
+        pl.col("timestamp").alias("last_interaction_ts"),
+        (pl.concat_list(share) if share else pl.lit([], pl.List(pl.Float32))).alias(
+            "genre_share"),
+        last.alias("last_items"),
+        _group_end().alias("_end"),
+    ).filter("_end").select(
+        "user_id", "n_interactions", "mean_rating", "last_interaction_ts", "genre_share",
+        "last_items", utc_seconds(pl.col("timestamp") + 1),
+    )
+
+
+def user_profile_embedding(interactions: pl.DataFrame, item_ids: np.ndarray,
+                           item_vectors: np.ndarray) -> pl.DataFrame:
+    """Recency-weighted mean of history item vectors (weight halves every 20 items back),
+    L2-normalised: user_id, embedding, event_timestamp."""
+    x = _ordered(interactions)
+    max_pos = int(x["pos"].max() or 0)
+    if max_pos / PROFILE_HALF_LIFE > 900:
+        raise ValueError(f"a user has {max_pos + 1} interactions; the profile recurrence "
+                         f"supports up to {900 * PROFILE_HALF_LIFE}")
+    row_of = {int(i): r for r, i in enumerate(item_ids)}
+    idx = x["item_id"].replace_strict(row_of, return_dtype=pl.Int64).to_numpy()
+    # sum_j x_j 2^{(j - i)/h} = 2^{-i/h} * cumsum_j x_j 2^{j/h}; the scalar 2^{-i/h} vanishes
+    # in the normalisation, so only the per-user cumulative sum is needed.
+    scale = np.exp2(x["pos"].to_numpy() / PROFILE_HALF_LIFE)[:, None]
+    weighted = item_vectors[idx].astype(np.float64) * scale
+    dims = [f"_e{d}" for d in range(weighted.shape[1])]
+    ends = x.select(_group_end().alias("_end"))["_end"]
+    frame = pl.DataFrame(weighted, schema=dims).with_columns(x["user_id"], x["timestamp"], ends)
+    summed = frame.with_columns(pl.col(dims).cum_sum().over("user_id")).filter("_end")
+    vec = summed.select(dims).to_numpy()
+    vec /= np.maximum(np.linalg.norm(vec, axis=1, keepdims=True), 1e-12)
+    return summed.select("user_id", utc_seconds(pl.col("timestamp") + 1)).insert_column(
+        1, vectors_column(vec))
+
+
+def vectors_column(vectors: np.ndarray, name: str = "embedding") -> pl.Series:
+    """A (n x d) matrix as the List(Float32) column Feast reads as Array(Float32)."""
+    return pl.Series(name, vectors.astype(np.float32)).cast(pl.List(pl.Float32))

@@ -1,0 +1,340 @@
+"""Everything that talks to Feast: open a store by profile, check sources against views,
+apply, materialize, and read features back offline (point-in-time) and online.
+
+Feature columns always come back with full names (`view__feature`): several views share
+feature names (`mean_rating`), and a silent collision would feed one into the other.
+Types are restored from the view schemas, because nulls change dtypes on the way through
+DuckDB and pandas (an Int64 with a null comes back as float64).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import os
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+import pyarrow.parquet as pq
+import yaml
+
+from recdata.errors import FeatureStoreError, StoreUnavailableError, UnknownNameError
+
+PACKAGE_REPO = Path(__file__).resolve().parents[1] / "feature_repo"
+ONLINE_STORES = ("sqlite", "redis")
+ONLINE_SERVICE = "ranker_online_v1"
+TRAINING_SERVICE = "ranker_training_v1"
+BEGINNING = datetime(1970, 1, 1, tzinfo=UTC)
+ENTITY_TYPES = {"INT64": pl.Int64(), "STRING": pl.String()}
+
+
+def definitions() -> Any:
+    """The declarations module (imported lazily: it imports Feast)."""
+    return importlib.import_module("feature_repo.definitions")
+
+
+def feast_objects() -> list[Any]:
+    from feast import Entity, FeatureService, FeatureView
+
+    mod = definitions()
+    kinds = (Entity, FeatureView, FeatureService)
+    return [v for v in vars(mod).values() if isinstance(v, kinds)]
+
+
+def feature_views() -> dict[str, Any]:
+    from feast import FeatureView
+
+    return {v.name: v for v in vars(definitions()).values() if isinstance(v, FeatureView)}
+
+
+def polars_dtype(feast_type: Any) -> pl.DataType:
+    """The polars type a Feast field type comes back as."""
+    from feast.types import Array, Bool, Float32, Float64, Int32, Int64, String
+
+    scalar = {Int64: pl.Int64(), Int32: pl.Int32(), Float32: pl.Float32(),
+              Float64: pl.Float64(), String: pl.String(), Bool: pl.Boolean()}
+    if isinstance(feast_type, Array):
+        return pl.List(polars_dtype(feast_type.base_type))
+    for k, v in scalar.items():
+        if feast_type == k:
+            return v
+    raise FeatureStoreError(f"no polars type for Feast type {feast_type}")
+
+
+@dataclass(frozen=True)
+class FeatureRepo:
+    """A Feast repository folder: feature_store.yaml(s) and data/ (sources, registry,
+    SQLite online store). The declarations always come from `feature_repo.definitions`."""
+
+    path: Path
+
+    @property
+    def sources(self) -> Path:
+        return self.path / "data" / "sources"
+
+    def source_path(self, view: Any) -> Path:
+        return self.path / view.batch_source.path
+
+    def store(self, online: str = "sqlite", redis_url: str | None = None) -> Any:
+        """A FeatureStore for this repo with the named online store profile."""
+        from feast import FeatureStore, RepoConfig
+
+        if online not in ONLINE_STORES:
+            raise UnknownNameError("online store", online, list(ONLINE_STORES))
+        name = "feature_store.yaml" if online == "sqlite" else f"feature_store.{online}.yaml"
+        yaml_file = self.path / name
+        if not yaml_file.exists():
+            yaml_file = PACKAGE_REPO / name
+        config = yaml.safe_load(yaml_file.read_text())
+        if online == "redis" and redis_url:
+            config["online_store"]["connection_string"] = redis_url
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            return FeatureStore(config=RepoConfig(**config, repo_path=self.path),
+                                repo_path=str(self.path))
+
+
+def check_sources(repo: FeatureRepo, views: dict[str, Any] | None = None) -> None:
+    """Every view's parquet source exists and has each declared column with its type; the
+    error names the view, the column and both types, before Feast gives a vaguer one."""
+    from feast import Entity
+
+    entities = {v.name: v for v in vars(definitions()).values() if isinstance(v, Entity)}
+    problems = []
+    for name, view in (views or feature_views()).items():
+        path = repo.source_path(view)
+        if not path.exists():
+            problems.append(f"feature view {name!r}: source {path} does not exist "
+                            "(run `instructrank features build`)")
+            continue
+        schema = pl.from_arrow(pq.read_schema(path).empty_table()).schema
+        wanted = {f.name: polars_dtype(f.dtype) for f in view.features}
+        wanted |= {entities[e].join_key: ENTITY_TYPES[entities[e].value_type.name]
+                   for e in view.entities}
+        wanted[view.batch_source.timestamp_field] = pl.Datetime("us", "UTC")
+        for col, dtype in wanted.items():
+            if col not in schema:
+                problems.append(f"feature view {name!r}: column {col!r} is missing from {path}")
+            elif schema[col] != dtype:
+                problems.append(f"feature view {name!r}: column {col!r} is {schema[col]} in "
+                                f"{path}, the view declares {dtype}")
+    if problems:
+        raise FeatureStoreError("sources do not match their views:\n  " + "\n  ".join(problems))
+
+
+@contextlib.contextmanager
+def offline_calls(repo: FeatureRepo) -> Iterator[None]:
+    """Run offline-store calls from inside the repo folder. Feast 0.67's DuckDB store reads a
+    relative FileSource path against the working directory, not `repo_path` (the file source
+    itself resolves it right), which is why `cd feature_repo && feast ...` works and a call
+    from elsewhere finds no files. Process-wide, so only for batch jobs, never the service."""
+    previous = Path.cwd()
+    os.chdir(repo.path)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            yield
+    finally:
+        os.chdir(previous)
+
+
+def built_views(repo: FeatureRepo) -> dict[str, Any]:
+    """The views whose sources exist (a build without embeddings has no vector views)."""
+    return {n: v for n, v in feature_views().items() if repo.source_path(v).exists()}
+
+
+def apply(repo: FeatureRepo, store: Any) -> list[str]:
+    """`feast apply` for the built views and the services whose views are all built, after
+    checking each source against its view. Returns the applied view names."""
+    from feast import FeatureService, FeatureView
+
+    views = built_views(repo)
+    check_sources(repo, views)
+    objects = [o for o in feast_objects()
+               if (not isinstance(o, FeatureView) or o.name in views)
+               and (not isinstance(o, FeatureService)
+                    or all(p.name in views for p in o.feature_view_projections))]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        store.apply(objects)
+    return list(views)
+
+
+def _online_views(repo: FeatureRepo) -> list[str]:
+    return [n for n, v in built_views(repo).items() if v.online]
+
+
+def materialize(repo: FeatureRepo, store: Any, end: datetime,
+                start: datetime | None = None) -> None:
+    """Backfill [start, end] (default: from the beginning). The first
+    `materialize_incremental` would start at now - ttl and skip older rows, hence this."""
+    check_sources(repo, built_views(repo))
+    with offline_calls(repo):
+        store.materialize(start_date=start or BEGINNING, end_date=end,
+                          feature_views=_online_views(repo))
+
+
+def materialize_incremental(repo: FeatureRepo, store: Any, end: datetime) -> None:
+    """From where each view's last materialization ended up to `end`."""
+    check_sources(repo, built_views(repo))
+    with offline_calls(repo):
+        store.materialize_incremental(end_date=end, feature_views=_online_views(repo))
+
+
+def _feature_types(refs: list[str]) -> dict[str, pl.DataType]:
+    views = feature_views()
+    out = {}
+    for ref in refs:
+        view, feature = ref.split(":")
+        field = next(f for f in views[view].features if f.name == feature)
+        out[f"{view}__{feature}"] = polars_dtype(field.dtype)
+    return out
+
+
+def service_refs(store: Any, service: str) -> list[str]:
+    svc = store.get_feature_service(service)
+    return [f"{p.name}:{f.name}" for p in svc.feature_view_projections for f in p.features]
+
+
+def historical_features(repo: FeatureRepo, store: Any, entity_df: pl.DataFrame,
+                        features: str | list[str] = TRAINING_SERVICE) -> pl.DataFrame:
+    """Point-in-time features for each entity row (join keys + `event_timestamp`), typed
+    from the view schemas, in the entity rows' order. `features` is a service name or a
+    list of 'view:feature' references."""
+    if "event_timestamp" not in entity_df.columns:
+        raise FeatureStoreError("entity rows need an 'event_timestamp' column")
+    refs = service_refs(store, features) if isinstance(features, str) else features
+    rows = entity_df.with_row_index("__row").with_columns(
+        pl.col("event_timestamp").dt.replace_time_zone("UTC")
+        if entity_df.schema["event_timestamp"].time_zone is None  # type: ignore[union-attr]
+        else pl.col("event_timestamp"))
+    with offline_calls(repo):
+        job = store.get_historical_features(entity_df=rows.to_pandas(), features=refs,
+                                            full_feature_names=True)
+        result = pl.from_pandas(job.to_df())
+    types = _feature_types(refs)
+    result = result.with_columns(
+        pl.col(c).cast(t) for c, t in types.items() if c in result.columns)
+    return result.sort("__row").drop("__row")
+
+
+@dataclass(frozen=True)
+class OnlineFeatures:
+    """One user's features and one row per candidate, as the ranker consumes them. Item
+    columns use the offline names (`item_stats__popularity_7d`) whichever view served them."""
+
+    user: dict[str, Any]
+    items: pl.DataFrame
+    user_known: bool
+
+
+def _value(v: Any) -> Any:
+    """A Feast ValueProto as a Python value (None when unset)."""
+    kind = v.WhichOneof("val")
+    if kind is None or kind == "null_val":
+        return None
+    x = getattr(v, kind)
+    return list(x.val) if kind.endswith("_list_val") else x
+
+
+def packed_views() -> dict[str, tuple[str, str, tuple[str, ...]]]:
+    """Serving views that pack another view's fields: view -> (field, source view, names)."""
+    from feature_repo.jobs.items import SERVING_FIELDS
+
+    return {"item_serving": ("vector", "item_stats", SERVING_FIELDS)}
+
+
+class OnlineReader:
+    """Reads a feature service for one user and N candidates with one online-store read per
+    view: user views with the user's key, item views with the candidates' keys, through
+    Feast's `OnlineStore.online_read`. Everything a request needs (views, names, types,
+    unpacking) is resolved here once, at start-up, so a request does no registry work and
+    the user's rows are not copied once per candidate as `get_online_features` does."""
+
+    def __init__(self, store: Any, service: str = ONLINE_SERVICE) -> None:
+        self.store = store
+        self.provider = store._get_provider()
+        svc = store.get_feature_service(service)
+        entities = {e.name: e for e in store.list_entities()}
+        views = feature_views()
+        packed = packed_views()
+        self.plan: list[tuple[Any, str, list[str]]] = []
+        self.types: dict[str, pl.DataType] = {}
+        for proj in svc.feature_view_projections:
+            view = store.get_feature_view(proj.name)
+            key = entities[view.entities[0]].join_key
+            names = [f.name for f in proj.features]
+            self.plan.append((view, key, names))
+            if proj.name in packed:
+                _, source, fields = packed[proj.name]
+                src = {f.name: f.dtype for f in views[source].features}
+                self.types |= {f"{source}__{f}": polars_dtype(src[f]) for f in fields}
+            else:
+                self.types |= {f"{proj.name}__{f.name}": polars_dtype(f.dtype)
+                               for f in proj.features}
+        self.user_columns = [c for c in self.types if _view_of(c) in _user_views()]
+
+    def read(self, user_id: int, item_ids: list[int]) -> OnlineFeatures:
+        from feast.protos.feast.types.EntityKey_pb2 import EntityKey
+        from feast.protos.feast.types.Value_pb2 import Value
+
+        def keys(name: str, ids: list[int]) -> list[Any]:
+            return [EntityKey(join_keys=[name], entity_values=[Value(int64_val=int(i))])
+                    for i in ids]
+
+        user_keys = keys("user_id", [user_id])
+        item_keys = keys("item_id", item_ids)
+        columns: dict[str, list[Any]] = {"item_id": [int(i) for i in item_ids]}
+        packed = packed_views()
+        for view, key, names in self.plan:
+            try:
+                rows = self.provider.online_read(self.store.config, view,
+                                                 user_keys if key == "user_id" else item_keys,
+                                                 names)
+            except Exception as exc:
+                if _is_connection_error(exc):
+                    raise StoreUnavailableError(f"online store unreachable: {exc}") from exc
+                raise
+            for name in names:
+                values = [None if d is None or name not in d else _value(d[name])
+                          for _, d in rows]
+                if view.name in packed:
+                    _, source, fields = packed[view.name]
+                    for j, f in enumerate(fields):
+                        columns[f"{source}__{f}"] = [None if v is None else v[j]
+                                                     for v in values]
+                else:
+                    columns[f"{view.name}__{name}"] = values
+        user = {c: columns.pop(c)[0] for c in self.user_columns}
+        items = pl.DataFrame(columns, schema={"item_id": pl.Int64(), **{
+            c: t for c, t in self.types.items() if c not in self.user_columns}}, strict=False)
+        return OnlineFeatures(user, items, any(v is not None for v in user.values()))
+
+
+def online_features_api(store: Any, user_id: int, item_ids: list[int],
+                        service: str = ONLINE_SERVICE) -> dict[str, list[Any]]:
+    """The same lookup through the public `get_online_features` (one call, the user's rows
+    repeated per candidate): the reference the reader is tested and benchmarked against."""
+    rows = {"user_id": [int(user_id)] * len(item_ids), "item_id": [int(i) for i in item_ids]}
+    svc = store.get_feature_service(service)
+    return store.get_online_features(features=svc, entity_rows=rows,
+                                     full_feature_names=True).to_dict()
+
+
+def _view_of(column: str) -> str:
+    return column.split("__", 1)[0]
+
+
+def _user_views() -> set[str]:
+    return {name for name, v in feature_views().items() if list(v.entities) == ["user"]}
+
+
+def _is_connection_error(exc: BaseException) -> bool:
+    names = {type(e).__name__ for e in (exc, exc.__cause__, exc.__context__) if e}
+    return bool(names & {"ConnectionError", "ConnectionRefusedError", "TimeoutError",
+                         "OperationalError"})
