@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: run test lint setup clean
+.PHONY: run test lint setup clean redis
 
 setup: $(STAMP)
 
@@ -20,11 +20,16 @@ $(STAMP): pyproject.toml
 
 run: $(STAMP)
 	$(VENV)/bin/instructrank data fetch movielens-100k
+	$(VENV)/bin/instructrank features build --dataset movielens-100k
 	$(VENV)/bin/instructrank evaluate --dataset movielens-100k
 
-test: $(STAMP)
+test: $(STAMP) redis
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q
+
+# Debian's redis-server for the SQLite/Redis parity tests (installed only when missing).
+redis:
+	@bash scripts/ensure_redis.sh
 
 clean:
 	rm -rf $(VENV) data .pytest_cache

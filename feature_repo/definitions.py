@@ -137,3 +137,10 @@ ranker_online_v1 = FeatureService(
     features=[user_history, user_profile_embedding, item_serving],
     description="The hot path: one read for the user's views and one per candidate view.",
 )
+
+ranker_online_no_text_v1 = FeatureService(
+    name="ranker_online_no_text_v1",
+    features=[user_history, item_serving],
+    description="The hot path of a ranker without text features (and of builds without "
+                "embeddings).",
+)

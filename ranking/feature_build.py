@@ -178,6 +178,8 @@ def refresh_features(repo_path: Path, new_interactions: pl.DataFrame, *, online:
     repo = fs.FeatureRepo(repo_path)
     meta = json.loads((repo.sources / "meta.json").read_text())
     as_of = datetime.fromisoformat(meta["as_of"])
+    if "rating" not in new_interactions.columns:
+        new_interactions = new_interactions.with_columns(pl.lit(None, pl.Float64).alias("rating"))
     new = new_interactions.select(pl.col(c).cast(t) for c, t in INTERACTION_SCHEMA.items())
     too_old = new.filter(pl.col("timestamp") <= int(as_of.timestamp()))
     if too_old.height:

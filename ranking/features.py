@@ -259,6 +259,10 @@ class OnlineReader:
     def __init__(self, store: Any, service: str = ONLINE_SERVICE) -> None:
         self.store = store
         self.provider = store._get_provider()
+        applied = [s.name for s in store.list_feature_services()]
+        if service not in applied:
+            raise FeatureStoreError(f"feature service {service!r} is not applied in this "
+                                    f"store; applied: {', '.join(sorted(applied)) or 'none'}")
         svc = store.get_feature_service(service)
         entities = {e.name: e for e in store.list_entities()}
         views = feature_views()
@@ -293,9 +297,10 @@ class OnlineReader:
         packed = packed_views()
         for view, key, names in self.plan:
             try:
+                # a copy: Feast's Redis store appends '_ts:<view>' to the list it is given
                 rows = self.provider.online_read(self.store.config, view,
                                                  user_keys if key == "user_id" else item_keys,
-                                                 names)
+                                                 list(names))
             except Exception as exc:
                 if _is_connection_error(exc):
                     raise StoreUnavailableError(f"online store unreachable: {exc}") from exc

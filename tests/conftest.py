@@ -38,3 +38,70 @@ def encoder(data_dir):
     from encoders.text import TextEncoder
 
     return TextEncoder(cache_dir=data_dir / "cache", show_progress=False)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def redis_url():
+    """A real redis-server on a free loopback port for this test session. Skips (saying why)
+    where none is installed, except under CI, where the parity tests must run."""
+    import shutil
+    import subprocess
+    import time
+
+    binary = shutil.which("redis-server")
+    if binary is None:
+        reason = "redis-server is not installed (`make test` installs it with apt-get as root)"
+        if os.environ.get("CI"):
+            pytest.fail(reason)
+        pytest.skip(reason)
+    port = _free_port()
+    proc = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                             "--appendonly", "no"], stdout=subprocess.DEVNULL)
+    import redis
+
+    client = redis.Redis(host="127.0.0.1", port=port)
+    for _ in range(100):
+        try:
+            client.ping()
+            break
+        except redis.ConnectionError:
+            time.sleep(0.05)
+    else:
+        proc.kill()
+        pytest.fail("redis-server did not start")
+    yield f"127.0.0.1:{port}"
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
+@pytest.fixture
+def make_repo(tmp_path, synthetic):
+    """Build a feature repo (SQLite, or Redis with a URL) in a fresh folder."""
+    import shutil
+
+    from ranking.feature_build import FeatureBuildConfig, build_features
+    from ranking.features import PACKAGE_REPO, FeatureRepo
+    from recdata.instructions import InstructionConfig
+
+    def make(dataset=None, *, embeddings=False, online="sqlite", redis_url=None, repo=None,
+             data_dir=None):
+        repo = repo or tmp_path / "repo"
+        repo.mkdir(exist_ok=True)
+        for name in ("feature_store.yaml", "feature_store.redis.yaml"):
+            shutil.copy(PACKAGE_REPO / name, repo / name)
+        cfg = FeatureBuildConfig(dataset="synthetic", repo=repo, embeddings=embeddings,
+                                 online=online, redis_url=redis_url,
+                                 data_dir=data_dir or tmp_path / "data",
+                                 instructions=InstructionConfig(train_requests_per_user=0))
+        result = build_features(cfg, dataset=dataset or synthetic, progress=False)
+        return FeatureRepo(repo), result
+
+    return make

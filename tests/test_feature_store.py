@@ -1,0 +1,192 @@
+"""The Feast repository for real: apply, materialize, point-in-time joins, online reads."""
+
+from datetime import UTC, datetime
+
+import numpy as np
+import polars as pl
+import pytest
+
+from ranking import features as fs
+from ranking.feature_build import refresh_features
+from recdata.errors import FeatureStoreError
+
+DAY = 86_400
+NO_TEXT = "ranker_online_no_text_v1"  # builds without embeddings serve this one
+
+
+def at(seconds: int) -> datetime:
+    return datetime.fromtimestamp(seconds, tz=UTC)
+
+
+def test_leak_trap(make_repo, synthetic):
+    """A row timestamped one second after the request, holding an extreme value, is never
+    returned for that request; one second later it is."""
+    repo, _ = make_repo(synthetic)
+    inter = synthetic.interactions.sort("user_id", "timestamp")
+    user = 5
+    times = inter.filter(pl.col("user_id") == user)["timestamp"]
+    t = int(times[10]) + 30  # between two interactions (synthetic gaps are >= 60 s)
+    assert int(times[11]) > t + 1
+    path = repo.source_path(fs.feature_views()["user_history"])
+    source = pl.read_parquet(path)
+    trap = source.filter(pl.col("user_id") == user).head(1).with_columns(
+        pl.lit(10**9, pl.Int64).alias("n_interactions"),
+        pl.lit(at(t + 1)).alias("event_timestamp"))
+    pl.concat([source, trap]).write_parquet(path)
+    rows = pl.DataFrame({"user_id": [user, user], "item_id": [1, 1],
+                         "event_timestamp": [at(t), at(t + 1)]})
+    got = fs.historical_features(repo, repo.store(), rows, ["user_history:n_interactions"])
+    before = inter.filter((pl.col("user_id") == user) & (pl.col("timestamp") < t)).height
+    assert before == 11
+    assert got["user_history__n_interactions"].to_list() == [before, 10**9]
+
+
+def test_point_in_time_equals_recomputation(make_repo, synthetic):
+    repo, _ = make_repo(synthetic)
+    inter = synthetic.interactions
+    sample = inter.sample(60, seed=3).select(
+        "user_id", "item_id", pl.from_epoch("timestamp", "s").dt.replace_time_zone("UTC")
+        .alias("event_timestamp"), pl.col("timestamp").alias("t"))
+    got = fs.historical_features(repo, repo.store(), sample.drop("t"),
+                                 ["user_history:n_interactions", "item_stats:interactions"])
+    expect_user = sample.join(inter, on="user_id", suffix="_i").filter(
+        pl.col("timestamp") < pl.col("t")).group_by("user_id", "t").len()
+    expect_item = sample.join(inter, on="item_id", suffix="_i").filter(
+        pl.col("timestamp") < pl.col("t") // DAY * DAY).group_by("item_id", "t").len()
+    check = sample.join(expect_user.rename({"len": "eu"}), on=["user_id", "t"], how="left").join(
+        expect_item.rename({"len": "ei"}), on=["item_id", "t"], how="left")
+    assert got["user_history__n_interactions"].to_list() == check["eu"].to_list()
+    assert got["item_stats__interactions"].to_list() == check["ei"].to_list()
+
+
+def test_types_survive_nulls(make_repo):
+    repo, _ = make_repo()
+    rows = pl.DataFrame({"user_id": [1, 999_999], "item_id": [1, 999_999],
+                         "event_timestamp": [at(2_000_000_000)] * 2})
+    got = fs.historical_features(repo, repo.store(), rows)
+    assert got.schema["user_history__n_interactions"] == pl.Int64
+    assert got.schema["item_stats__mean_rating"] == pl.Float32
+    assert got.schema["user_history__last_items"] == pl.List(pl.Int64)
+    assert got["user_history__n_interactions"][1] is None
+    assert got["item_stats__interactions"][0] is not None
+
+
+def test_online_reader_matches_public_api_and_offline_rows(make_repo, synthetic):
+    repo, _ = make_repo(synthetic)
+    store = repo.store()
+    reader = fs.OnlineReader(store, NO_TEXT)
+    items = [*range(1, 41), 10**6]
+    got = reader.read(3, items)
+    api = fs.online_features_api(store, 3, items, NO_TEXT)
+    for col, value in got.user.items():
+        assert api[col][0] == pytest.approx(value)
+    packed = api["item_serving__vector"]
+    for j, name in enumerate(fs.packed_views()["item_serving"][2]):
+        col = got.items[f"item_stats__{name}"].to_list()
+        assert col[-1] is None and packed[-1] is None  # the unknown item
+        assert col[:-1] == pytest.approx([v[j] for v in packed[:-1]], rel=1e-6)
+    # unpacked serving values equal the named offline rows (latest per item)
+    latest = pl.read_parquet(repo.source_path(fs.feature_views()["item_stats"])).sort(
+        "event_timestamp").group_by("item_id").last()
+    joined = got.items.join(latest, on="item_id")
+    assert joined.height == 40
+    assert (joined["item_stats__interactions"] == joined["interactions"]).all()
+    assert np.allclose(joined["item_stats__popularity_7d"], joined["popularity_7d"])
+
+
+def test_missing_service_is_named(make_repo):
+    repo, _ = make_repo()
+    with pytest.raises(FeatureStoreError, match=r"'ranker_online_v1' is not applied.*no_text"):
+        fs.OnlineReader(repo.store())
+
+
+def test_unknown_entities_are_cold_start(make_repo):
+    repo, _ = make_repo()
+    got = fs.OnlineReader(repo.store(), NO_TEXT).read(10**7, [1, 10**7])
+    assert not got.user_known
+    assert all(v is None for v in got.user.values())
+    assert got.items["item_stats__interactions"].to_list()[1] is None
+
+
+def test_sqlite_and_redis_serve_identical_values(make_repo, synthetic, redis_url, data_dir,
+                                                 tmp_path):
+    sqlite_repo, _ = make_repo(synthetic, embeddings=True, data_dir=data_dir)
+    redis_repo, _ = make_repo(synthetic, embeddings=True, online="redis", redis_url=redis_url,
+                              repo=tmp_path / "redis_repo", data_dir=data_dir)
+    a = fs.OnlineReader(sqlite_repo.store())
+    b = fs.OnlineReader(redis_repo.store("redis", redis_url))
+    items = synthetic.items["item_id"].to_list()
+    for user in (1, 17, 60, 10**7):
+        x, y = a.read(user, items), b.read(user, items)
+        assert x.user == y.user
+        assert x.items.equals(y.items)
+    profile = a.read(17, items).user["user_profile_embedding__embedding"]
+    assert len(profile) == 384 and np.linalg.norm(profile) == pytest.approx(1.0, abs=1e-4)
+
+
+def _snapshot(reader, users, items):
+    out_users = {u: reader.read(u, [1]).user for u in users}
+    return out_users, reader.read(users[0], items).items
+
+
+def test_incremental_refresh_changes_exactly_the_touched_entities(make_repo, synthetic):
+    repo, result = make_repo(synthetic)
+    users = synthetic.interactions["user_id"].unique().sort().to_list()
+    items = synthetic.items["item_id"].to_list()
+    reader = fs.OnlineReader(repo.store(), NO_TEXT)
+    before_users, before_items = _snapshot(reader, users, items)
+    t = int(datetime.fromisoformat(result.as_of).timestamp()) + 3600
+    new = pl.DataFrame({"user_id": [3, 7, 7], "item_id": [5, 9, 5],
+                        "timestamp": [t, t + 10, t + 20], "rating": [5.0, 4.0, 3.0]})
+    refresh_features(repo.path, new)
+    after_users, after_items = _snapshot(fs.OnlineReader(repo.store(), NO_TEXT), users, items)
+    changed_users = {u for u in users if before_users[u] != after_users[u]}
+    diff = before_items.join(after_items, on="item_id", suffix="_new").filter(
+        pl.col("item_stats__interactions") != pl.col("item_stats__interactions_new"))
+    assert changed_users == {3, 7}
+    assert set(diff["item_id"]) == {5, 9}
+    assert after_users[7]["user_history__last_items"][:2] == [5, 9]
+
+
+def test_refresh_refuses_interactions_older_than_the_store(make_repo):
+    repo, _ = make_repo()
+    old = pl.DataFrame({"user_id": [1], "item_id": [1], "timestamp": [1_000_000_000]})
+    with pytest.raises(FeatureStoreError, match="not after the materialized time"):
+        refresh_features(repo.path, old)
+
+
+def test_source_that_no_longer_matches_its_view_is_named(make_repo):
+    repo, _ = make_repo()
+    path = repo.source_path(fs.feature_views()["item_stats"])
+    pl.read_parquet(path).rename({"popularity_7d": "pop7"}).write_parquet(path)
+    with pytest.raises(FeatureStoreError,
+                       match="feature view 'item_stats': column 'popularity_7d' is missing"):
+        fs.apply(repo, repo.store())
+    pl.read_parquet(path).rename({"pop7": "popularity_7d"}).with_columns(
+        pl.col("mean_rating").cast(pl.String)).write_parquet(path)
+    with pytest.raises(FeatureStoreError, match=r"'mean_rating' is String .* declares Float32"):
+        fs.materialize(repo, repo.store(), end=at(2_000_000_000))
+
+
+def test_rebuild_with_nothing_changed_reuses_sources(make_repo, synthetic):
+    repo, first = make_repo(synthetic)
+    _, second = make_repo(synthetic, repo=repo.path)
+    assert not first.reused_sources and second.reused_sources
+    assert first.fingerprint == second.fingerprint
+
+
+@pytest.mark.slow
+def test_movielens_build_and_lookup(make_repo, movielens, tmp_path):
+    repo, result = make_repo(movielens)
+    assert result.rows["item_content"] == 1682
+    assert result.as_of.startswith("1998-04-23")
+    got = fs.OnlineReader(repo.store(), NO_TEXT).read(42, [1, 50])
+    assert got.user_known and got.user["user_history__n_interactions"] == 183
+    when = [at(880_000_000), at(881_108_000)]
+    hist = fs.historical_features(repo, repo.store(), pl.DataFrame(
+        {"user_id": [42, 42], "item_id": [50, 50], "event_timestamp": when}))
+    counts = [movielens.interactions.filter(
+        (pl.col("user_id") == 42) & (pl.col("timestamp") < int(w.timestamp()))).height
+        for w in when]
+    assert counts[0] == 0 and counts[1] > 0
+    assert hist["user_history__n_interactions"].to_list() == [None, counts[1]]
