@@ -189,12 +189,13 @@ def features_lookup(
     repo: Repo = None,
     online: Online = "sqlite",
     redis_url: RedisUrl = None,
+    service: Annotated[str, typer.Option(help="Feature service to read.")] = "ranker_online_v1",
 ) -> None:
     """Show the online features the ranker would read for a user and candidates."""
     from ranking import features as fs
 
     store = fs.FeatureRepo(repo or fs.PACKAGE_REPO).store(online, redis_url)
-    result = fs.OnlineReader(store).read(user, [int(i) for i in _split(items) or []])
+    result = fs.OnlineReader(store, service).read(user, [int(i) for i in _split(items) or []])
     state = "known" if result.user_known else "unknown (cold start: nulls)"
     console.print(f"user {user}: {state}")
     for k, v in result.user.items():

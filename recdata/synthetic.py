@@ -17,6 +17,28 @@ SYNTHETIC_GENRES = ("Action", "Comedy", "Drama", "Horror", "Romance", "Sci-Fi", 
                     "Animation")
 
 
+CHUNK = 2_000
+
+
+def _user_chunk(rng: np.random.Generator, lo: int, hi: int, item_genre: np.ndarray,
+                popularity: np.ndarray, k: int) -> tuple[np.ndarray, ...]:
+    n = hi - lo
+    taste = rng.dirichlet(np.full(item_genre.shape[1], 0.3), n)
+    affinity = taste @ item_genre.T.astype(float)  # users x items
+    weight = (affinity + 0.01) * popularity[None, :] ** 0.5
+    prob = weight / weight.sum(axis=1, keepdims=True)
+    # Sampling without replacement per user via Gumbel top-k: vectorised, no row loop.
+    gumbel = np.log(prob) - np.log(-np.log(rng.random(prob.shape)))
+    chosen = np.argpartition(-gumbel, k - 1, axis=1)[:, :k]
+    rows = np.repeat(np.arange(n), k)
+    items = chosen.ravel()
+    start = rng.integers(1_000_000_000, 1_050_000_000, n)
+    gaps = rng.integers(60, 86_400, (n, k)).cumsum(axis=1)
+    ratings = np.clip(np.rint(2.5 + 2.5 * affinity[rows, items]
+                              + rng.normal(0, 0.7, rows.size)), 1, 5)
+    return rows + lo, items, (start[:, None] + gaps).ravel(), ratings
+
+
 def make_synthetic(n_users: int = 200, n_items: int = 300, interactions_per_user: int = 30,
                    seed: int = 0) -> Dataset:
     """A dataset of `n_users * interactions_per_user` interactions with planted genre tastes."""
@@ -31,22 +53,12 @@ def make_synthetic(n_users: int = 200, n_items: int = 300, interactions_per_user
     years = rng.integers(1950, 2020, n_items)
     popularity = rng.zipf(1.6, n_items).clip(max=200).astype(float)
 
-    taste = rng.dirichlet(np.full(n_genres, 0.3), n_users)
-    affinity = taste @ item_genre.T.astype(float)  # users x items
-    weight = (affinity + 0.01) * popularity[None, :] ** 0.5
-    prob = weight / weight.sum(axis=1, keepdims=True)
     k = min(interactions_per_user, n_items)
-    # Sampling without replacement per user via Gumbel top-k: vectorised, no row loop.
-    gumbel = np.log(prob) - np.log(-np.log(rng.random(prob.shape)))
-    chosen = np.argpartition(-gumbel, k - 1, axis=1)[:, :k]
-    user_idx = np.repeat(np.arange(n_users), k)
-    item_idx = chosen.ravel()
-    start = rng.integers(1_000_000_000, 1_050_000_000, n_users)
-    gaps = rng.integers(60, 86_400, (n_users, k)).cumsum(axis=1)
-    timestamps = (start[:, None] + gaps).ravel()
-    ratings = np.clip(np.rint(2.5 + 2.5 * affinity[user_idx, item_idx]
-                              + rng.normal(0, 0.7, user_idx.size)), 1, 5)
-
+    # Users are drawn in chunks so memory stays ~chunk x items, whatever the size asked for.
+    parts = [_user_chunk(rng, lo, min(lo + CHUNK, n_users), item_genre, popularity, k)
+             for lo in range(0, n_users, CHUNK)]
+    user_idx, item_idx, timestamps, ratings = (np.concatenate(p) for p in zip(*parts,
+                                                                              strict=True))
     interactions = pl.DataFrame({
         "user_id": (user_idx + 1).astype(np.int64),
         "item_id": (item_idx + 1).astype(np.int64),

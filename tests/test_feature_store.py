@@ -1,6 +1,7 @@
 """The Feast repository for real: apply, materialize, point-in-time joins, online reads."""
 
 from datetime import UTC, datetime
+from pathlib import Path
 
 import numpy as np
 import polars as pl
@@ -190,3 +191,42 @@ def test_movielens_build_and_lookup(make_repo, movielens, tmp_path):
         for w in when]
     assert counts[0] == 0 and counts[1] > 0
     assert hist["user_history__n_interactions"].to_list() == [None, counts[1]]
+
+
+def test_feast_cli_applies_the_repo_from_its_folder(make_repo, tmp_path):
+    """`cd feature_repo && feast apply` as a data scientist runs it, on a copy of the repo."""
+    import shutil
+    import subprocess
+    import sys
+
+    repo, _ = make_repo()
+    for f in ("definitions.py", ".feastignore"):
+        shutil.copy(fs.PACKAGE_REPO / f, repo.path / f)
+    feast = str(Path(sys.executable).parent / "feast")
+    done = subprocess.run([feast, "apply"], cwd=repo.path, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    listed = subprocess.run([feast, "feature-views", "list"], cwd=repo.path,
+                            capture_output=True, text=True, timeout=300)
+    assert "user_history" in listed.stdout and "item_serving" in listed.stdout
+
+
+def test_cli_build_and_lookup(tmp_path):
+    from typer.testing import CliRunner
+
+    from ranking.cli import app
+
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    runner = CliRunner()
+    out = runner.invoke(app, ["features", "build", "--dataset", "synthetic", "--repo", str(repo),
+                              "--no-embeddings", "--data-dir", str(tmp_path)])
+    assert out.exit_code == 0, out.output
+    assert "user_history" in out.output
+    out = runner.invoke(app, ["features", "lookup", "--user", "1", "--items", "1,2",
+                              "--repo", str(repo)])
+    assert out.exit_code == 1 and "ranker_online_no_text_v1" in out.output
+    out = runner.invoke(app, ["features", "lookup", "--user", "1", "--items", "1,2",
+                              "--repo", str(repo), "--service", NO_TEXT])
+    assert out.exit_code == 0, out.output
+    assert "user 1: known" in out.output and "item_stats__interactions" in out.output
