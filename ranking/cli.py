@@ -201,7 +201,12 @@ def features_lookup(
     for k, v in result.user.items():
         shown = f"[{len(v)} values]" if isinstance(v, list) and len(v) > 8 else v
         console.print(f"  {k} = {shown}")
-    typer.echo(str(result.items))
+    import polars as pl
+
+    views = sorted({c.split("__")[0] for c in result.items.columns if "__" in c})
+    shown = result.items.rename(lambda c: c.split("__", 1)[-1])
+    with pl.Config(tbl_width_chars=200, tbl_cols=-1, tbl_rows=50):
+        typer.echo(f"candidates ({', '.join(views)}):\n{shown}")
 
 
 @app.command("models")

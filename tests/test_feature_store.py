@@ -229,4 +229,4 @@ def test_cli_build_and_lookup(tmp_path):
     out = runner.invoke(app, ["features", "lookup", "--user", "1", "--items", "1,2",
                               "--repo", str(repo), "--service", NO_TEXT])
     assert out.exit_code == 0, out.output
-    assert "user 1: known" in out.output and "item_stats__interactions" in out.output
+    assert "user 1: known" in out.output and "popularity_7d" in out.output
