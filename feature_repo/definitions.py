@@ -53,6 +53,10 @@ item_content_source = FileSource(name="item_content_source",
 item_text_source = FileSource(name="item_text_source",
                               path="data/sources/item_text_embedding.parquet",
                               timestamp_field="event_timestamp")
+user_kg_source = FileSource(name="user_kg_source", path="data/sources/user_kg_embedding.parquet",
+                            timestamp_field="event_timestamp")
+item_kg_source = FileSource(name="item_kg_source", path="data/sources/item_kg_embedding.parquet",
+                            timestamp_field="event_timestamp")
 instruction_source = FileSource(name="instruction_source",
                                 path="data/sources/instruction_embedding.parquet",
                                 timestamp_field="event_timestamp")
@@ -116,6 +120,18 @@ item_text_embedding = FeatureView(
     schema=[Field(name="embedding", dtype=Array(Float32))],
 )
 
+user_kg_embedding = FeatureView(
+    name="user_kg_embedding", entities=[user], ttl=FOREVER, source=user_kg_source,
+    description="PyKEEN entity vector of the user (KG built from the training window only).",
+    schema=[Field(name="embedding", dtype=Array(Float32))],
+)
+
+item_kg_embedding = FeatureView(
+    name="item_kg_embedding", entities=[item], ttl=FOREVER, source=item_kg_source,
+    description="PyKEEN entity vector of the item.",
+    schema=[Field(name="embedding", dtype=Array(Float32))],
+)
+
 instruction_embedding = FeatureView(
     name="instruction_embedding", entities=[request], ttl=FOREVER, source=instruction_source,
     online=False,  # logged requests are for training; online requests are encoded live
@@ -143,4 +159,11 @@ ranker_online_no_text_v1 = FeatureService(
     features=[user_history, item_serving],
     description="The hot path of a ranker without text features (and of builds without "
                 "embeddings).",
+)
+
+ranker_online_kg_v1 = FeatureService(
+    name="ranker_online_kg_v1",
+    features=[user_history, user_profile_embedding, user_kg_embedding, item_serving],
+    description="The hot path with KG features: item KG vectors, like text vectors, are "
+                "static and held in the scoring process.",
 )

@@ -170,13 +170,14 @@ def _online_views(repo: FeatureRepo) -> list[str]:
 
 
 def materialize(repo: FeatureRepo, store: Any, end: datetime,
-                start: datetime | None = None) -> None:
-    """Backfill [start, end] (default: from the beginning). The first
-    `materialize_incremental` would start at now - ttl and skip older rows, hence this."""
+                start: datetime | None = None, views: list[str] | None = None) -> None:
+    """Backfill [start, end] (default: from the beginning) for `views` (default: every built
+    online view). The first `materialize_incremental` would start at now - ttl and skip
+    older rows, hence this."""
     check_sources(repo, built_views(repo))
     with offline_calls(repo):
         store.materialize(start_date=start or BEGINNING, end_date=end,
-                          feature_views=_online_views(repo))
+                          feature_views=views or _online_views(repo))
 
 
 def materialize_incremental(repo: FeatureRepo, store: Any, end: datetime) -> None:

@@ -1,0 +1,44 @@
+"""Request-time KG signals for (user, candidate) pairs: the one function the ranker calls.
+
+- `kg_score`: the KG model's score of (user, interacted, candidate);
+- `kg_recent_cosine`: cosine between the candidate and the mean of the user's recent items
+  in KG space.
+NaN marks "unknown" (a user or item outside the graph, no recent items): LightGBM treats it
+as missing rather than as a value.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from kg.embeddings import KGEmbeddings
+
+RELATION = "interacted"
+
+
+def entity_rows(emb: KGEmbeddings, kind: str, ids: np.ndarray) -> np.ndarray:
+    """Rows of `kind:<id>` entities (shape of `ids`), -1 where absent or id < 0."""
+    ids = np.asarray(ids)
+    labels = np.char.add(f"{kind}:", ids.astype(str).ravel())
+    rows = emb.rows(labels).reshape(ids.shape)
+    return np.where(ids < 0, -1, rows)
+
+
+def kg_signals(emb: KGEmbeddings, user_ids: np.ndarray, candidates: np.ndarray,
+               recent_items: np.ndarray) -> dict[str, np.ndarray]:
+    """user_ids (n,), candidates (n, k) item ids, recent_items (n, r) item ids padded with -1.
+    Returns arrays of shape (n, k)."""
+    users = entity_rows(emb, "user", user_ids)[:, None]
+    items = entity_rows(emb, "item", candidates)
+    score = emb.score(np.broadcast_to(users, items.shape), RELATION, items)
+
+    vectors = emb.real_vectors()
+    unit = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+    recent = entity_rows(emb, "item", recent_items)
+    known = recent >= 0
+    summed = (unit[np.maximum(recent, 0)] * known[..., None]).sum(axis=1)
+    norm = np.linalg.norm(summed, axis=1, keepdims=True)
+    profile = np.where(norm > 0, summed / np.maximum(norm, 1e-12), np.nan)
+    cosine = np.einsum("nkd,nd->nk", unit[np.maximum(items, 0)], profile)
+    cosine = np.where(items < 0, np.nan, cosine)
+    return {"kg_score": score, "kg_recent_cosine": cosine}

@@ -1,0 +1,152 @@
+"""`train_kg()`: PyKEEN on CPU with early stopping on held-out triples, cached by a hash of
+the triples and the config, returning a result that saves and loads itself.
+
+PyKEEN writes under PYSTOW_HOME (default ~/.data); it is pointed at the project's data
+directory before PyKEEN is imported. No PyKEEN dataset that downloads is used.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+from pydantic import BaseModel, ConfigDict, Field
+
+from kg.embeddings import KGEmbeddings
+from kg.triples import relation_counts
+from recdata.errors import ConfigError, UnknownNameError
+
+PYKEEN_MODELS = {"transe": "TransE", "distmult": "DistMult", "complex": "ComplEx",
+                 "rotate": "RotatE"}
+
+
+class KGConfig(BaseModel):
+    """How the KG model is trained. Unknown keys are rejected."""
+
+    model_config = ConfigDict(extra="forbid")
+    model: str = "transe"
+    dim: int = Field(64, ge=2)
+    epochs: int = Field(60, ge=1)
+    batch_size: int = Field(4096, ge=1)
+    lr: float = Field(0.01, gt=0)
+    eval_every: int = Field(10, ge=1)
+    patience: int = Field(2, ge=0)
+    validation_share: float = Field(0.02, gt=0, lt=0.5)
+    test_share: float = Field(0.03, gt=0, lt=0.5)
+    seed: int = 42
+
+    def pykeen_name(self) -> str:
+        if self.model not in PYKEEN_MODELS:
+            raise UnknownNameError("KG model", self.model, list(PYKEEN_MODELS))
+        return PYKEEN_MODELS[self.model]
+
+
+@dataclass
+class KGResult:
+    """Embeddings plus what produced them; `save()` writes the directory, `load()` reads it."""
+
+    embeddings: KGEmbeddings
+    config: dict
+    key: str
+    triples: int
+    entities: int
+    relations: dict[str, int]
+    epochs: int
+    train_s: float
+    mrr: float
+    hits_at_10: float
+    cached: bool = False
+
+    def save(self, directory: Path) -> Path:
+        directory.mkdir(parents=True, exist_ok=True)
+        self.embeddings.save(directory / "embeddings.npz")
+        meta = {k: v for k, v in asdict(self).items() if k not in {"embeddings", "cached"}}
+        tmp = directory / "result.json.tmp"
+        tmp.write_text(json.dumps(meta, indent=2))
+        os.replace(tmp, directory / "result.json")
+        return directory
+
+    @classmethod
+    def load(cls, directory: Path) -> KGResult:
+        meta = json.loads((directory / "result.json").read_text())
+        return cls(KGEmbeddings.load(directory / "embeddings.npz"), **meta, cached=True)
+
+
+def cache_key(triples: pl.DataFrame, cfg: KGConfig) -> str:
+    h = hashlib.sha1(str(triples.sort("head", "relation", "tail").hash_rows(seed=0).sum())
+                     .encode())
+    h.update(str(triples.height).encode())
+    h.update(cfg.model_dump_json().encode())
+    return h.hexdigest()[:12]
+
+
+def _export(model: object, factory: object, name: str) -> KGEmbeddings:
+    import torch
+
+    with torch.no_grad():
+        ent = model.entity_representations[0](indices=None).cpu().numpy()  # type: ignore[attr-defined]
+        rel = model.relation_representations[0](indices=None).cpu().numpy()  # type: ignore[attr-defined]
+    ent_labels = np.array([factory.entity_id_to_label[i] for i in range(len(ent))])  # type: ignore[attr-defined]
+    rel_labels = np.array([factory.relation_id_to_label[i] for i in range(len(rel))])  # type: ignore[attr-defined]
+    return KGEmbeddings(name, ent_labels, ent, rel_labels, rel)
+
+
+def train_kg(triples: pl.DataFrame, cfg: KGConfig, cache_dir: Path, *,
+             progress: bool = True) -> KGResult:
+    """Train (or load from cache) a KG embedding model on (head, relation, tail) triples."""
+    name = cfg.pykeen_name()
+    if triples.height < 10:
+        raise ConfigError(f"the KG has only {triples.height} triples; nothing to learn from")
+    key = cache_key(triples, cfg)
+    directory = cache_dir / key
+    if (directory / "result.json").exists():
+        return KGResult.load(directory)
+    os.environ.setdefault("PYSTOW_HOME", str(cache_dir.parent / "pystow"))
+    import torch
+    from pykeen.pipeline import pipeline
+    from pykeen.triples import TriplesFactory
+
+    for noisy in ("pykeen", "torch_max_mem"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
+    torch.manual_seed(cfg.seed)
+    labeled = triples.select("head", "relation", "tail").to_numpy().astype(str)
+    factory = TriplesFactory.from_labeled_triples(labeled)
+    train_share = 1 - cfg.validation_share - cfg.test_share
+    training, validation, testing = factory.split(
+        [train_share, cfg.validation_share, cfg.test_share], random_state=cfg.seed)
+    started = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        result = pipeline(
+            training=training, validation=validation, testing=testing, model=name,
+            model_kwargs={"embedding_dim": cfg.dim}, optimizer="Adam",
+            optimizer_kwargs={"lr": cfg.lr},
+            training_kwargs={"num_epochs": cfg.epochs, "batch_size": cfg.batch_size,
+                             "use_tqdm": progress, "use_tqdm_batch": False},
+            stopper="early",
+            stopper_kwargs={"frequency": cfg.eval_every, "patience": cfg.patience,
+                            "metric": "mrr", "relative_delta": 0.002,
+                            "evaluation_batch_size": 512},
+            evaluation_kwargs={"batch_size": 512, "use_tqdm": False},
+            random_seed=cfg.seed, device="cpu",
+        )
+    seconds = time.perf_counter() - started
+    metrics = result.metric_results
+    out = KGResult(
+        embeddings=_export(result.model, training, cfg.model),
+        config=cfg.model_dump(), key=key, triples=triples.height,
+        entities=factory.num_entities, relations=relation_counts(triples),
+        epochs=len(result.losses), train_s=round(seconds, 1),
+        mrr=float(metrics.get_metric("both.realistic.inverse_harmonic_mean_rank")),
+        hits_at_10=float(metrics.get_metric("both.realistic.hits_at_10")),
+    )
+    out.save(directory)
+    return out
