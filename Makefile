@@ -21,6 +21,7 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(VENV)/bin/instructrank data fetch movielens-100k
 	$(VENV)/bin/instructrank features build --dataset movielens-100k
+	$(VENV)/bin/instructrank kg train --dataset movielens-100k
 	$(VENV)/bin/instructrank evaluate --dataset movielens-100k
 
 test: $(STAMP) redis

@@ -68,9 +68,10 @@ def load_external(triples_path: str | Path, entity_map_path: str | Path,
     mapping = _read(Path(entity_map_path))
     problems = _required(triples, t_file, list(TRIPLE_SCHEMA))
     problems += _required(mapping, m_file, ["item_id", "entity"])
-    if not problems:
+    if "item_id" in mapping.columns:
         item = pl.col("item_id").str.strip_chars()
-        problems += _problems(mapping, m_file, item.cast(pl.Int64, strict=False).is_null(),
+        problems += _problems(mapping, m_file, item.is_not_null() & (item != "")
+                              & item.cast(pl.Int64, strict=False).is_null(),
                               "item_id", pl.format("item_id {} is not an integer", item))
         problems += _problems(mapping, m_file, item.is_duplicated(), "item_id",
                               pl.format("item_id {} is mapped more than once", item))
