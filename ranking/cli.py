@@ -28,6 +28,11 @@ app.add_typer(kg_app, name="kg")
 console = Console()
 err = Console(stderr=True)
 
+DatasetName = Annotated[str, typer.Option("--dataset",
+                                          help="movielens-100k, synthetic or custom.")]
+Interactions = Annotated[Path | None, typer.Option("--interactions",
+                                                   help="For --dataset custom.")]
+Items = Annotated[Path | None, typer.Option("--items", help="For --dataset custom.")]
 Repo = Annotated[Path | None, typer.Option(
     "--repo", help="Feast repository folder (default: the project's feature_repo/).")]
 Online = Annotated[str, typer.Option("--online", help="Online store profile: sqlite or redis.")]
@@ -109,10 +114,9 @@ def data_validate(
 @user_errors
 def data_requests(
     out: Annotated[Path, typer.Option(help="Parquet file to write the requests to.")],
-    dataset: Annotated[str, typer.Option(help="movielens-100k, synthetic or custom.")]
-    = "movielens-100k",
-    interactions: Annotated[Path | None, typer.Option(help="For --dataset custom.")] = None,
-    items: Annotated[Path | None, typer.Option(help="For --dataset custom.")] = None,
+    dataset: DatasetName = "movielens-100k",
+    interactions: Interactions = None,
+    items: Items = None,
     seed: Annotated[int, typer.Option(help="Seed of the generator.")] = 42,
     data_dir: DataDir = Path("data"),
 ) -> None:
@@ -130,10 +134,9 @@ def data_requests(
 @features_app.command("build")
 @user_errors
 def features_build(
-    dataset: Annotated[str, typer.Option(help="movielens-100k, synthetic or custom.")]
-    = "movielens-100k",
-    interactions: Annotated[Path | None, typer.Option(help="For --dataset custom.")] = None,
-    items: Annotated[Path | None, typer.Option(help="For --dataset custom.")] = None,
+    dataset: DatasetName = "movielens-100k",
+    interactions: Interactions = None,
+    items: Items = None,
     repo: Repo = None,
     online: Online = "sqlite",
     redis_url: RedisUrl = None,
@@ -223,10 +226,9 @@ def kg_train(
         help="Your own KG: head,relation,tail (tsv/csv/parquet).")] = None,
     entity_map: Annotated[Path | None, typer.Option(
         help="item_id,entity mapping of your catalogue to the external KG.")] = None,
-    dataset: Annotated[str, typer.Option(help="movielens-100k, synthetic or custom.")]
-    = "movielens-100k",
-    interactions: Annotated[Path | None, typer.Option(help="For --dataset custom.")] = None,
-    items: Annotated[Path | None, typer.Option(help="For --dataset custom.")] = None,
+    dataset: DatasetName = "movielens-100k",
+    interactions: Interactions = None,
+    items: Items = None,
     repo: Repo = None,
     online: Online = "sqlite",
     redis_url: RedisUrl = None,
@@ -286,8 +288,7 @@ def models() -> None:
 @app.command("evaluate")
 @user_errors
 def evaluate_cmd(
-    dataset: Annotated[str, typer.Option(help="movielens-100k, synthetic or custom.")]
-    = "movielens-100k",
+    dataset: DatasetName = "movielens-100k",
     models: Annotated[str | None, typer.Option(
         help="Comma-separated model names (default: every baseline; see `instructrank "
              "models`).")] = None,
@@ -295,8 +296,8 @@ def evaluate_cmd(
         help="Comma-separated tasks: history, intent, search (default: all).")] = None,
     config: Annotated[Path | None, typer.Option(
         help="JSON experiment config (see configs/); flags given here override it.")] = None,
-    interactions: Annotated[Path | None, typer.Option(help="For --dataset custom.")] = None,
-    items: Annotated[Path | None, typer.Option(help="For --dataset custom.")] = None,
+    interactions: Interactions = None,
+    items: Items = None,
     sample_users: Annotated[int | None, typer.Option(
         help="Evaluate on this many random users only (quick runs).")] = None,
     seed: Annotated[int | None, typer.Option(help="Seed for requests, ties and sampling.")]
