@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from recdata.atomic_io import atomic_path
 from recdata.errors import ConfigError
 
 
@@ -103,7 +103,7 @@ class TextEncoder:
         self.cache_file.parent.mkdir(parents=True, exist_ok=True)
         keys = np.array(list(self._memory.keys()), dtype="U40")
         vectors = np.stack(list(self._memory.values()))
-        fd, tmp = tempfile.mkstemp(dir=self.cache_file.parent, suffix=".npz")
-        os.close(fd)
-        np.savez(tmp, keys=keys, vectors=vectors)
-        os.replace(tmp, self.cache_file)
+        tmp, target = atomic_path(self.cache_file)
+        with open(tmp, "wb") as f:  # a file object: np.savez would append '.npz' to a name
+            np.savez(f, keys=keys, vectors=vectors)
+        os.replace(tmp, target)

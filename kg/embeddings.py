@@ -9,13 +9,13 @@ neither torch nor the model. Stored as npz: no pickle.
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from recdata.atomic_io import atomic_path
 from recdata.errors import UnknownNameError
 
 
@@ -82,12 +82,11 @@ class KGEmbeddings:
         return v.astype(np.float32)
 
     def save(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npz")
-        os.close(fd)
-        np.savez(tmp, model=np.array(self.model), entities=self.entities.astype(str),
-                 entity_vectors=self.entity_vectors, relations=self.relations.astype(str),
-                 relation_vectors=self.relation_vectors)
+        tmp, path = atomic_path(path)
+        with open(tmp, "wb") as f:  # a file object: np.savez would append '.npz' to a name
+            np.savez(f, model=np.array(self.model), entities=self.entities.astype(str),
+                     entity_vectors=self.entity_vectors, relations=self.relations.astype(str),
+                     relation_vectors=self.relation_vectors)
         os.replace(tmp, path)
 
     @classmethod

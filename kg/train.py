@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from kg.embeddings import KGEmbeddings
 from kg.triples import relation_counts
+from recdata.atomic_io import write_text_atomic
 from recdata.errors import ConfigError, UnknownNameError
 
 PYKEEN_MODELS = {"transe": "TransE", "distmult": "DistMult", "complex": "ComplEx",
@@ -69,9 +70,7 @@ class KGResult:
         directory.mkdir(parents=True, exist_ok=True)
         self.embeddings.save(directory / "embeddings.npz")
         meta = {k: v for k, v in asdict(self).items() if k not in {"embeddings", "cached"}}
-        tmp = directory / "result.json.tmp"
-        tmp.write_text(json.dumps(meta, indent=2))
-        os.replace(tmp, directory / "result.json")
+        write_text_atomic(directory / "result.json", json.dumps(meta, indent=2))
         return directory
 
     @classmethod

@@ -122,7 +122,7 @@ def data_requests(
 ) -> None:
     """Generate instruction requests (history, intent, search) and write them as parquet."""
     from ranking.datasets import load_dataset
-    from ranking.evaluation.result import write_parquet_atomic
+    from recdata.atomic_io import write_parquet_atomic
     from recdata.instructions import InstructionConfig, generate_requests
 
     ds = load_dataset(dataset, data_dir, interactions=interactions, items=items)

@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from tqdm.auto import tqdm
 
 from ranking import features as fs
-from ranking.evaluation.result import write_parquet_atomic, write_text_atomic
+from recdata.atomic_io import write_parquet_atomic, write_text_atomic
 from recdata.dataset import INTERACTION_SCHEMA, Dataset, item_text
 from recdata.errors import FeatureStoreError
 from recdata.instructions import InstructionConfig, generate_requests
@@ -59,8 +59,7 @@ class FeatureBuildResult:
 
 def _fingerprint(ds: Dataset, cfg: FeatureBuildConfig, encoder_id: str) -> str:
     h = hashlib.sha1()
-    h.update(str(ds.interactions.hash_rows(seed=0).sum()).encode())
-    h.update(str(ds.items.select("item_id", "title").hash_rows(seed=0).sum()).encode())
+    h.update(ds.fingerprint().encode())
     h.update(cfg.instructions.model_dump_json().encode())
     h.update(f"{encoder_id}:{cfg.embeddings}".encode())
     for job in sorted((fs.PACKAGE_REPO / "jobs").glob("*.py")):

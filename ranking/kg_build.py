@@ -17,7 +17,7 @@ from kg.external import ExternalKG, load_external
 from kg.train import KGConfig, KGResult, train_kg
 from kg.triples import build_triples
 from ranking import features as fs
-from ranking.evaluation.result import write_parquet_atomic
+from recdata.atomic_io import write_parquet_atomic
 from recdata.dataset import Dataset
 from recdata.errors import ConfigError
 

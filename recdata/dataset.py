@@ -47,6 +47,14 @@ class Dataset:
             "items": self.n_items,
         }
 
+    def fingerprint(self) -> str:
+        """Content hash of interactions and catalogue: what versions every derived artifact."""
+        inter = self.interactions.hash_rows(seed=0).sum()
+        items = self.items.select(
+            pl.col("item_id"), pl.col("title"), pl.col("genres").list.join("|")
+        ).hash_rows(seed=0).sum()
+        return f"{self.name}:{inter}:{items}"
+
     def sample_users(self, n_users: int, seed: int) -> Dataset:
         """The same dataset restricted to `n_users` random users (all their interactions,
         the whole catalogue), for quick end-to-end runs on real data."""

@@ -55,14 +55,6 @@ class Prepared:
     tiebreak: np.ndarray
 
 
-def data_fingerprint(ds: Dataset) -> str:
-    inter = ds.interactions.hash_rows(seed=0).sum()
-    items = ds.items.select(
-        pl.col("item_id"), pl.col("title"), pl.col("genres").list.join("|")
-    ).hash_rows(seed=0).sum()
-    return f"{ds.name}:{inter}:{items}"
-
-
 def prepare(cfg: EvalConfig, ds: Dataset) -> Prepared:
     requests = generate_requests(ds, cfg.instructions)
     catalogue = Catalogue.from_dataset(ds)
@@ -184,7 +176,7 @@ def evaluate(cfg: EvalConfig, *, dataset: Dataset | None = None,
     metrics = metrics_of(all_rankings, test_requests)
     return EvalResult(
         config=cfg, dataset_summary=ds.summary(), fingerprint=cfg.fingerprint(
-            data_fingerprint(ds)),
+            ds.fingerprint()),
         requests=prep.requests, items=ds.items, rankings=all_rankings, metrics=metrics,
         tuning=pl.concat(tuning), chosen=chosen, seconds=time.perf_counter() - started,
     )

@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ranking.evaluation.metrics import METRICS
-from ranking.evaluation.result import atomic_path
+from recdata.atomic_io import atomic_path
 
 # Short headers keep the table inside an 80-column terminal.
 HEADERS = {"hr@10": "HR@10", "ndcg@10": "NDCG@10", "mrr@10": "MRR@10", "recall@20": "R@20",

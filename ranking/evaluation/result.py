@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -22,6 +21,7 @@ import polars as pl
 
 from ranking.evaluation.config import EvalConfig
 from ranking.evaluation.metrics import METRICS
+from recdata.atomic_io import atomic_path, write_parquet_atomic, write_text_atomic
 
 LIBRARIES = ("polars", "duckdb", "numpy", "scipy", "sentence-transformers", "torch",
              "lightgbm", "feast", "pykeen")
@@ -35,26 +35,6 @@ def library_versions() -> dict[str, str]:
         except metadata.PackageNotFoundError:
             out[lib] = "not installed"
     return out
-
-
-def atomic_path(target: Path) -> tuple[Path, Path]:
-    """A temporary path beside `target`; rename it onto `target` when complete."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    os.close(fd)
-    return Path(tmp), target
-
-
-def write_text_atomic(target: Path, text: str) -> None:
-    tmp, target = atomic_path(target)
-    tmp.write_text(text)
-    os.replace(tmp, target)
-
-
-def write_parquet_atomic(frame: pl.DataFrame, target: Path) -> None:
-    tmp, target = atomic_path(target)
-    frame.write_parquet(tmp)
-    os.replace(tmp, target)
 
 
 def long_metrics(metrics: pl.DataFrame, dataset: str) -> pl.DataFrame:
