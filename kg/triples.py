@@ -12,7 +12,7 @@ from __future__ import annotations
 import polars as pl
 
 from recdata.dataset import Dataset
-from recdata.split import temporal_leave_one_out
+from recdata.split import temporal_leave_one_out, training_targets_removed
 
 LIKED_MIN_RATING = 4.0
 AGE_BANDS = [(0, 17, "under 18"), (18, 24, "18-24"), (25, 34, "25-34"), (35, 44, "35-44"),
@@ -74,9 +74,12 @@ def collaborative_triples(train: pl.DataFrame) -> pl.DataFrame:
                       _triples(liked, user, "liked", item)])
 
 
-def build_triples(ds: Dataset, external: pl.DataFrame | None = None) -> pl.DataFrame:
-    """Every triple of the graph (head, relation, tail), unique, in a stable order."""
-    train = temporal_leave_one_out(ds.interactions).filter(pl.col("split") == "train")
+def build_triples(ds: Dataset, external: pl.DataFrame | None = None, *,
+                  hold_out_last: int = 0) -> pl.DataFrame:
+    """Every triple of the graph (head, relation, tail), unique, in a stable order.
+    `hold_out_last` also keeps each user's last training positions out of the graph: the
+    ranker's training requests sit there, and its KG features must not have seen them."""
+    train = training_targets_removed(temporal_leave_one_out(ds.interactions), hold_out_last)
     parts = [item_triples(ds.items, ds.text_columns), user_triples(ds.users),
              collaborative_triples(train)]
     if external is not None:

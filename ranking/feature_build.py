@@ -145,7 +145,8 @@ def build_features(cfg: FeatureBuildConfig, *, dataset: Dataset | None = None,
         requests = generate_requests(ds, cfg.instructions) if encoder is not None else None
         sources = compute_sources(ds, requests, encoder, progress)
         rows = {k: v.height for k, v in sources.items()}
-        meta = {"fingerprint": fingerprint, "dataset": ds.name, "rows": rows,
+        meta = {"fingerprint": fingerprint, "dataset": ds.name,
+                "data_fingerprint": ds.fingerprint(), "rows": rows,
                 "genres": genre_vocabulary(ds.items), "as_of": _as_of(sources).isoformat()}
         _write(repo, ds, sources, meta)
     seconds["jobs"] = time.perf_counter() - t
@@ -205,7 +206,8 @@ def refresh_features(repo_path: Path, new_interactions: pl.DataFrame, *, online:
             repo.source_path(old["instruction_embedding"]))
     new_as_of = _as_of(sources)
     rows = {k: v.height for k, v in sources.items()}
-    meta.update(rows=rows, as_of=new_as_of.isoformat(), fingerprint="refreshed")
+    meta.update(rows=rows, as_of=new_as_of.isoformat(), fingerprint="refreshed",
+                data_fingerprint=ds.fingerprint())
     _write(repo, ds, sources, meta)
     store = repo.store(online, redis_url)
     jobs_s = time.perf_counter() - t

@@ -143,12 +143,17 @@ def describe(frame: pl.DataFrame, cfg: InstructionConfig, nouns: tuple[str, ...]
 
 
 def _targets(split: pl.DataFrame, per_user: int, rng: np.random.Generator) -> pl.DataFrame:
-    """Validation and test targets, plus up to `per_user` earlier training positions per
-    user (each with at least one interaction before it) for learning-to-rank later."""
+    """Validation and test targets, plus each user's last `per_user` training positions
+    (each with at least one interaction before it) for learning-to-rank.
+
+    The last positions, not random ones: the ranker's candidate sources and KG are then fitted
+    on the training window *without* them (`training_targets_removed`), exactly as validation
+    requests are scored by models fitted without the validation targets."""
     evals = split.filter(pl.col("split").is_in(["val", "test"]))
     train = split.filter((pl.col("split") == "train") & (pl.col("seq") >= 1))
-    train = train.with_columns(pl.Series("_r", rng.random(train.height))).filter(
-        pl.col("_r").rank("ordinal").over("user_id") <= per_user).drop("_r")
+    rng.random(train.height)  # keeps the seeded stream (and every other request) unchanged
+    train = train.filter(pl.col("seq").rank("ordinal", descending=True).over("user_id")
+                         <= per_user)
     return pl.concat([train, evals]).sort("user_id", "seq")
 
 

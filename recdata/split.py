@@ -26,3 +26,12 @@ def temporal_leave_one_out(interactions: pl.DataFrame) -> pl.DataFrame:
         .when(pl.col("seq") == pl.col("_n") - 2).then(pl.lit("val"))
         .otherwise(pl.lit("train")).alias("split")
     ).drop("_n")
+
+
+def training_targets_removed(split: pl.DataFrame, last: int) -> pl.DataFrame:
+    """The training rows without each user's last `last` training positions: what models may
+    learn from when they score learning-to-rank requests placed at those positions."""
+    train = split.filter(pl.col("split") == "train")
+    if last <= 0:
+        return train
+    return train.filter(pl.col("seq").rank("ordinal", descending=True).over("user_id") > last)

@@ -8,11 +8,14 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from kg.train import KGConfig
+from ranking.ltr.model import LTRConfig
 from recdata.errors import UnknownNameError
 from recdata.instructions import TASKS, InstructionConfig
 
 BASELINES = ["popularity", "itemknn", "ease", "itemknn_lastn", "ease_lastn", "transition",
-             "filter_popularity", "embedding", "embedding_ease"]
+             "filter_popularity", "embedding", "embedding_ease", "kg"]
+RANKERS = ["ltr_full", "ltr_no_kg", "ltr_no_instruction", "ltr_no_text"]
 
 
 class EvalConfig(BaseModel):
@@ -23,7 +26,7 @@ class EvalConfig(BaseModel):
     interactions: Path | None = None
     items: Path | None = None
     text_columns: list[str] = ["title"]
-    models: list[str] = Field(default_factory=lambda: list(BASELINES), min_length=1)
+    models: list[str] = Field(default_factory=lambda: [*BASELINES, *RANKERS], min_length=1)
     tasks: list[str] = Field(default_factory=lambda: list(TASKS), min_length=1)
     seed: int = 42
     sampled_negatives: int = Field(99, ge=1)
@@ -31,6 +34,10 @@ class EvalConfig(BaseModel):
     sample_users: int | None = Field(None, ge=3)
     encoder_path: Path | None = None
     instructions: InstructionConfig = Field(default_factory=InstructionConfig)
+    ltr: LTRConfig = Field(default_factory=LTRConfig)
+    kg: KGConfig = Field(default_factory=KGConfig)
+    feature_repo: Path | None = Field(
+        None, description="Feast repo the ranker reads (default: the package's feature_repo)")
     data_dir: Path = Path("data")
     results_dir: Path = Path("bench/results")
 
@@ -56,7 +63,8 @@ class EvalConfig(BaseModel):
         files go)."""
         from ranking.scorers.base import scorer_class
 
-        payload = self.model_dump(mode="json", exclude={"data_dir", "results_dir"})
+        payload = self.model_dump(mode="json", exclude={"data_dir", "results_dir",
+                                                        "feature_repo"})
         payload["grids"] = {m: scorer_class(m).grid for m in self.models}
         text = json.dumps(payload, sort_keys=True, default=str) + data_fingerprint
         return hashlib.sha1(text.encode()).hexdigest()[:12]

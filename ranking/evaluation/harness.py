@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import polars as pl
@@ -39,6 +40,10 @@ from ranking.scorers.base import Scorer, ScorerConfig, ScorerContext, scorer_cla
 from recdata.dataset import Dataset
 from recdata.instructions import generate_requests
 
+if TYPE_CHECKING:
+    from kg.embeddings import KGEmbeddings
+    from ranking.ltr.training import LTRResources
+
 TUNE_K = 10
 
 
@@ -49,6 +54,7 @@ class Prepared:
     dataset: Dataset
     catalogue: Catalogue
     requests: pl.DataFrame
+    split: pl.DataFrame
     fits: dict[str, FitData]
     batches: dict[tuple[str, str], RequestBatch]
     negatives: dict[str, np.ndarray]  # task -> test requests x n_negatives
@@ -76,7 +82,7 @@ def prepare(cfg: EvalConfig, ds: Dataset) -> Prepared:
             shape=(len(batch), catalogue.n_items))
         negatives[task] = sample_negatives(
             seen, batch.requests["target_idx"].to_numpy(), cfg.sampled_negatives, cfg.seed)
-    return Prepared(ds, catalogue, requests, fits, batches, negatives,
+    return Prepared(ds, catalogue, requests, split, fits, batches, negatives,
                     tie_permutation(catalogue.n_items, cfg.seed))
 
 
@@ -164,6 +170,11 @@ def evaluate(cfg: EvalConfig, *, dataset: Dataset | None = None,
         encoder = TextEncoder(cfg.encoder_path, cache_dir=cfg.data_dir / "cache",
                               show_progress=progress)
     context = ScorerContext(encoder=encoder)
+    classes = [scorer_class(m) for m in cfg.models]
+    if any(c.uses_kg for c in classes):
+        context.kg = ltr_kg(cfg, ds, progress)
+    if any(c.uses_feature_store for c in classes):
+        context.ltr = ltr_resources(cfg, ds, prep, context, progress)
     rankings, tuning, chosen = [], [], {}
     for name in tqdm(cfg.models, desc="models", disable=not progress):
         best, tuned = tune(name, cfg, prep, context, progress)
@@ -174,9 +185,63 @@ def evaluate(cfg: EvalConfig, *, dataset: Dataset | None = None,
     test_requests = test_requests.filter(pl.col("task").is_in(cfg.tasks))
     all_rankings = pl.concat(rankings)
     metrics = metrics_of(all_rankings, test_requests)
+    recall = candidate_recall(cfg, prep, context) if context.ltr is not None else None
     return EvalResult(
         config=cfg, dataset_summary=ds.summary(), fingerprint=cfg.fingerprint(
             ds.fingerprint()),
         requests=prep.requests, items=ds.items, rankings=all_rankings, metrics=metrics,
         tuning=pl.concat(tuning), chosen=chosen, seconds=time.perf_counter() - started,
+        candidate_recall=recall,
     )
+
+
+def ltr_kg(cfg: EvalConfig, ds: Dataset, progress: bool) -> KGEmbeddings:
+    """The KG every KG feature of the run reads: trained without each user's last training
+    positions, where the ranker's training requests sit, so no KG feature has seen a target
+    (the served KG of `instructrank kg train` is newer; see kg/triples.py)."""
+    from kg.train import train_kg
+    from kg.triples import build_triples
+
+    triples = build_triples(ds, hold_out_last=cfg.instructions.train_requests_per_user)
+    return train_kg(triples, cfg.kg, cfg.data_dir / "kg", progress=progress).embeddings
+
+
+def ltr_resources(cfg: EvalConfig, ds: Dataset, prep: Prepared, context: ScorerContext,
+                  progress: bool) -> LTRResources:
+    import json as _json
+
+    from ranking import features as fs
+    from ranking.ltr.training import LTRResources
+    from recdata.errors import FeatureStoreError
+    from recdata.split import training_targets_removed
+
+    repo = fs.FeatureRepo(cfg.feature_repo or fs.PACKAGE_REPO)
+    meta = repo.sources / "meta.json"
+    built = _json.loads(meta.read_text()) if meta.exists() else None
+    if built is None or built.get("data_fingerprint") != ds.fingerprint():
+        raise FeatureStoreError(
+            f"the feature repo {repo.path} holds no features for this dataset "
+            f"({'none built' if built is None else 'built for ' + str(built.get('dataset'))}"
+            f"); run `instructrank features build` with the same dataset options first")
+    held = training_targets_removed(prep.split, cfg.instructions.train_requests_per_user)
+    train_requests = prep.requests.filter(pl.col("split") == "train")
+    return LTRResources(
+        cfg=cfg.ltr, context=context, catalogue=prep.catalogue, repo=repo,
+        store=repo.store(), ltr_fit=FitData("ltr", held, prep.catalogue),
+        val_fit=prep.fits["val"],
+        train_batch=request_batch(train_requests, prep.split, prep.catalogue),
+        val_batches=[prep.batches[("val", t)] for t in cfg.tasks],
+        data_fingerprint=cfg.fingerprint(ds.fingerprint()),
+        models_dir=cfg.data_dir / "models", progress=progress)
+
+
+def candidate_recall(cfg: EvalConfig, prep: Prepared, context: ScorerContext) -> pl.DataFrame:
+    """Share of test targets among the ranker's candidates, per task: its ceiling."""
+    rows = []
+    for task in cfg.tasks:
+        batch = prep.batches[("test", task)]
+        ex = context.ltr.examples(prep.fits["test"], batch)
+        hit = ex.cands.recall(batch.requests["target_idx"].to_numpy())
+        rows.append({"task": task, "candidates": int(ex.cands.idx.shape[1]),
+                     "recall": float(hit.mean()), "requests": len(batch)})
+    return pl.DataFrame(rows)

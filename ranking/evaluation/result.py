@@ -56,6 +56,7 @@ class EvalResult:
     tuning: pl.DataFrame
     chosen: dict[str, dict[str, Any]]
     seconds: float
+    candidate_recall: pl.DataFrame | None = None  # task, candidates, recall, requests
 
     @property
     def dataset(self) -> str:
@@ -75,8 +76,11 @@ class EvalResult:
         tmp.unlink()
         con = duckdb.connect(str(tmp))
         try:
-            for name, frame in (("requests", self.requests), ("rankings", self.rankings),
-                                ("metrics", self.metrics), ("tuning", self.tuning)):
+            tables = [("requests", self.requests), ("rankings", self.rankings),
+                      ("metrics", self.metrics), ("tuning", self.tuning)]
+            if self.candidate_recall is not None:
+                tables.append(("candidate_recall", self.candidate_recall))
+            for name, frame in tables:
                 con.register("_frame", frame.to_arrow())
                 con.execute(f"CREATE TABLE {name} AS SELECT * FROM _frame")
                 con.unregister("_frame")
@@ -96,6 +100,12 @@ class EvalResult:
 
             quality = self.config.results_dir / "quality.csv"
             rows = long_metrics(self.metrics, self.dataset)
+            if self.candidate_recall is not None:
+                rows = pl.concat([rows, self.candidate_recall.select(
+                    pl.lit(self.dataset).alias("dataset"), "task",
+                    pl.lit("candidates").alias("model"),
+                    pl.format("recall@{}", "candidates").alias("metric"),
+                    pl.col("recall").round(6).alias("value"))])
             if quality.exists():
                 old = pl.read_csv(quality).filter(pl.col("dataset") != self.dataset)
                 rows = pl.concat([old, rows], how="vertical_relaxed")

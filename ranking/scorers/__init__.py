@@ -1,3 +1,3 @@
-"""Baseline scorers; importing this package registers them by name."""
+"""Scorers; importing this package registers them by name."""
 
-from ranking.scorers import history, instruction  # noqa: F401
+from ranking.scorers import history, instruction, knowledge, ltr  # noqa: F401

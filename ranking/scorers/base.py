@@ -33,6 +33,8 @@ class ScorerContext:
     differ only in cheap parameters (N of last-N, a blend weight) reuse the heavy part."""
 
     encoder: Any = None
+    kg: Any = None  # kg.embeddings.KGEmbeddings, for scorers that read the knowledge graph
+    ltr: Any = None  # ranking.ltr.training.LTRResources, for the LTR scorers
     memo: dict = field(default_factory=dict)
 
     def cached(self, owner: object, key: tuple, compute: Callable[[], Any]) -> Any:
@@ -60,6 +62,8 @@ class Scorer(ABC):
     grid: ClassVar[dict[str, list[Any]]] = {}
     uses_history: ClassVar[bool] = True
     uses_instruction: ClassVar[bool] = False
+    uses_kg: ClassVar[bool] = False
+    uses_feature_store: ClassVar[bool] = False
 
     def __init__(self, config: ScorerConfig | None = None,
                  context: ScorerContext | None = None) -> None:

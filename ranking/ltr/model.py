@@ -1,0 +1,140 @@
+"""The LambdaRank model: configuration, training with early stopping, and an artifact that
+saves itself atomically and refuses to load against a store that no longer serves its
+features."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+from pydantic import BaseModel, ConfigDict, Field
+
+from ranking.candidates import CandidateConfig
+from ranking.ltr.features import FEATURES, ITEM_COLUMNS, USER_COLUMNS, feature_names
+from recdata.errors import ConfigError
+
+MODEL_FILE = "model.txt"
+META_FILE = "meta.json"
+
+
+class LTRConfig(BaseModel):
+    """Everything that shapes the ranker; its hash (with the data's) versions the model."""
+
+    model_config = ConfigDict(extra="forbid")
+    candidates: CandidateConfig = Field(default_factory=CandidateConfig)
+    negatives_per_request: int | None = Field(
+        100, ge=1, description="random candidates kept as negatives per training request "
+                               "(None: all); candidates are hard negatives by construction")
+    n_estimators: int = Field(600, ge=1)
+    learning_rate: float = Field(0.05, gt=0)
+    num_leaves: int = Field(31, ge=2)
+    min_child_samples: int = Field(50, ge=1)
+    colsample_bytree: float = Field(0.8, gt=0, le=1)
+    early_stopping_rounds: int = Field(40, ge=1)
+    seed: int = 42
+
+
+@dataclass
+class LTRModel:
+    """A trained ranker: the booster, the ordered feature list it expects, its config and
+    the hash of its training inputs."""
+
+    booster: Any
+    features: list[str]
+    ablation: str
+    config: dict[str, Any]
+    key: str
+    best_iteration: int
+    valid_ndcg: float
+    extra: dict[str, Any]
+
+    def predict(self, frame: pl.DataFrame) -> np.ndarray:
+        return self.booster.predict(frame.select(self.features).to_numpy(),
+                                    num_iteration=self.best_iteration or None)
+
+    def contributions(self, frame: pl.DataFrame) -> np.ndarray:
+        """Per-row, per-feature contributions (SHAP values); the last column is the bias."""
+        return self.booster.predict(frame.select(self.features).to_numpy(), pred_contrib=True,
+                                    num_iteration=self.best_iteration or None)
+
+    def save(self, directory: Path) -> Path:
+        """Write into a temporary folder beside `directory`, then rename it into place."""
+        directory = Path(directory)
+        directory.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}."))
+        self.booster.save_model(str(tmp / MODEL_FILE))
+        meta = {"features": self.features, "ablation": self.ablation, "config": self.config,
+                "key": self.key, "best_iteration": self.best_iteration,
+                "valid_ndcg@10": self.valid_ndcg, "user_columns": USER_COLUMNS,
+                "item_columns": ITEM_COLUMNS, **self.extra}
+        (tmp / META_FILE).write_text(json.dumps(meta, indent=2, default=str))
+        if directory.exists():
+            shutil.rmtree(directory)
+        os.replace(tmp, directory)
+        return directory
+
+    @classmethod
+    def load(cls, directory: Path) -> LTRModel:
+        import lightgbm as lgb
+
+        directory = Path(directory)
+        if not (directory / META_FILE).exists():
+            raise ConfigError(f"{directory} is not a ranker model folder (no {META_FILE}); "
+                              "train one with `instructrank evaluate`")
+        meta = json.loads((directory / META_FILE).read_text())
+        unknown = [f for f in meta["features"] if f not in FEATURES]
+        if unknown:
+            raise ConfigError(f"model {directory.name} expects features this version does not "
+                              f"compute: {', '.join(unknown)}; retrain it")
+        booster = lgb.Booster(model_file=str(directory / MODEL_FILE))
+        known = {"features", "ablation", "config", "key", "best_iteration", "valid_ndcg@10"}
+        return cls(booster, meta["features"], meta["ablation"], meta["config"], meta["key"],
+                   meta["best_iteration"], meta["valid_ndcg@10"],
+                   {k: v for k, v in meta.items() if k not in known})
+
+    def check_served(self, served_columns: set[str]) -> None:
+        """Raise if the feature store no longer serves a column this model's features read."""
+        needed = list(self.extra.get("user_columns", USER_COLUMNS)) + list(
+            self.extra.get("item_columns", ITEM_COLUMNS))
+        missing = [c for c in needed if c not in served_columns]
+        if missing:
+            raise ConfigError(
+                f"model {self.key} was trained on features the online store does not serve: "
+                f"{', '.join(missing)}. Re-apply the feature repo (`instructrank features "
+                f"build`) or retrain the model")
+
+
+def training_key(cfg: LTRConfig, ablation: str, data_fingerprint: str) -> str:
+    text = json.dumps({"config": cfg.model_dump(mode="json"), "ablation": ablation,
+                       "features": feature_names(ablation)}, sort_keys=True)
+    return hashlib.sha1((text + data_fingerprint).encode()).hexdigest()[:12]
+
+
+def fit_lambdarank(cfg: LTRConfig, train: tuple[np.ndarray, np.ndarray, np.ndarray],
+                   valid: tuple[np.ndarray, np.ndarray, np.ndarray],
+                   features: list[str]) -> tuple[Any, int, float]:
+    """(X, y, group sizes) for train and validation -> (booster, best iteration, valid
+    NDCG@10). Early stopping watches validation NDCG@10."""
+    import lightgbm as lgb
+
+    ranker = lgb.LGBMRanker(
+        objective="lambdarank", n_estimators=cfg.n_estimators, learning_rate=cfg.learning_rate,
+        num_leaves=cfg.num_leaves, min_child_samples=cfg.min_child_samples,
+        colsample_bytree=cfg.colsample_bytree, random_state=cfg.seed, n_jobs=2,
+        deterministic=True, force_row_wise=True, verbose=-1, lambdarank_truncation_level=20)
+    x, y, g = train
+    vx, vy, vg = valid
+    ranker.fit(x, y, group=g, eval_X=(vx,), eval_y=(vy,), eval_group=[vg], eval_at=[10],
+               feature_name=features,
+               callbacks=[lgb.early_stopping(cfg.early_stopping_rounds, verbose=False)])
+    best = int(ranker.best_iteration_ or cfg.n_estimators)
+    score = float(next(iter(ranker.best_score_.values()))["ndcg@10"])
+    return ranker.booster_, best, score
