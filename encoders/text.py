@@ -43,7 +43,8 @@ class TextEncoder:
     """Encode texts to normalised float32 vectors, reusing cached vectors by content."""
 
     def __init__(self, model_path: str | Path | None = None, cache_dir: str | Path | None = None,
-                 batch_size: int = 64, show_progress: bool = True) -> None:
+                 batch_size: int = 64, show_progress: bool = True, persist: bool = True,
+                 memory_limit: int | None = None) -> None:
         self.model_path = Path(model_path) if model_path else default_model_path()
         if not (self.model_path / "config.json").exists() and not (
                 self.model_path / "modules.json").exists():
@@ -53,6 +54,10 @@ class TextEncoder:
         self.cache_file = (Path(cache_dir) / f"text-{self.fingerprint}.npz") if cache_dir else None
         self.batch_size = batch_size
         self.show_progress = show_progress
+        # online: read the cache but never rewrite it per request, and keep at most
+        # `memory_limit` new texts in memory (oldest dropped first)
+        self.persist = persist
+        self.memory_limit = memory_limit
         self._model: Any = None
         self._memory: dict[str, np.ndarray] = {}
         self._dim: int | None = None
@@ -70,6 +75,17 @@ class TextEncoder:
 
             self._model = SentenceTransformer(str(self.model_path), device="cpu")
         return self._model
+
+    def warm(self) -> TextEncoder:
+        """Load the model now (a server does this at start-up, not on its first request)."""
+        self._load()
+        self.encode_uncached(["warm-up"])
+        return self
+
+    def encode_uncached(self, texts: Sequence[str]) -> np.ndarray:
+        return self._load().encode(list(texts), batch_size=self.batch_size,
+                                   convert_to_numpy=True, normalize_embeddings=True,
+                                   show_progress_bar=False).astype(np.float32)
 
     def _key(self, text: str) -> str:
         return hashlib.sha1(f"{self.fingerprint}\x00{text}".encode()).hexdigest()
@@ -90,9 +106,16 @@ class TextEncoder:
                 list(missing.values()), batch_size=self.batch_size, convert_to_numpy=True,
                 normalize_embeddings=True, show_progress_bar=self.show_progress,
             ).astype(np.float32)
-            self._memory.update(zip(missing.keys(), vectors, strict=True))
+            found = dict(zip(missing.keys(), vectors, strict=True))
+            self._memory.update(found)
             self._dim = vectors.shape[1]
-            self._save()
+            if self.persist:
+                self._save()
+            elif self.memory_limit is not None:
+                for stale in list(self._memory)[:max(0, len(self._memory) - self.memory_limit)]:
+                    if stale not in found:
+                        del self._memory[stale]
+            return np.stack([self._memory.get(k, found.get(k)) for k in keys])
         if not keys:
             return np.zeros((0, self.dim), dtype=np.float32)
         return np.stack([self._memory[k] for k in keys])

@@ -54,12 +54,21 @@ class KGEmbeddings:
 
     def rows(self, labels: np.ndarray | list[str]) -> np.ndarray:
         """Row of each entity label, -1 where the graph does not have it."""
-        order = np.argsort(self.entities)
+        if "_sorted" not in self.__dict__:  # computed once: the online path calls this a lot
+            order = np.argsort(self.entities)
+            self.__dict__["_sorted"] = (order, self.entities[order])
+        order, ordered = self.__dict__["_sorted"]
         labels = np.asarray(labels, dtype=self.entities.dtype)
-        pos = np.searchsorted(self.entities[order], labels)
-        pos = np.clip(pos, 0, len(order) - 1)
-        found = self.entities[order][pos] == labels
-        return np.where(found, order[pos], -1)
+        pos = np.clip(np.searchsorted(ordered, labels), 0, len(order) - 1)
+        return np.where(ordered[pos] == labels, order[pos], -1)
+
+    def unit_vectors(self) -> np.ndarray:
+        """`real_vectors()` scaled to unit length, computed once."""
+        if "_unit" not in self.__dict__:
+            v = self.real_vectors()
+            self.__dict__["_unit"] = v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True),
+                                                    1e-12)
+        return self.__dict__["_unit"]
 
     def relation(self, label: str) -> np.ndarray:
         hit = np.flatnonzero(self.relations == label)

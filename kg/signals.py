@@ -32,8 +32,7 @@ def kg_signals(emb: KGEmbeddings, user_ids: np.ndarray, candidates: np.ndarray,
     items = entity_rows(emb, "item", candidates)
     score = emb.score(np.broadcast_to(users, items.shape), RELATION, items)
 
-    vectors = emb.real_vectors()
-    unit = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+    unit = emb.unit_vectors()
     recent = entity_rows(emb, "item", recent_items)
     known = recent >= 0
     summed = (unit[np.maximum(recent, 0)] * known[..., None]).sum(axis=1)

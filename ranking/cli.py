@@ -336,6 +336,90 @@ def evaluate_cmd(
     console.print(f"took {result.seconds:.0f} s")
 
 
+ModelDir = Annotated[Path | None, typer.Option(
+    "--model", help="Ranker folder (default: the latest ltr_full from `instructrank evaluate`).")]
+
+
+def _recommender_config(model: Path | None, repo: Path | None, online: str,
+                        redis_url: str | None, data_dir: Path) -> Any:
+    from ranking import features as fs
+    from ranking.recommend import RecommenderConfig
+
+    return RecommenderConfig(model=model, repo=repo or fs.PACKAGE_REPO, online=online,
+                             redis_url=redis_url, data_dir=data_dir)
+
+
+@app.command("recommend")
+@user_errors
+def recommend_cmd(
+    instruction: Annotated[str, typer.Argument(help="What the person wants, in plain words.")],
+    user: Annotated[int | None, typer.Option(
+        "--user", help="User id; omit (or an unknown id) for the cold-start path.")] = None,
+    k: Annotated[int, typer.Option("-k", help="How many items.")] = 10,
+    model: ModelDir = None,
+    repo: Repo = None,
+    online: Online = "sqlite",
+    redis_url: RedisUrl = None,
+    data_dir: DataDir = Path("data"),
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+    = False,
+) -> None:
+    """Rank the catalogue for one user and one instruction, with the reasons for each item.
+
+    Example: instructrank recommend --user 42 "a light 90s comedy"
+    """
+    from rich.table import Table
+
+    from ranking.recommend import Recommender
+    from ranking.service import to_response
+
+    rec = Recommender.load(_recommender_config(model, repo, online, redis_url, data_dir))
+    result = rec.recommend(user, instruction, k)
+    if as_json:
+        console.print_json(to_response(result).model_dump_json())
+        return
+    who = f"user {user}" + (" (unknown: cold start)" if result.cold_start and user else "") \
+        if user is not None else "anonymous (cold start)"
+    table = Table(title=f"{who}: \"{result.instruction}\"")
+    table.add_column("#", justify="right")
+    table.add_column("title")
+    table.add_column("score", justify="right")
+    table.add_column("why")
+    for n, item in enumerate(result.items, 1):
+        table.add_row(str(n), item.title, f"{item.score:.2f}",
+                      "; ".join(r.text for r in item.reasons) or "-")
+    console.print(table)
+    parts = ", ".join(f"{k_} {v:.1f}" for k_, v in result.timings_ms.items() if k_ != "total")
+    console.print(f"{result.candidates} candidates scored in "
+                  f"{result.timings_ms['total']:.0f} ms ({parts})")
+
+
+@app.command("serve")
+@user_errors
+def serve_cmd(
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+    model: ModelDir = None,
+    repo: Repo = None,
+    online: Online = "sqlite",
+    redis_url: RedisUrl = None,
+    data_dir: DataDir = Path("data"),
+) -> None:
+    """Serve POST /recommend and GET /healthz over HTTP (OpenAPI docs at /docs).
+
+    The model, encoder and features load once at start-up. A bad body gets 422; an
+    unreachable online store gets 503 and the service recovers when the store returns.
+    """
+    import uvicorn
+
+    from ranking.recommend import Recommender
+    from ranking.service import create_app
+
+    cfg = _recommender_config(model, repo, online, redis_url, data_dir)
+    uvicorn.run(create_app(lambda: Recommender.load(cfg)), host=host, port=port,
+                log_level="warning")
+
+
 def main() -> None:
     app()
 

@@ -285,23 +285,36 @@ class OnlineReader:
         self.user_columns = [c for c in self.types if _view_of(c) in _user_views()]
 
     def read(self, user_id: int, item_ids: list[int]) -> OnlineFeatures:
+        user = self.read_user(user_id)
+        return OnlineFeatures(user, self.read_items(item_ids),
+                              any(v is not None for v in user.values()))
+
+    def read_user(self, user_id: int) -> dict[str, Any]:
+        """The user views' values (None where the store has no row for the user)."""
+        columns = self._read("user_id", [user_id])
+        return {c: columns[c][0] for c in self.user_columns}
+
+    def read_items(self, item_ids: list[int]) -> pl.DataFrame:
+        """One row per item id, in order, with the item views' values (offline names)."""
+        columns: dict[str, list[Any]] = {"item_id": [int(i) for i in item_ids]}
+        columns |= self._read("item_id", item_ids)
+        return pl.DataFrame(columns, schema={"item_id": pl.Int64(), **{
+            c: t for c, t in self.types.items() if c not in self.user_columns}}, strict=False)
+
+    def _read(self, entity: str, ids: list[int]) -> dict[str, list[Any]]:
         from feast.protos.feast.types.EntityKey_pb2 import EntityKey
         from feast.protos.feast.types.Value_pb2 import Value
 
-        def keys(name: str, ids: list[int]) -> list[Any]:
-            return [EntityKey(join_keys=[name], entity_values=[Value(int64_val=int(i))])
-                    for i in ids]
-
-        user_keys = keys("user_id", [user_id])
-        item_keys = keys("item_id", item_ids)
-        columns: dict[str, list[Any]] = {"item_id": [int(i) for i in item_ids]}
+        keys = [EntityKey(join_keys=[entity], entity_values=[Value(int64_val=int(i))])
+                for i in ids]
+        columns: dict[str, list[Any]] = {}
         packed = packed_views()
         for view, key, names in self.plan:
+            if key != entity:
+                continue
             try:
                 # a copy: Feast's Redis store appends '_ts:<view>' to the list it is given
-                rows = self.provider.online_read(self.store.config, view,
-                                                 user_keys if key == "user_id" else item_keys,
-                                                 list(names))
+                rows = self.provider.online_read(self.store.config, view, keys, list(names))
             except Exception as exc:
                 if _is_connection_error(exc):
                     raise StoreUnavailableError(f"online store unreachable: {exc}") from exc
@@ -316,10 +329,7 @@ class OnlineReader:
                                                      for v in values]
                 else:
                     columns[f"{view.name}__{name}"] = values
-        user = {c: columns.pop(c)[0] for c in self.user_columns}
-        items = pl.DataFrame(columns, schema={"item_id": pl.Int64(), **{
-            c: t for c, t in self.types.items() if c not in self.user_columns}}, strict=False)
-        return OnlineFeatures(user, items, any(v is not None for v in user.values()))
+        return columns
 
 
 def online_features_api(store: Any, user_id: int, item_ids: list[int],

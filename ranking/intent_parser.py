@@ -16,7 +16,7 @@ import polars as pl
 from recdata import attributes as vocab
 
 _DECADE_FULL = r"\b(1[89]\d0|20\d0)s\b"
-_DECADE_SHORT = r"'(\d)0s\b"
+_DECADE_SHORT = r"(?:^|[^\d])'?(\d)0s\b"
 
 
 @dataclass(frozen=True)
@@ -58,3 +58,10 @@ def parse_instructions(texts: list[str], genres: list[str]) -> ParsedIntents:
         genres, mask, parsed["decade"].to_numpy(), parsed["popular"].to_numpy(),
         parsed["obscure"].to_numpy(), parsed["acclaimed"].to_numpy(),
     )
+
+
+def parsed_for(context: object, batch: object, genres: list[str]) -> ParsedIntents:
+    """`parse_instructions` of a batch's instructions, once per batch (the attribute source,
+    the features and the explanations all read it)."""
+    return context.cached(batch, ("parsed", tuple(genres)),  # type: ignore[attr-defined]
+                          lambda: parse_instructions(batch.instructions, genres))  # type: ignore[attr-defined]

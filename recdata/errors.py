@@ -67,3 +67,7 @@ class FeatureStoreError(InstructRankError):
 
 class StoreUnavailableError(InstructRankError):
     """The online store cannot be reached (the service answers 503)."""
+
+
+class InvalidRequestError(InstructRankError):
+    """A request the system will not score (empty or non-text instruction, bad k)."""

@@ -41,7 +41,7 @@ from recdata.dataset import Dataset
 from recdata.instructions import generate_requests
 
 if TYPE_CHECKING:
-    from kg.embeddings import KGEmbeddings
+    from kg.train import KGResult
     from ranking.ltr.training import LTRResources
 
 TUNE_K = 10
@@ -172,9 +172,11 @@ def evaluate(cfg: EvalConfig, *, dataset: Dataset | None = None,
     context = ScorerContext(encoder=encoder)
     classes = [scorer_class(m) for m in cfg.models]
     if any(c.uses_kg for c in classes):
-        context.kg = ltr_kg(cfg, ds, progress)
+        kg = ltr_kg(cfg, ds, progress)
+        context.kg = kg.embeddings
     if any(c.uses_feature_store for c in classes):
         context.ltr = ltr_resources(cfg, ds, prep, context, progress)
+        context.ltr.kg_key = kg.key
     rankings, tuning, chosen = [], [], {}
     for name in tqdm(cfg.models, desc="models", disable=not progress):
         best, tuned = tune(name, cfg, prep, context, progress)
@@ -195,7 +197,7 @@ def evaluate(cfg: EvalConfig, *, dataset: Dataset | None = None,
     )
 
 
-def ltr_kg(cfg: EvalConfig, ds: Dataset, progress: bool) -> KGEmbeddings:
+def ltr_kg(cfg: EvalConfig, ds: Dataset, progress: bool) -> KGResult:
     """The KG every KG feature of the run reads: trained without each user's last training
     positions, where the ranker's training requests sit, so no KG feature has seen a target
     (the served KG of `instructrank kg train` is newer; see kg/triples.py)."""
@@ -203,7 +205,7 @@ def ltr_kg(cfg: EvalConfig, ds: Dataset, progress: bool) -> KGEmbeddings:
     from kg.triples import build_triples
 
     triples = build_triples(ds, hold_out_last=cfg.instructions.train_requests_per_user)
-    return train_kg(triples, cfg.kg, cfg.data_dir / "kg", progress=progress).embeddings
+    return train_kg(triples, cfg.kg, cfg.data_dir / "kg", progress=progress)
 
 
 def ltr_resources(cfg: EvalConfig, ds: Dataset, prep: Prepared, context: ScorerContext,

@@ -128,7 +128,8 @@ def _array_column(frame: pl.DataFrame, name: str, width: int) -> np.ndarray:
 
 def assemble(batch: RequestBatch, cands: Candidates, user_rows: pl.DataFrame,
              item_rows: pl.DataFrame, items: ItemTables, *, kg: Any = None,
-             anonymous: np.ndarray | None = None) -> pl.DataFrame:
+             anonymous: np.ndarray | None = None,
+             parsed: ParsedIntents | None = None) -> pl.DataFrame:
     """The feature frame, one row per (request, candidate) in row-major order.
 
     `user_rows`: one row per request with USER_COLUMNS (null for unknown users);
@@ -144,7 +145,9 @@ def assemble(batch: RequestBatch, cands: Candidates, user_rows: pl.DataFrame,
         if source in cands.scores:
             cols[f"src_{source}"] = cands.scores[source]
             cols[f"rank_{source}"] = cands.ranks[source]
-    cols |= _attribute_match(parse_instructions(batch.instructions, items.genres), items, idx)
+    if parsed is None:
+        parsed = parse_instructions(batch.instructions, items.genres)
+    cols |= _attribute_match(parsed, items, idx)
 
     u = user_rows.with_columns(pl.when(pl.Series(anon)).then(None).otherwise(pl.col(c))
                                .alias(c) for c in USER_COLUMNS)

@@ -23,6 +23,7 @@ from ranking.inputs import Catalogue, FitData, RequestBatch
 from ranking.ltr.features import ITEM_COLUMNS, USER_COLUMNS, ItemTables, assemble, feature_names
 from ranking.ltr.model import LTRConfig, LTRModel, fit_lambdarank, training_key
 from ranking.scorers.base import ScorerContext
+from recdata.atomic_io import write_text_atomic
 from recdata.errors import FeatureStoreError
 
 USER_REFS = [c.replace("__", ":", 1) for c in USER_COLUMNS]
@@ -61,6 +62,18 @@ def offline_rows(repo: fs.FeatureRepo, store: Any, batch: RequestBatch,
     return user_rows, item_rows
 
 
+def item_tables(generator: CandidateGenerator, context: ScorerContext) -> ItemTables:
+    """The static item arrays the features read, taken from the fitted sources."""
+    emb = generator.sources.get("embedding")
+    attribute = generator.sources.get("attribute")
+    if attribute is None:
+        from ranking.scorers.instruction import FilterPopularity
+
+        some = next(iter(generator.sources.values()))
+        attribute = FilterPopularity(context=context).fit(some.fitted)
+    return ItemTables.from_attribute_source(attribute, emb.items if emb is not None else None)
+
+
 @dataclass
 class LTRResources:
     """Shared inputs of every LTR variant in a run (see the module docstring)."""
@@ -84,17 +97,6 @@ class LTRResources:
         return self.context.cached(fit, ("ltr_candidates",), lambda: CandidateGenerator(
             self.cfg.candidates, self.context).fit(fit))
 
-    def item_tables(self, generator: CandidateGenerator) -> ItemTables:
-        emb = generator.sources.get("embedding")
-        vectors = emb.items if emb is not None else None
-        attribute = generator.sources.get("attribute")
-        if attribute is None:
-            from ranking.scorers.instruction import FilterPopularity
-
-            attribute = FilterPopularity(context=self.context).fit(generator.sources[
-                next(iter(generator.sources))].fitted)
-        return ItemTables.from_attribute_source(attribute, vectors)
-
     def examples(self, fit: FitData, batch: RequestBatch) -> Examples:
         """Candidates, Feast rows and features of `batch` with sources fitted on `fit`."""
         def compute() -> Examples:
@@ -102,7 +104,7 @@ class LTRResources:
             cands = gen.generate(batch)
             ids = self.catalogue.items["item_id"].to_numpy()[cands.idx]
             user_rows, item_rows = offline_rows(self.repo, self.store, batch, ids)
-            frame = assemble(batch, cands, user_rows, item_rows, self.item_tables(gen),
+            frame = assemble(batch, cands, user_rows, item_rows, item_tables(gen, self.context),
                              kg=self.context.kg,
                              anonymous=(batch.requests["task"] == "search").to_numpy())
             labels = (cands.idx == batch.requests["target_idx"].to_numpy()[:, None])
@@ -138,7 +140,8 @@ class LTRResources:
                              "data_fingerprint": self.data_fingerprint,
                              "train_requests": len(g), "valid_requests": len(vg),
                              "train_rows": int(x.shape[0])})
-        model.save(self.models_dir / f"ltr_{ablation}-{key}")
+        folder = model.save(self.models_dir / f"ltr_{ablation}-{key}")
+        write_text_atomic(self.models_dir / f"ltr_{ablation}.latest", folder.name)
         return model
 
 

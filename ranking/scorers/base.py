@@ -48,6 +48,13 @@ class ScorerContext:
             self.memo[slot] = hit
         return hit[1]
 
+    def forget(self, owner: object) -> None:
+        """Drop every memo entry of `owner` (the online path calls this per request, so one
+        batch object per request does not accumulate)."""
+        for slot, hit in list(self.memo.items()):
+            if hit[0] is owner:
+                self.memo.pop(slot, None)
+
     def require_encoder(self) -> Any:
         if self.encoder is None:
             raise ConfigError("this scorer reads instructions and needs a text encoder")

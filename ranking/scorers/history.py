@@ -58,11 +58,12 @@ class ItemKNN(Scorer):
 
     def _fit_model(self, data: FitData) -> None:
         k = self.config.neighbours
-        self.sim = self.context.cached(data, ("knn", k),
-                                       lambda: cosine_neighbours(data, k))
+        # transposed once and laid out row-major: sparse @ dense copies a column-major operand
+        self.sim_t = self.context.cached(
+            data, ("knn_t", k), lambda: np.ascontiguousarray(cosine_neighbours(data, k).T))
 
     def _score(self, batch: RequestBatch) -> np.ndarray:
-        return np.asarray(batch.last_n(self.config.last_n) @ self.sim.T)
+        return np.asarray(batch.last_n(self.config.last_n) @ self.sim_t)
 
 
 @register
@@ -77,7 +78,7 @@ def ease_weights(fit: FitData, lam: float) -> np.ndarray:
     gram = (x.T @ x).toarray().astype(np.float64)
     gram[np.diag_indices_from(gram)] += lam
     p = la.inv(gram, overwrite_a=True, check_finite=False)
-    b = p / -np.diag(p)
+    b = np.ascontiguousarray(p / -np.diag(p))  # row-major: sparse @ dense copies F-order
     np.fill_diagonal(b, 0.0)
     return b
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from ranking.inputs import FitData, RequestBatch
-from ranking.intent_parser import parse_instructions
+from ranking.intent_parser import parsed_for
 from ranking.scorers.base import Scorer, ScorerConfig, register, zscore_rows
 from ranking.scorers.history import LAMBDAS, ease_weights
 from recdata.instructions import item_levels
@@ -37,7 +37,7 @@ class FilterPopularity(Scorer):
         self.tiebreak = pop / (pop.max(initial=0.0) + 1.0)
 
     def _score(self, batch: RequestBatch) -> np.ndarray:
-        p = parse_instructions(batch.instructions, self.genres)
+        p = parsed_for(self.context, batch, self.genres)
         matches = p.genre_mask.astype(np.float64) @ self.item_genre.T.astype(np.float64)
         matches += (p.decade[:, None] > 0) & (p.decade[:, None] == self.item_decade[None, :])
         matches += p.popular[:, None] & self.popular[None, :]

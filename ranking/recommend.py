@@ -1,0 +1,212 @@
+"""The online path: `Recommender.load()` once, then `recommend(user_id, instruction, k)`.
+
+Per request: clean the instruction; read the user's views from the online store (one read);
+build the request's history from the store's `last_items` (freshest) and the interaction
+log loaded at start-up (for exclusion of everything already seen); generate candidates (the
+instruction is encoded once, inside the embedding source); read the candidates' item views
+(one read); assemble the same features as training; score with LightGBM; explain the top k
+with `pred_contrib`. Everything heavy (model, encoder, item vectors, KG, fitted candidate
+sources, the online-store plan) is loaded in `load()`, never per request.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+import scipy.sparse as sp
+from pydantic import BaseModel, ConfigDict, Field
+
+from ranking import features as fs
+from ranking.candidates import CandidateConfig, CandidateGenerator
+from ranking.explain import Explainer, Reason
+from ranking.inputs import Catalogue, FitData, RequestBatch
+from ranking.intent_parser import parsed_for
+from ranking.ltr.features import USER_COLUMNS, ItemTables, assemble
+from ranking.ltr.model import LTRModel
+from ranking.sanitize import MAX_INSTRUCTION_CHARS, clean_instruction
+from ranking.scorers.base import ScorerContext
+from recdata.dataset import Dataset
+from recdata.errors import ConfigError, InvalidRequestError
+from recdata.split import temporal_leave_one_out
+
+MAX_K = 100
+QUERY_MEMORY = 50_000  # instruction vectors kept beyond the item cache (repeat requests)
+
+
+class RecommenderConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    model: Path | None = Field(None, description="model folder (default: the latest ltr_full "
+                                                 "trained by `instructrank evaluate`)")
+    repo: Path = fs.PACKAGE_REPO
+    online: str = "sqlite"
+    redis_url: str | None = None
+    data_dir: Path = Path("data")
+    encoder_path: Path | None = None
+    max_instruction_chars: int = Field(MAX_INSTRUCTION_CHARS, ge=1)
+
+
+@dataclass(frozen=True)
+class Recommended:
+    item_id: int
+    title: str
+    score: float
+    reasons: list[Reason]
+
+
+@dataclass(frozen=True)
+class Recommendation:
+    user_id: int | None
+    instruction: str
+    cold_start: bool
+    items: list[Recommended]
+    candidates: int
+    timings_ms: dict[str, float] = field(default_factory=dict)
+
+
+def latest_model(models_dir: Path, name: str = "ltr_full") -> Path:
+    pointer = models_dir / f"{name}.latest"
+    if not pointer.exists():
+        raise ConfigError(f"no trained {name} model under {models_dir}; run `instructrank "
+                          "evaluate` (or `make run`) first, or pass --model")
+    return models_dir / pointer.read_text().strip()
+
+
+class Recommender:
+    """Loaded once; `recommend()` is safe to call from several threads."""
+
+    def __init__(self, cfg: RecommenderConfig, model: LTRModel, reader: fs.OnlineReader,
+                 catalogue: Catalogue, generator: CandidateGenerator, items: ItemTables,
+                 context: ScorerContext, log: pl.DataFrame, as_of: int) -> None:
+        self.cfg, self.model, self.reader = cfg, model, reader
+        self.catalogue, self.generator, self.items = catalogue, generator, items
+        self.context, self.as_of = context, as_of
+        self.item_ids = catalogue.items["item_id"].to_numpy()
+        self.titles = catalogue.items["title"].to_list() if "title" in catalogue.items.columns \
+            else [str(i) for i in self.item_ids]
+        self.row_of = {int(i): r for r, i in enumerate(self.item_ids)}
+        ordered = log.sort("user_id", "seq", descending=[False, True])
+        self.history = {int(u): g["item_idx"].to_numpy() for (u,), g in
+                        ordered.group_by("user_id", maintain_order=True)}
+        self.ratings = {(int(u), int(i)): float(r) for u, i, r in
+                        log.select("user_id", "item_idx", "rating").drop_nulls().iter_rows()}
+        self.explainer = Explainer(self)
+
+    @classmethod
+    def load(cls, cfg: RecommenderConfig) -> Recommender:
+        from encoders.text import TextEncoder
+
+        model_dir = cfg.model or latest_model(cfg.data_dir / "models")
+        model = LTRModel.load(model_dir)
+        repo = fs.FeatureRepo(cfg.repo)
+        store = repo.store(cfg.online, cfg.redis_url)
+        reader = fs.OnlineReader(store, fs.ONLINE_SERVICE)
+        model.check_served(set(reader.types))
+        meta = json.loads((repo.sources / "meta.json").read_text())
+        log = pl.read_parquet(repo.sources / "interactions.parquet")
+        items = pl.read_parquet(repo.sources / "items.parquet")
+        ds = Dataset(meta["dataset"], log, items)
+        catalogue = Catalogue.from_dataset(ds)
+        split = catalogue.index(temporal_leave_one_out(log))
+        encoder = TextEncoder(cfg.encoder_path, cache_dir=cfg.data_dir / "cache",
+                              show_progress=False, persist=False,
+                              memory_limit=QUERY_MEMORY).warm()
+        trained_with = model.extra.get("encoder")
+        if trained_with and trained_with != encoder.fingerprint:
+            raise ConfigError(f"model {model.key} was trained with encoder {trained_with}, "
+                              f"but the configured encoder is {encoder.fingerprint}")
+        context = ScorerContext(encoder=encoder, kg=_load_kg(model, cfg.data_dir))
+        fit = FitData("serving", split, catalogue)
+        generator = CandidateGenerator(
+            CandidateConfig.model_validate(model.config["candidates"]), context).fit(fit)
+        from ranking.ltr.training import item_tables
+
+        tables = item_tables(generator, context)
+        as_of = int(pl.Series([meta["as_of"]]).str.to_datetime().dt.epoch("s")[0])
+        rec = cls(cfg, model, reader, catalogue, generator, tables, context, split, as_of)
+        rec.recommend(None, "warm-up request", 1)  # first-call costs (regex, LightGBM) now
+        return rec
+
+    def recommend(self, user_id: int | None, instruction: Any, k: int = 10, *,
+                  now: int | None = None) -> Recommendation:
+        """Top `k` items for this user and instruction, each with its reasons. An unknown
+        user (or None) takes the cold-start path: the instruction and item statistics only."""
+        t0 = time.perf_counter()
+        text = clean_instruction(instruction, self.cfg.max_instruction_chars)
+        if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= MAX_K:
+            raise InvalidRequestError(f"k must be an integer from 1 to {MAX_K}, got {k!r}")
+        timings: dict[str, float] = {}
+        user = self.reader.read_user(user_id) if user_id is not None else \
+            dict.fromkeys(self.reader.user_columns)
+        known = any(v is not None for v in user.values())
+        t1 = time.perf_counter()
+        timings["user_read"] = (t1 - t0) * 1000
+        batch = self._batch(user_id if known else None, user, text, now)
+        cands = self.generator.generate(batch)
+        parsed = parsed_for(self.context, batch, self.items.genres)
+        self.context.forget(batch)
+        t2 = time.perf_counter()
+        timings["candidates"] = (t2 - t1) * 1000
+        ids = self.item_ids[cands.idx[0]]
+        item_rows = self.reader.read_items(ids.tolist())
+        t3 = time.perf_counter()
+        timings["item_read"] = (t3 - t2) * 1000
+        user_rows = pl.DataFrame([{c: user.get(c) for c in USER_COLUMNS}],
+                                 schema={c: self.reader.types.get(c, pl.Float64)
+                                         for c in USER_COLUMNS})
+        frame = assemble(batch, cands, user_rows, item_rows, self.items, kg=self.context.kg,
+                         anonymous=np.array([not known]), parsed=parsed)
+        scores = self.model.predict(frame)
+        top = np.lexsort((cands.idx[0], -scores))[:k]
+        t4 = time.perf_counter()
+        timings["score"] = (t4 - t3) * 1000
+        contrib = self.model.contributions(frame[top.tolist()])
+        reasons = self.explainer.reasons(batch, frame[top.tolist()], contrib,
+                                         cands.idx[0][top], user_id if known else None,
+                                         parsed)
+        timings["explain"] = (time.perf_counter() - t4) * 1000
+        out = [Recommended(int(self.item_ids[cands.idx[0][j]]),
+                           self.titles[cands.idx[0][j]], float(scores[j]), reasons[n])
+               for n, j in enumerate(top)]
+        timings["total"] = (time.perf_counter() - t0) * 1000
+        return Recommendation(user_id, text, not known, out, int(cands.idx.shape[1]),
+                              {k_: round(v, 2) for k_, v in timings.items()})
+
+    def _batch(self, user_id: int | None, user: dict[str, Any], text: str,
+               now: int | None) -> RequestBatch:
+        """A one-request batch whose history has the store's last items first (recency rank
+        1..), then the rest of the start-up log, for exclusion."""
+        recent: list[int] = []
+        if user_id is not None:
+            fresh = [self.row_of[i] for i in (user.get("user_history__last_items") or [])
+                     if i in self.row_of]
+            logged = self.history.get(int(user_id), np.array([], dtype=np.int64))
+            recent = list(dict.fromkeys([*fresh, *logged.tolist()]))
+        cols = np.array(recent, dtype=np.int64)
+        history = sp.csr_matrix((np.arange(1, len(cols) + 1, dtype=np.float32),
+                                 (np.zeros(len(cols), dtype=np.int64), cols)),
+                                shape=(1, len(self.item_ids)))
+        requests = pl.DataFrame({
+            "request_id": ["online"], "user_id": [int(user_id) if user_id is not None else -1],
+            "task": ["intent" if user_id is not None else "search"], "instruction": [text],
+            "target_idx": [-1], "timestamp": [int(now if now is not None else self.as_of)],
+        })
+        return RequestBatch(requests, history, len(self.item_ids))
+
+
+def _load_kg(model: LTRModel, data_dir: Path) -> Any:
+    from kg.train import KGResult
+
+    key = model.extra.get("kg_key")
+    if key is None:
+        return None
+    directory = data_dir / "kg" / key
+    if not (directory / "result.json").exists():
+        raise ConfigError(f"model {model.key} reads KG {key}, which is not under "
+                          f"{data_dir / 'kg'}; rerun `instructrank evaluate`")
+    return KGResult.load(directory).embeddings

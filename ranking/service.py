@@ -1,0 +1,108 @@
+"""The HTTP service: `POST /recommend`, `GET /healthz`, OpenAPI at `/docs`.
+
+`create_app(load)` takes a function that returns a loaded `Recommender`; it is called once,
+at start-up, so no request pays for loading. Errors map to status codes a client can act on:
+- 422: the body is wrong (empty, non-string or over-long instruction; k out of range);
+- 503: the online store is unreachable. The process stays up; the next request tries the
+  store again, so service resumes by itself when the store is back.
+Handlers are plain `def`s: FastAPI runs them in its thread pool, and `recommend()` releases
+the GIL in the encoder, the online read and LightGBM.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel, Field, StrictStr
+
+from ranking.recommend import MAX_K
+from ranking.sanitize import MAX_INSTRUCTION_CHARS
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
+
+    from ranking.recommend import Recommendation, Recommender
+
+
+class RecommendRequest(BaseModel):
+    user_id: int | None = Field(None, description="Omit (or an unknown id) for cold start.")
+    instruction: StrictStr = Field(..., min_length=1, max_length=MAX_INSTRUCTION_CHARS,
+                                   description="What the person wants, in plain language.")
+    k: int = Field(10, ge=1, le=MAX_K, description="How many items to return.")
+
+
+class ReasonOut(BaseModel):
+    text: str
+    family: str
+    contribution: float
+
+
+class ItemOut(BaseModel):
+    item_id: int
+    title: str
+    score: float
+    reasons: list[ReasonOut]
+
+
+class RecommendResponse(BaseModel):
+    user_id: int | None
+    instruction: str = Field(description="The instruction as scored (cleaned).")
+    cold_start: bool
+    candidates: int
+    items: list[ItemOut]
+    timings_ms: dict[str, float]
+
+
+def to_response(rec: Recommendation) -> RecommendResponse:
+    return RecommendResponse(
+        user_id=rec.user_id, instruction=rec.instruction, cold_start=rec.cold_start,
+        candidates=rec.candidates, timings_ms=rec.timings_ms,
+        items=[ItemOut(item_id=i.item_id, title=i.title, score=round(i.score, 6),
+                       reasons=[ReasonOut(text=r.text, family=r.family,
+                                          contribution=r.contribution) for r in i.reasons])
+               for i in rec.items])
+
+
+def create_app(load: Callable[[], Recommender]) -> FastAPI:
+    from fastapi import FastAPI, HTTPException
+    from fastapi.responses import JSONResponse
+
+    from recdata.errors import InvalidRequestError, StoreUnavailableError
+
+    state: dict[str, Any] = {}
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI):
+        state["recommender"] = load()
+        yield
+        state.clear()
+
+    app = FastAPI(title="instructrank", lifespan=lifespan,
+                  description="Instruction-following recommendations: a person says what they "
+                              "want; the catalogue is ranked for them and that request.")
+
+    @app.exception_handler(StoreUnavailableError)
+    def store_down(_: Any, exc: StoreUnavailableError) -> JSONResponse:
+        return JSONResponse(status_code=503, content={"detail": str(exc)})
+
+    @app.post("/recommend", response_model=RecommendResponse)
+    def recommend(body: RecommendRequest) -> RecommendResponse:
+        try:
+            rec = state["recommender"].recommend(body.user_id, body.instruction, body.k)
+        except InvalidRequestError as exc:
+            raise HTTPException(status_code=422, detail=str(exc)) from exc
+        return to_response(rec)
+
+    @app.get("/healthz")
+    def healthz() -> dict[str, Any]:
+        """Loaded model, and whether the online store answers right now (503 if not)."""
+        recommender = state.get("recommender")
+        if recommender is None:
+            raise HTTPException(status_code=503, detail="still loading")
+        recommender.reader.read_user(-1)  # raises StoreUnavailableError -> 503
+        return {"status": "ok", "model": recommender.model.key,
+                "online_store": recommender.cfg.online}
+
+    return app
