@@ -16,12 +16,30 @@ from kg.embeddings import KGEmbeddings
 RELATION = "interacted"
 
 
+def _id_index(emb: KGEmbeddings, kind: str) -> tuple[np.ndarray, np.ndarray]:
+    """(sorted integer ids, their rows) of the `kind:<id>` entities, built once per graph:
+    looking ids up by number avoids building millions of label strings per batch."""
+    cache = emb.__dict__.setdefault("_id_index", {})
+    if kind not in cache:
+        labels = emb.entities.astype(str)
+        prefix = f"{kind}:"
+        rows = np.flatnonzero(np.char.startswith(labels, prefix))
+        tails = np.char.lstrip(np.char.replace(labels[rows], prefix, "", count=1))
+        numeric = np.char.isdigit(tails)
+        rows, ids = rows[numeric], tails[numeric].astype(np.int64)
+        order = np.argsort(ids, kind="stable")
+        cache[kind] = (ids[order], rows[order])
+    return cache[kind]
+
+
 def entity_rows(emb: KGEmbeddings, kind: str, ids: np.ndarray) -> np.ndarray:
     """Rows of `kind:<id>` entities (shape of `ids`), -1 where absent or id < 0."""
-    ids = np.asarray(ids)
-    labels = np.char.add(f"{kind}:", ids.astype(str).ravel())
-    rows = emb.rows(labels).reshape(ids.shape)
-    return np.where(ids < 0, -1, rows)
+    ids = np.asarray(ids, dtype=np.int64)
+    keys, rows = _id_index(emb, kind)
+    if len(keys) == 0:
+        return np.full(ids.shape, -1, dtype=np.int64)
+    pos = np.clip(np.searchsorted(keys, ids), 0, len(keys) - 1)
+    return np.where((keys[pos] == ids) & (ids >= 0), rows[pos], -1)
 
 
 def kg_signals(emb: KGEmbeddings, user_ids: np.ndarray, candidates: np.ndarray,

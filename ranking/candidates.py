@@ -92,8 +92,11 @@ class CandidateGenerator:
         return self
 
     def generate(self, batch: RequestBatch) -> Candidates:
-        n = min(self.cfg.n, batch.n_items)
         seen = batch.history.toarray() > 0
+        # every row gets the same N, never padded with a seen item
+        n = min(self.cfg.n, batch.n_items - int(seen.sum(axis=1).max(initial=0)))
+        if n < 1:
+            raise ValueError("a request has seen the whole catalogue; nothing to recommend")
         cold = ~batch.has_history()
         key = np.full((len(batch), batch.n_items), np.inf)
         dense_scores, dense_ranks = {}, {}

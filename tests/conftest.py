@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -105,3 +106,37 @@ def make_repo(tmp_path, synthetic):
         return FeatureRepo(repo), result
 
     return make
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory, synthetic):
+    """A feature repo built for the synthetic set and one evaluation run that trains the
+    full ranker and its no-KG ablation (small KG and few trees: this is about behaviour)."""
+    from kg.train import KGConfig
+    from ranking.evaluation.config import EvalConfig
+    from ranking.evaluation.harness import evaluate
+    from ranking.feature_build import FeatureBuildConfig, build_features
+    from ranking.features import PACKAGE_REPO
+    from ranking.ltr.model import LTRConfig
+
+    root = tmp_path_factory.mktemp("ranker")
+    repo, data = root / "repo", root / "data"
+    repo.mkdir()
+    for name in ("feature_store.yaml", "feature_store.redis.yaml"):
+        shutil.copy(PACKAGE_REPO / name, repo / name)
+    build_features(FeatureBuildConfig(dataset="synthetic", repo=repo, data_dir=data),
+                   dataset=synthetic, progress=False)
+    cfg = EvalConfig(dataset="synthetic", models=["popularity", "filter_popularity",
+                                                  "ltr_full", "ltr_no_kg"],
+                     feature_repo=repo, data_dir=data, results_dir=root / "results",
+                     kg=KGConfig(epochs=10, eval_every=5, dim=16),
+                     ltr=LTRConfig(n_estimators=60, early_stopping_rounds=20))
+    result = evaluate(cfg, dataset=synthetic, progress=False)
+    return {"repo": repo, "data": data, "result": result, "cfg": cfg}
+
+
+@pytest.fixture(scope="session")
+def recommender(trained):
+    from ranking.recommend import Recommender, RecommenderConfig
+
+    return Recommender.load(RecommenderConfig(repo=trained["repo"], data_dir=trained["data"]))

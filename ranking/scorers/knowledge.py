@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from kg.signals import kg_signals
+from kg.signals import entity_rows
 from ranking.inputs import RequestBatch
 from ranking.scorers.base import Scorer, ScorerConfig, register
 from recdata.errors import ConfigError
@@ -34,11 +34,20 @@ class KGNeighbours(Scorer):
         if emb is None:
             raise ConfigError("the 'kg' scorer needs KG embeddings: run `instructrank kg "
                               "train` or evaluate with KG enabled")
-        items = self.fitted.catalogue.items["item_id"].to_numpy()
-        recent = recent_item_ids(batch, items, self.config.recent)
-        signals = kg_signals(emb, batch.requests["user_id"].to_numpy(),
-                             np.broadcast_to(items, (len(batch), len(items))), recent)
-        return np.nan_to_num(signals["kg_recent_cosine"], nan=-2.0)
+        unit = emb.unit_vectors()
+        rows = self.context.cached(emb, ("item_rows", id(self.fitted.catalogue)), lambda: (
+            entity_rows(emb, "item", self.fitted.catalogue.items["item_id"].to_numpy())))
+        # profile = sum of the unit vectors of the last `recent` items that are in the graph
+        h = batch.last_n(self.config.recent).tocoo()
+        known = rows[h.col] >= 0
+        profile = np.zeros((len(batch), unit.shape[1]))
+        np.add.at(profile, h.row[known], unit[rows[h.col[known]]])
+        norm = np.linalg.norm(profile, axis=1, keepdims=True)
+        profile = profile / np.maximum(norm, 1e-12)
+        scores = profile @ unit[np.maximum(rows, 0)].T.astype(np.float64)
+        scores[:, rows < 0] = -2.0
+        scores[norm[:, 0] == 0] = -2.0
+        return scores
 
 
 def recent_item_ids(batch: RequestBatch, item_ids: np.ndarray, n: int) -> np.ndarray:

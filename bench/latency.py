@@ -1,0 +1,523 @@
+"""Latency and throughput of the online recommender, in process and over HTTP.
+
+    .venv/bin/python bench/latency.py        # bench/results/latency.csv + latency_breakdown.csv
+
+Options: --stores sqlite,redis  --requests 2000 (per row)  --clients 1,8  --warmup 50  --k 10
+--seed 0  --out bench/results. Run it on an otherwise idle machine (about 6 minutes on 2
+cores), from the repository root, after `make run` (it needs the trained ranker and the
+materialized SQLite online store).
+
+Rows of latency.csv (`path,store,clients,candidates,requests,errors,p50_ms,p99_ms,rps`):
+- path `inprocess`: `Recommender.recommend()` called directly; with 8 clients from a
+  ThreadPoolExecutor(8) sharing one Recommender.
+- path `http`: `POST /recommend` to `instructrank serve` (uvicorn, one worker process, the
+  production entry point: `create_app(lambda: Recommender.load(cfg))`) on a free loopback
+  port, from 1 or 8 client threads, each with its own keep-alive httpx client.
+- latency is measured by the caller around each request (for http: the client's round trip,
+  JSON included); p50/p99 over the successful requests; errors = exceptions plus non-200
+  answers, all counted and their first messages printed; rps = requests / wall seconds of the
+  run; candidates = the number of candidates scored per request (the most common value).
+- store `redis`: a private redis-server on a free loopback port (`--save "" --appendonly no`),
+  materialized first with `instructrank features build --online redis --redis-url`, stopped
+  at the end; skipped, saying so, where no redis-server is installed.
+latency_breakdown.csv (`store,stage,p50_ms,p99_ms`): the recommender's own per-stage
+`timings_ms` over the in-process 1-client requests.
+
+Requests are seeded and varied: ~90% known MovieLens users (1..943), ~5% unknown ids (100000+,
+the cold-start path) and ~5% anonymous (user_id None); instructions are built from 30
+phrasings with genres, moods, decades, occasions, topics and catalogue titles, and every
+instruction in the whole benchmark is distinct, so the encoder really encodes each request
+(the recommender caches instruction vectors by text). Each row is preceded by a warm-up of
+`--warmup` requests (not measured) at the same concurrency.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+from tqdm import tqdm
+
+from recdata.atomic_io import write_text_atomic
+
+ROOT = Path(__file__).resolve().parents[1]
+COLUMNS = ["path", "store", "clients", "candidates", "requests", "errors", "p50_ms", "p99_ms",
+           "rps"]
+STAGES = ["user_read", "candidates", "item_read", "score", "explain", "total"]
+UNKNOWN_SHARE, ANONYMOUS_SHARE = 0.05, 0.05
+N_USERS = 943  # MovieLens-100k user ids are 1..943
+
+# --- requests ---------------------------------------------------------------------------
+
+PHRASINGS = [
+    "a {mood} {genre} {decade}",
+    "something {mood} {decade}",
+    "recommend me something for tonight, {extra}",
+    "I'm in the mood for a {mood} {genre}",
+    "any good {genre} picks {decade}?",
+    "show me a {genre} {extra}",
+    "an acclaimed {genre} about {topic}",
+    "something {mood} and {mood2} {decade}",
+    "what should I watch {occasion}?",
+    "looking for a {genre} {occasion}",
+    "a {genre} like {title}",
+    "something like {title} but {mood}",
+    "movies similar to {title}",
+    "a {mood} film about {topic} {decade}",
+    "I loved {title}, what else would I like?",
+    "give me a {genre} that is {mood}, {extra}",
+    "a classic {genre} {decade}",
+    "an underrated {genre} {extra}",
+    "something to watch {occasion} {decade}",
+    "a {genre} with {feature}",
+    "{mood} {genre} with {feature}, please",
+    "find me a {genre} {decade} {extra}",
+    "I want a {mood} movie {occasion}",
+    "surprise me with a {genre} {decade}",
+    "a {genre} or a {genre2} {occasion}",
+    "not too long, {mood}, maybe a {genre}",
+    "the best {genre} {decade} about {topic}",
+    "a {mood} {genre} my whole family can watch",
+    "a {genre} for fans of {title}",
+    "recommend a {mood} {genre} about {topic} with {feature}",
+]
+GENRES = [
+    "comedy", "horror film", "thriller", "sci-fi movie", "romantic comedy", "war drama",
+    "western", "animated film", "documentary", "film noir", "musical", "mystery",
+    "crime drama", "fantasy adventure", "action movie", "family film", "psychological thriller",
+    "space adventure", "courtroom drama", "heist movie", "coming-of-age story", "period drama",
+    "spy thriller", "disaster movie", "buddy comedy", "slasher", "love story",
+    "detective story", "martial arts film", "satire",
+]
+MOODS = [
+    "light", "dark", "feel-good", "slow-burning", "clever", "silly", "heartwarming", "gritty",
+    "quirky", "tense", "thought-provoking", "uplifting", "bittersweet", "cosy", "violent",
+    "scary", "funny", "sad", "romantic", "weird", "stylish", "epic", "low-key", "intense",
+]
+DECADES = [
+    "", "from the 90s", "from the nineties", "from the '80s", "from the eighties",
+    "from the seventies", "from the 1970s", "made in the 1960s", "from the fifties",
+    "from the forties", "released before 1980", "from the early nineties",
+    "from the late 80s", "from the 1930s",
+]
+OCCASIONS = [
+    "for tonight", "for a rainy Sunday", "to watch with my kids", "for a date night",
+    "for a long flight", "to watch with friends", "on my own", "for a lazy afternoon",
+    "after a long day at work", "for a Halloween party", "for Christmas eve",
+    "with my parents", "for a sleepover", "before bed",
+]
+TOPICS = [
+    "war", "friendship", "growing up", "family", "revenge", "love", "survival", "the cold war",
+    "music", "sports", "prison", "the mafia", "space exploration", "time travel",
+    "a road trip", "a small town", "politics", "high school", "aliens", "the wild west",
+]
+FEATURES = [
+    "a twist ending", "a great soundtrack", "a strong female lead", "a lot of dialogue",
+    "great special effects", "a happy ending", "lots of car chases", "a talking animal",
+    "an ensemble cast", "beautiful scenery", "sharp dialogue", "a memorable villain",
+]
+
+
+@dataclass(frozen=True)
+class Request:
+    user_id: int | None
+    instruction: str
+
+
+class RequestStream:
+    """Seeded requests; every instruction handed out by one stream is distinct."""
+
+    def __init__(self, titles: list[str], seed: int) -> None:
+        self.rng = np.random.default_rng(seed)
+        self.titles = titles
+        self.seen: set[str] = set()
+        self.repeats = 0
+
+    def _pick(self, options: list[str]) -> str:
+        return options[int(self.rng.integers(len(options)))]
+
+    def _instruction(self) -> str:
+        slots = {"genre": self._pick(GENRES), "genre2": self._pick(GENRES),
+                 "mood": self._pick(MOODS), "mood2": self._pick(MOODS),
+                 "decade": self._pick(DECADES), "occasion": self._pick(OCCASIONS),
+                 "topic": self._pick(TOPICS), "feature": self._pick(FEATURES),
+                 "title": self._pick(self.titles)}
+        slots["extra"] = self._pick([slots["occasion"], f"with {slots['feature']}",
+                                     f"about {slots['topic']}", f"like {slots['title']}"])
+        text = " ".join(self._pick(PHRASINGS).format(**slots).split())
+        text = re.sub(r"\b([Aa]) ([aeiou])", r"\1n \2", text)  # 'a animated' -> 'an animated'
+        return text.replace(" ?", "?").replace(" ,", ",")
+
+    def _user(self) -> int | None:
+        u = self.rng.random()
+        if u < UNKNOWN_SHARE:
+            return 100_000 + int(self.rng.integers(900_000))
+        if u < UNKNOWN_SHARE + ANONYMOUS_SHARE:
+            return None
+        return int(self.rng.integers(1, N_USERS + 1))
+
+    def take(self, n: int) -> list[Request]:
+        out = []
+        for _ in range(n):
+            for _ in range(100):
+                text = self._instruction()
+                if text not in self.seen:
+                    break
+            else:
+                self.repeats += 1
+            self.seen.add(text)
+            out.append(Request(self._user(), text))
+        return out
+
+
+def catalogue_titles(repo: Path) -> list[str]:
+    """Titles as people say them: 'Spanish Prisoner, The (1997)' -> 'The Spanish Prisoner'."""
+    items = pl.read_parquet(repo / "data" / "sources" / "items.parquet", columns=["title"])
+    title = (pl.col("title").str.replace(r"\s*\(\d{4}\)\s*$", "").str.strip_chars()
+             .str.replace(r"^(.*), (The|A|An)$", "$2 $1"))
+    return items.select(title).filter(pl.col("title") != "")["title"].to_list()
+
+
+# --- load generation --------------------------------------------------------------------
+
+@dataclass
+class Outcome:
+    latency_ms: float
+    error: str | None = None
+    candidates: int | None = None
+    timings: dict[str, float] | None = None
+
+
+@dataclass
+class RunResult:
+    outcomes: list[Outcome]
+    wall_s: float
+    errors: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> list[Outcome]:
+        return [o for o in self.outcomes if o.error is None]
+
+
+# A client factory makes one client per thread: a function from a request to an Outcome
+# (without the latency, which the runner measures) and a function that closes it.
+Client = Callable[[Request], Outcome]
+ClientFactory = Callable[[], tuple[Client, Callable[[], None]]]
+
+
+def run_load(factory: ClientFactory, requests: list[Request], clients: int,
+             desc: str | None) -> RunResult:
+    """`clients` threads, each with its own client, share `requests` (interleaved slices)
+    and start together; wall time runs from the start signal to the last answer."""
+    start = threading.Barrier(clients + 1)
+    bar = tqdm(total=len(requests), desc=desc, disable=desc is None, leave=False,
+               mininterval=0.5)
+    lock = threading.Lock()
+
+    def worker(i: int) -> list[Outcome]:
+        call, close = factory()
+        out = []
+        try:
+            start.wait()
+            for req in requests[i::clients]:
+                t = time.perf_counter()
+                try:
+                    o = call(req)
+                except Exception as exc:
+                    o = Outcome(0.0, f"{type(exc).__name__}: {exc}"[:300])
+                o.latency_ms = (time.perf_counter() - t) * 1e3
+                out.append(o)
+                with lock:
+                    bar.update()
+        finally:
+            close()
+        return out
+
+    with ThreadPoolExecutor(clients) as pool:
+        futures = [pool.submit(worker, i) for i in range(clients)]
+        start.wait()
+        t0 = time.perf_counter()
+        results = [f.result() for f in futures]
+        wall = time.perf_counter() - t0
+    bar.close()
+    outcomes = [o for r in results for o in r]
+    return RunResult(outcomes, wall, [o.error for o in outcomes if o.error])
+
+
+def inprocess_factory(rec: Any, k: int) -> ClientFactory:
+    def call(req: Request) -> Outcome:
+        r = rec.recommend(req.user_id, req.instruction, k)
+        return Outcome(0.0, candidates=r.candidates, timings=dict(r.timings_ms))
+
+    return lambda: (call, lambda: None)
+
+
+def http_factory(base_url: str, k: int) -> ClientFactory:
+    import httpx
+
+    def make() -> tuple[Client, Callable[[], None]]:
+        client = httpx.Client(base_url=base_url, timeout=60.0)
+
+        def call(req: Request) -> Outcome:
+            resp = client.post("/recommend", json={"user_id": req.user_id,
+                                                   "instruction": req.instruction, "k": k})
+            if resp.status_code != 200:
+                return Outcome(0.0, f"HTTP {resp.status_code}: {resp.text[:200]}")
+            body = resp.json()
+            return Outcome(0.0, candidates=body["candidates"], timings=body["timings_ms"])
+
+        return call, client.close
+
+    return make
+
+
+def summarise(path: str, store: str, clients: int, result: RunResult) -> dict[str, Any]:
+    ok = result.ok
+    lat = np.array([o.latency_ms for o in ok]) if ok else np.array([np.nan])
+    cands = Counter(o.candidates for o in ok)
+    if len(cands) > 1:
+        print(f"  note: candidates per request varied: {dict(cands.most_common(5))}")
+    return {"path": path, "store": store, "clients": clients,
+            "candidates": cands.most_common(1)[0][0] if cands else 0,
+            "requests": len(result.outcomes), "errors": len(result.errors),
+            "p50_ms": round(float(np.percentile(lat, 50)), 2),
+            "p99_ms": round(float(np.percentile(lat, 99)), 2),
+            "rps": round(len(result.outcomes) / result.wall_s, 1)}
+
+
+def report_errors(result: RunResult) -> None:
+    if result.errors:
+        print(f"  {len(result.errors)} error(s); most common:")
+        for msg, n in Counter(result.errors).most_common(3):
+            print(f"    {n} x {msg}")
+
+
+def breakdown(store: str, result: RunResult) -> list[dict[str, Any]]:
+    rows = []
+    for stage in STAGES:
+        values = [o.timings[stage] for o in result.ok if o.timings and stage in o.timings]
+        if values:
+            rows.append({"store": store, "stage": stage,
+                         "p50_ms": round(float(np.percentile(values, 50)), 2),
+                         "p99_ms": round(float(np.percentile(values, 99)), 2)})
+    return rows
+
+
+# --- servers ----------------------------------------------------------------------------
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+
+
+@contextmanager
+def redis_server() -> Iterator[str | None]:
+    """A private redis-server on a free loopback port (the tests' approach), or None."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        yield None
+        return
+    import redis
+
+    port = free_port()
+    proc = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                             "--appendonly", "no"], stdout=subprocess.DEVNULL)
+    try:
+        client = redis.Redis(host="127.0.0.1", port=port)
+        for _ in range(200):
+            try:
+                client.ping()
+                break
+            except redis.ConnectionError:
+                time.sleep(0.05)
+        else:
+            raise RuntimeError("redis-server did not start")
+        yield f"127.0.0.1:{port}"
+    finally:
+        stop(proc)
+
+
+def cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "ranking.cli", *args]
+
+
+def store_args(args: argparse.Namespace, store: str, redis_url: str | None) -> list[str]:
+    out = ["--repo", str(args.repo), "--online", store, "--data-dir", str(args.data_dir)]
+    return out + (["--redis-url", redis_url] if redis_url else [])
+
+
+@contextmanager
+def http_server(args: argparse.Namespace, store: str,
+                redis_url: str | None) -> Iterator[str]:
+    """`instructrank serve` (uvicorn, one worker) on a free loopback port, up when
+    /healthz answers 200."""
+    import httpx
+
+    port = free_port()
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    proc = subprocess.Popen(cli("serve", "--host", "127.0.0.1", "--port", str(port),
+                                *store_args(args, store, redis_url)), env=env)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 300
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"the HTTP server exited with {proc.returncode}")
+            if time.monotonic() > deadline:
+                raise RuntimeError("the HTTP server did not answer /healthz within 300 s")
+            try:
+                if httpx.get(f"{base}/healthz", timeout=2.0).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+        yield base
+    finally:
+        stop(proc)
+
+
+# --- the benchmark ----------------------------------------------------------------------
+
+def measure(path: str, store: str, factory: ClientFactory, stream: RequestStream,
+            args: argparse.Namespace, clients: int) -> RunResult:
+    warm = stream.take(args.warmup)
+    if warm:
+        run_load(factory, warm, clients, None)
+    gc.collect()
+    result = run_load(factory, stream.take(args.requests), clients,
+                      f"{path}/{store}/{clients} client(s)")
+    return result
+
+
+def bench_store(store: str, redis_url: str | None, stream: RequestStream,
+                args: argparse.Namespace, rows: list[dict], stages: list[dict]) -> None:
+    from ranking.recommend import Recommender, RecommenderConfig
+
+    print(f"[{store}] loading the recommender in process ...")
+    t = time.perf_counter()
+    rec = Recommender.load(RecommenderConfig(repo=args.repo, online=store, redis_url=redis_url,
+                                             data_dir=args.data_dir))
+    print(f"[{store}] loaded in {time.perf_counter() - t:.1f} s")
+    factory = inprocess_factory(rec, args.k)
+    for clients in args.clients:
+        result = measure("inprocess", store, factory, stream, args, clients)
+        rows.append(summarise("inprocess", store, clients, result))
+        print(f"  {rows[-1]}")
+        report_errors(result)
+        if clients == 1:
+            stages.extend(breakdown(store, result))
+    del rec, factory
+    gc.collect()
+
+    print(f"[{store}] starting `instructrank serve` ...")
+    t = time.perf_counter()
+    with http_server(args, store, redis_url) as base:
+        print(f"[{store}] serving at {base} after {time.perf_counter() - t:.1f} s")
+        factory = http_factory(base, args.k)
+        for clients in args.clients:
+            result = measure("http", store, factory, stream, args, clients)
+            rows.append(summarise("http", store, clients, result))
+            print(f"  {rows[-1]}")
+            report_errors(result)
+
+
+def materialize_redis(args: argparse.Namespace, redis_url: str) -> None:
+    print(f"[redis] materializing into {redis_url} (instructrank features build) ...")
+    t = time.perf_counter()
+    subprocess.run(cli("features", "build", *store_args(args, "redis", redis_url)),
+                   check=True, env={**os.environ, "HF_HUB_OFFLINE": "1",
+                                    "TRANSFORMERS_OFFLINE": "1"})
+    print(f"[redis] materialized in {time.perf_counter() - t:.1f} s")
+
+
+def cache_share(stream: RequestStream, args: argparse.Namespace) -> float:
+    """Share of this benchmark's instructions already in the encoder's on-disk cache (those
+    are looked up, not encoded)."""
+    from encoders.text import TextEncoder
+
+    enc = TextEncoder(cache_dir=args.data_dir / "cache", show_progress=False, persist=False)
+    cached = enc._memory  # the loaded cache: sha1 keys -> vectors
+    return sum(enc._key(t) in cached for t in stream.seen) / max(1, len(stream.seen))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--stores", default="sqlite,redis",
+                        help="comma-separated online stores (sqlite, redis)")
+    parser.add_argument("--requests", type=int, default=2000, help="measured requests per row")
+    parser.add_argument("--clients", default="1,8", help="comma-separated client counts")
+    parser.add_argument("--warmup", type=int, default=50, help="unmeasured requests per row")
+    parser.add_argument("--k", type=int, default=10, help="items per request")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
+    parser.add_argument("--repo", type=Path, default=ROOT / "feature_repo")
+    parser.add_argument("--data-dir", type=Path, default=ROOT / "data")
+    args = parser.parse_args()
+    args.clients = [int(c) for c in args.clients.split(",") if c.strip()]
+    stores = [s.strip() for s in args.stores.split(",") if s.strip()]
+    unknown = set(stores) - {"sqlite", "redis"}
+    if unknown:
+        parser.error(f"unknown store(s): {', '.join(sorted(unknown))}")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+    stream = RequestStream(catalogue_titles(args.repo), args.seed)
+    rows: list[dict] = []
+    stages: list[dict] = []
+    for store in stores:
+        if store == "sqlite":
+            bench_store("sqlite", None, stream, args, rows, stages)
+            continue
+        with redis_server() as url:
+            if url is None:
+                print("redis-server is not installed (not on PATH): the redis rows are "
+                      "skipped (`make redis` installs it)")
+                continue
+            materialize_redis(args, url)
+            bench_store("redis", url, stream, args, rows, stages)
+
+    frame = pl.DataFrame(rows).select(COLUMNS) if rows else pl.DataFrame(schema=COLUMNS)
+    split = pl.DataFrame(stages).select("store", "stage", "p50_ms", "p99_ms") if stages \
+        else pl.DataFrame(schema=["store", "stage", "p50_ms", "p99_ms"])
+    write_text_atomic(args.out / "latency.csv", frame.write_csv())
+    write_text_atomic(args.out / "latency_breakdown.csv", split.write_csv())
+    print(f"\n{len(stream.seen):,} distinct instructions ({stream.repeats} repeats); "
+          f"{cache_share(stream, args):.1%} were already in the encoder's disk cache")
+    with pl.Config(tbl_rows=-1, tbl_cols=-1, tbl_width_chars=160,
+                   tbl_hide_dataframe_shape=True, tbl_hide_column_data_types=True):
+        print(frame)
+        print(split)
+    print(f"wrote {args.out / 'latency.csv'} and {args.out / 'latency_breakdown.csv'}")
+
+
+if __name__ == "__main__":
+    main()

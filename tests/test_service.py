@@ -1,0 +1,118 @@
+"""The HTTP service against a real online store: 422s for bad bodies, OpenAPI, and a real
+Redis outage (the server is stopped and started again under a running service)."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import time
+
+import pytest
+
+GOOD = {"user_id": 1, "instruction": "a comedy from the 1990s", "k": 5}
+
+
+@pytest.fixture(scope="module")
+def client(trained):
+    from fastapi.testclient import TestClient
+
+    from ranking.recommend import Recommender, RecommenderConfig
+    from ranking.service import create_app
+
+    cfg = RecommenderConfig(repo=trained["repo"], data_dir=trained["data"])
+    with TestClient(create_app(lambda: Recommender.load(cfg))) as c:
+        yield c
+
+
+def test_recommend_and_health(client):
+    r = client.post("/recommend", json=GOOD)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert len(body["items"]) == 5 and body["cold_start"] is False
+    assert all({"item_id", "title", "score", "reasons"} <= set(i) for i in body["items"])
+    anonymous = client.post("/recommend", json={"instruction": "a sci-fi story", "k": 3})
+    assert anonymous.status_code == 200 and anonymous.json()["cold_start"] is True
+    health = client.get("/healthz")
+    assert health.status_code == 200 and health.json()["status"] == "ok"
+    schema = client.get("/openapi.json").json()
+    assert "/recommend" in schema["paths"] and "/healthz" in schema["paths"]
+
+
+@pytest.mark.parametrize(("body", "field"), [
+    ({"user_id": 1, "k": 5}, "instruction"),
+    ({**GOOD, "instruction": ""}, "instruction"),
+    ({**GOOD, "instruction": 42}, "instruction"),
+    ({**GOOD, "instruction": ["a", "comedy"]}, "instruction"),
+    ({**GOOD, "instruction": "x" * 1001}, "instruction"),
+    ({**GOOD, "k": 0}, "k"),
+    ({**GOOD, "k": 101}, "k"),
+    ({**GOOD, "user_id": "someone"}, "user_id"),
+])
+def test_bad_bodies_get_422_naming_the_field(client, body, field):
+    r = client.post("/recommend", json=body)
+    assert r.status_code == 422
+    assert field in r.text
+
+
+def test_whitespace_only_instruction_gets_422_with_the_reason(client):
+    r = client.post("/recommend", json={**GOOD, "instruction": " \n\t "})
+    assert r.status_code == 422
+    assert "empty" in r.json()["detail"]
+
+
+def _start_redis(binary: str, port: int, directory) -> subprocess.Popen:
+    import redis
+
+    proc = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1",
+                             "--dir", str(directory), "--appendonly", "yes", "--save", ""],
+                            stdout=subprocess.DEVNULL)
+    client = redis.Redis(host="127.0.0.1", port=port)
+    for _ in range(200):
+        try:
+            if client.ping():
+                return proc
+        except redis.ConnectionError:
+            time.sleep(0.05)
+    proc.kill()
+    raise RuntimeError("redis-server did not start")
+
+
+def test_store_outage_gives_503_and_the_service_recovers(trained, synthetic, tmp_path,
+                                                        redis_url):
+    """Stop Redis under a running service: 503 with a message, process up; start it again:
+    200, without restarting the service. (`redis_url` only asserts a server can run here.)"""
+    from fastapi.testclient import TestClient
+
+    from ranking.feature_build import FeatureBuildConfig, build_features
+    from ranking.recommend import Recommender, RecommenderConfig
+    from ranking.service import create_app
+    from tests.conftest import _free_port
+
+    binary = shutil.which("redis-server")
+    port = _free_port()
+    url = f"127.0.0.1:{port}"
+    proc = _start_redis(binary, port, tmp_path)
+    try:
+        build_features(FeatureBuildConfig(dataset="synthetic", repo=trained["repo"],
+                                          data_dir=trained["data"], online="redis",
+                                          redis_url=url),
+                       dataset=synthetic, progress=False)
+        cfg = RecommenderConfig(repo=trained["repo"], data_dir=trained["data"],
+                                online="redis", redis_url=url)
+        with TestClient(create_app(lambda: Recommender.load(cfg))) as client:
+            assert client.post("/recommend", json=GOOD).status_code == 200
+            proc.terminate()
+            proc.wait(timeout=10)
+            down = client.post("/recommend", json=GOOD)
+            assert down.status_code == 503
+            assert "online store unreachable" in down.json()["detail"]
+            assert client.get("/healthz").status_code == 503
+            proc = _start_redis(binary, port, tmp_path)
+            up = client.post("/recommend", json=GOOD)
+            assert up.status_code == 200, up.text
+            assert up.json()["cold_start"] is False  # the data came back with the server
+            assert client.get("/healthz").status_code == 200
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
