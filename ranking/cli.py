@@ -302,12 +302,19 @@ def evaluate_cmd(
         help="Evaluate on this many random users only (quick runs).")] = None,
     seed: Annotated[int | None, typer.Option(help="Seed for requests, ties and sampling.")]
     = None,
+    requests: Annotated[Path | None, typer.Option(
+        "--requests", help="Your logged requests (CSV/parquet: user_id, instruction, "
+                           "timestamp, target_item_id), scored as task 'logged'.")] = None,
+    repo: Repo = None,
     data_dir: DataDir = Path("data"),
     results_dir: Annotated[Path, typer.Option(help="Where quality.csv and the plot go.")]
     = Path("bench/results"),
     quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
 ) -> None:
     """Tune every model on validation, score test requests, print and save the metrics.
+
+    The ranker (ltr_*) reads the Feast repo: run `instructrank features build` first. With
+    --requests, your own logged requests are scored too, as task 'logged'.
 
     Writes bench/results/quality.csv (dataset,task,model,metric,value), quality.png, and a
     DuckDB file with the rankings behind every figure under DATA_DIR/runs/<hash>/.
@@ -321,7 +328,8 @@ def evaluate_cmd(
     base: dict[str, Any] = json.loads(config.read_text()) if config else {}
     overrides = {"dataset": dataset, "models": _split(models), "tasks": _split(tasks),
                  "interactions": interactions, "items": items, "sample_users": sample_users,
-                 "seed": seed, "data_dir": data_dir, "results_dir": results_dir}
+                 "seed": seed, "data_dir": data_dir, "results_dir": results_dir,
+                 "requests_file": requests, "feature_repo": repo}
     base.update({k: v for k, v in overrides.items() if v is not None})
     cfg = EvalConfig.model_validate(base)
     result = evaluate(cfg, progress=not quiet)

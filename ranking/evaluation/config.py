@@ -34,6 +34,9 @@ class EvalConfig(BaseModel):
     sample_users: int | None = Field(None, ge=3)
     encoder_path: Path | None = None
     instructions: InstructionConfig = Field(default_factory=InstructionConfig)
+    requests_file: Path | None = Field(
+        None, description="logged requests (user_id, instruction, timestamp, target_item_id; "
+                          "CSV or parquet) scored as task 'logged' beside the generated ones")
     ltr: LTRConfig = Field(default_factory=LTRConfig)
     kg: KGConfig = Field(default_factory=KGConfig)
     feature_repo: Path | None = Field(
@@ -66,6 +69,9 @@ class EvalConfig(BaseModel):
         payload = self.model_dump(mode="json", exclude={"data_dir", "results_dir",
                                                         "feature_repo"})
         payload["grids"] = {m: scorer_class(m).grid for m in self.models}
+        if self.requests_file is not None and Path(self.requests_file).exists():
+            payload["requests_file"] = hashlib.sha1(
+                Path(self.requests_file).read_bytes()).hexdigest()
         text = json.dumps(payload, sort_keys=True, default=str) + data_fingerprint
         return hashlib.sha1(text.encode()).hexdigest()[:12]
 

@@ -39,6 +39,7 @@ from ranking.inputs import (
 from ranking.scorers.base import Scorer, ScorerConfig, ScorerContext, scorer_class
 from recdata.dataset import Dataset
 from recdata.instructions import generate_requests
+from recdata.logged import LOGGED_TASK, load_logged_requests
 
 if TYPE_CHECKING:
     from kg.train import KGResult
@@ -59,9 +60,14 @@ class Prepared:
     batches: dict[tuple[str, str], RequestBatch]
     negatives: dict[str, np.ndarray]  # task -> test requests x n_negatives
     tiebreak: np.ndarray
+    # test task -> (task whose tuned config scores it, cut its models are fitted on)
+    test_tasks: dict[str, tuple[str, str]]
 
 
-def prepare(cfg: EvalConfig, ds: Dataset) -> Prepared:
+def prepare(cfg: EvalConfig, ds: Dataset, logged: pl.DataFrame | None = None) -> Prepared:
+    """Requests, fits and batches of a run. `logged` (see recdata.logged) adds test requests
+    of task `logged`, scored with the configuration tuned for `intent` by models fitted on
+    everything before the earliest logged request."""
     requests = generate_requests(ds, cfg.instructions)
     catalogue = Catalogue.from_dataset(ds)
     split = split_interactions(ds, catalogue)
@@ -72,8 +78,16 @@ def prepare(cfg: EvalConfig, ds: Dataset) -> Prepared:
             split, catalogue)
         for cut in ("val", "test") for task in cfg.tasks
     }
+    test_tasks = {t: (t, "test") for t in cfg.tasks}
+    if logged is not None:
+        requests = pl.concat([requests, logged.select(requests.columns)], how="vertical_relaxed")
+        start = logged["timestamp"].min()
+        fits["logged"] = FitData("logged", split.filter(pl.col("timestamp") < start), catalogue)
+        batches[("test", LOGGED_TASK)] = request_batch(logged, split, catalogue)
+        tuned = "intent" if "intent" in cfg.tasks else cfg.tasks[0]
+        test_tasks[LOGGED_TASK] = (tuned, "logged")
     negatives = {}
-    for task in cfg.tasks:
+    for task in test_tasks:
         batch = batches[("test", task)]
         ever = batch.requests.select("user_id").with_row_index("row").join(
             split.select("user_id", "item_idx"), on="user_id")
@@ -83,7 +97,7 @@ def prepare(cfg: EvalConfig, ds: Dataset) -> Prepared:
         negatives[task] = sample_negatives(
             seen, batch.requests["target_idx"].to_numpy(), cfg.sampled_negatives, cfg.seed)
     return Prepared(ds, catalogue, requests, split, fits, batches, negatives,
-                    tie_permutation(catalogue.n_items, cfg.seed))
+                    tie_permutation(catalogue.n_items, cfg.seed), test_tasks)
 
 
 def _rank_full(scores: np.ndarray, batch: RequestBatch, prep: Prepared,
@@ -136,10 +150,10 @@ def score_test(name: str, best: dict[str, ScorerConfig], cfg: EvalConfig, prep: 
     fitted: dict[str, Scorer] = {}
     frames = []
     item_ids = prep.catalogue.items["item_id"].to_numpy()
-    for task in cfg.tasks:
-        key = best[task].model_dump_json()
+    for task, (tuned, cut) in prep.test_tasks.items():
+        key = best[tuned].model_dump_json() + cut
         if key not in fitted:
-            fitted[key] = cls(best[task], context).fit(prep.fits["test"])
+            fitted[key] = cls(best[tuned], context).fit(prep.fits[cut])
         batch = prep.batches[("test", task)]
         scores = fitted[key].score(batch)
         full = _rank_full(scores, batch, prep, cfg.top_k)
@@ -162,7 +176,8 @@ def evaluate(cfg: EvalConfig, *, dataset: Dataset | None = None,
                                  items=cfg.items, text_columns=tuple(cfg.text_columns))
     if cfg.sample_users:
         ds = ds.sample_users(cfg.sample_users, cfg.seed)
-    prep = prepare(cfg, ds)
+    logged = load_logged_requests(cfg.requests_file, ds) if cfg.requests_file else None
+    prep = prepare(cfg, ds, logged)
     encoder = None
     if any(scorer_class(m).uses_instruction for m in cfg.models):
         from encoders.text import TextEncoder
@@ -184,7 +199,7 @@ def evaluate(cfg: EvalConfig, *, dataset: Dataset | None = None,
         chosen[name] = {t: c.model_dump() for t, c in best.items()}
         rankings.append(score_test(name, best, cfg, prep, context))
     test_requests = prep.requests.filter(pl.col("split") == "test")
-    test_requests = test_requests.filter(pl.col("task").is_in(cfg.tasks))
+    test_requests = test_requests.filter(pl.col("task").is_in(list(prep.test_tasks)))
     all_rankings = pl.concat(rankings)
     metrics = metrics_of(all_rankings, test_requests)
     recall = candidate_recall(cfg, prep, context) if context.ltr is not None else None
@@ -240,9 +255,9 @@ def ltr_resources(cfg: EvalConfig, ds: Dataset, prep: Prepared, context: ScorerC
 def candidate_recall(cfg: EvalConfig, prep: Prepared, context: ScorerContext) -> pl.DataFrame:
     """Share of test targets among the ranker's candidates, per task: its ceiling."""
     rows = []
-    for task in cfg.tasks:
+    for task, (_, cut) in prep.test_tasks.items():
         batch = prep.batches[("test", task)]
-        ex = context.ltr.examples(prep.fits["test"], batch)
+        ex = context.ltr.examples(prep.fits[cut], batch)
         hit = ex.cands.recall(batch.requests["target_idx"].to_numpy())
         rows.append({"task": task, "candidates": int(ex.cands.idx.shape[1]),
                      "recall": float(hit.mean()), "requests": len(batch)})

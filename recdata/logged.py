@@ -1,0 +1,69 @@
+"""Logged requests written by anyone: `(user_id, instruction, timestamp, target_item_id)`
+rows in CSV or parquet, validated like bring-your-own data (every problem with its line).
+
+Each row becomes a test request of task `logged`. Its history is the user's interactions
+strictly before its timestamp; a user without any (or unknown) takes the cold-start path.
+Instructions longer than the online limit are refused, as the service would refuse them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import polars as pl
+
+from recdata.byo import ROW, _integer, _missing, _read, _row_problems, _timestamp_expr
+from recdata.dataset import Dataset
+from recdata.errors import DataValidationError, Problem
+
+LOGGED_TASK = "logged"
+REQUIRED = ["user_id", "instruction", "timestamp", "target_item_id"]
+MAX_CHARS = 1000
+
+
+def load_logged_requests(path: str | Path, ds: Dataset) -> pl.DataFrame:
+    """Request rows in the generator's layout (request_id, user_id, task, instruction,
+    target_item_id, timestamp, phrasing_set, split, seq, template_id)."""
+    file = str(path)
+    frame, _ = _read(Path(path))
+    problems = _missing(frame, file, REQUIRED)
+    if problems:
+        raise DataValidationError(problems)
+    problems += _integer(frame, file, "user_id") + _integer(frame, file, "target_item_id")
+    problems += _row_problems(frame, file, _timestamp_expr().is_null(), "timestamp",
+                              pl.format("unparseable timestamp {}",
+                                        pl.col("timestamp").fill_null("null")))
+    text = pl.col("instruction").str.strip_chars()
+    problems += _row_problems(frame, file, text.is_null() | (text == ""), "instruction",
+                              pl.lit("empty instruction"))
+    problems += _row_problems(frame, file, pl.col("instruction").str.len_chars() > MAX_CHARS,
+                              "instruction", pl.format("instruction is {} characters; the "
+                                                       "limit is {}", pl.col("instruction")
+                                                       .str.len_chars(), pl.lit(MAX_CHARS)))
+    known = ds.items["item_id"].cast(pl.String).implode()
+    target = pl.col("target_item_id").str.strip_chars()
+    problems += _row_problems(frame, file, target.is_not_null()
+                              & target.cast(pl.Int64, strict=False).is_not_null()
+                              & ~target.is_in(known), "target_item_id",
+                              pl.format("target_item_id {} is not in the catalogue", target))
+    if frame.height == 0:
+        problems.append(Problem(file, None, None, "no requests in the file"))
+    if problems:
+        raise DataValidationError(problems)
+    rows = frame.select(
+        pl.format("logged-{}", pl.col(ROW)).alias("request_id"),
+        pl.col("user_id").str.strip_chars().cast(pl.Int64),
+        pl.lit(LOGGED_TASK).alias("task"),
+        pl.col("instruction"),
+        target.cast(pl.Int64).alias("target_item_id"),
+        _timestamp_expr().alias("timestamp"),
+    )
+    # seq = how many of the user's interactions precede the request (the protocol's order)
+    before = rows.select("request_id", "user_id", "timestamp").join(
+        ds.interactions.select("user_id", pl.col("timestamp").alias("t")), on="user_id",
+    ).filter(pl.col("t") < pl.col("timestamp")).group_by("request_id").len("seq")
+    return rows.join(before, on="request_id", how="left", maintain_order="left").select(
+        "request_id", "user_id", "task", "instruction", "target_item_id", "timestamp",
+        pl.lit(LOGGED_TASK).alias("phrasing_set"), pl.lit("test").alias("split"),
+        pl.col("seq").fill_null(0).cast(pl.Int64), pl.lit(-1).cast(pl.Int64).alias("template_id"),
+    )
