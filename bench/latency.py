@@ -412,8 +412,12 @@ def measure(path: str, store: str, factory: ClientFactory, stream: RequestStream
     if warm:
         run_load(factory, warm, clients, None)
     gc.collect()
+    before = os.getloadavg()[0]
     result = run_load(factory, stream.take(args.requests), clients,
                       f"{path}/{store}/{clients} client(s)")
+    # a load well above what this run can make says another job shared the CPUs
+    print(f"  {path}/{store}/{clients}: load average {before:.1f} before, "
+          f"{os.getloadavg()[0]:.1f} after ({os.cpu_count()} CPUs)")
     return result
 
 

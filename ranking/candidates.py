@@ -56,11 +56,14 @@ class CandidateConfig(BaseModel):
 class Candidates:
     """`idx` (requests x N) catalogue indices, best merged rank first; per source, its score
     and its rank in the whole catalogue at each candidate (NaN where a history source has
-    no history to work from)."""
+    no history to work from). N is the same for every request, so a request scores the same
+    alone or in a batch; where fewer than N items are unseen, the tail is padded with seen
+    items marked invalid, which nothing ranks or learns from."""
 
     idx: np.ndarray
     scores: dict[str, np.ndarray]
     ranks: dict[str, np.ndarray]
+    valid: np.ndarray  # False only where a catalogue smaller than N forced a seen item in
 
     def recall(self, targets: np.ndarray) -> np.ndarray:
         """Per request: is the target among the candidates?"""
@@ -93,10 +96,7 @@ class CandidateGenerator:
 
     def generate(self, batch: RequestBatch) -> Candidates:
         seen = batch.history.toarray() > 0
-        # every row gets the same N, never padded with a seen item
-        n = min(self.cfg.n, batch.n_items - int(seen.sum(axis=1).max(initial=0)))
-        if n < 1:
-            raise ValueError("a request has seen the whole catalogue; nothing to recommend")
+        n = min(self.cfg.n, batch.n_items)
         cold = ~batch.has_history()
         key = np.full((len(batch), batch.n_items), np.inf)
         dense_scores, dense_ranks = {}, {}
@@ -110,6 +110,7 @@ class CandidateGenerator:
         rows = np.arange(len(batch))[:, None]
         order = np.lexsort((part, key[rows, part]), axis=1)
         idx = part[rows, order]
+        valid = np.isfinite(key[rows, idx])
         scores, ranks = {}, {}
         for name in self.sources:
             sc = dense_scores[name][rows, idx].astype(np.float64)
@@ -118,4 +119,4 @@ class CandidateGenerator:
                 sc[cold] = np.nan
                 rk[cold] = np.nan
             scores[name], ranks[name] = sc, rk
-        return Candidates(idx, scores, ranks)
+        return Candidates(idx, scores, ranks, valid)

@@ -162,7 +162,9 @@ class Recommender:
         frame = assemble(batch, cands, user_rows, item_rows, self.items, kg=self.context.kg,
                          anonymous=np.array([not known]), parsed=parsed)
         scores = self.model.predict(frame)
-        top = np.lexsort((cands.idx[0], -scores))[:k]
+        valid = cands.valid[0]
+        top = np.lexsort((cands.idx[0], -scores))
+        top = top[valid[top]][:k]
         t4 = time.perf_counter()
         timings["score"] = (t4 - t3) * 1000
         contrib = self.model.contributions(frame[top.tolist()])
@@ -174,7 +176,7 @@ class Recommender:
                            self.titles[cands.idx[0][j]], float(scores[j]), reasons[n])
                for n, j in enumerate(top)]
         timings["total"] = (time.perf_counter() - t0) * 1000
-        return Recommendation(user_id, text, not known, out, int(cands.idx.shape[1]),
+        return Recommendation(user_id, text, not known, out, int(valid.sum()),
                               {k_: round(v, 2) for k_, v in timings.items()})
 
     def _batch(self, user_id: int | None, user: dict[str, Any], text: str,

@@ -19,8 +19,18 @@ def prep(synthetic):
 
 
 @pytest.fixture(scope="module")
-def context(encoder):
-    return ScorerContext(encoder=encoder)
+def context(encoder, trained, synthetic, prep):
+    """With the KG and the ranker's resources, so the KG and LTR scorers meet the same
+    contract (built from the feature repo of the session's `trained` fixture)."""
+    from ranking.evaluation.harness import ltr_kg, ltr_resources
+
+    cfg = trained["cfg"]
+    context = ScorerContext(encoder=encoder)
+    kg = ltr_kg(cfg, synthetic, progress=False)
+    context.kg = kg.embeddings
+    context.ltr = ltr_resources(cfg, synthetic, prep, context, progress=False)
+    context.ltr.models_dir = trained["data"] / "contract-models"
+    return context
 
 
 @pytest.fixture(params=available_scorers())

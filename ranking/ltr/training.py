@@ -153,6 +153,7 @@ def _groups(ex: Examples, features: list[str], negatives: int | None,
     has = ex.labels.any(axis=1)
     keep = np.zeros((n, k), dtype=bool)
     keep[has] = True
+    keep &= ex.cands.valid
     if negatives is not None and negatives < k - 1:
         rng = np.random.default_rng(seed)
         noise = rng.random((n, k))

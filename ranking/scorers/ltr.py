@@ -42,6 +42,7 @@ class LTRScorer(Scorer):
         ex = self._resources().examples(self.fitted, batch)
         scores = np.full((len(batch), batch.n_items), BELOW_CANDIDATES)
         predicted = self.model.predict(ex.frame).reshape(ex.cands.idx.shape)
+        predicted[~ex.cands.valid] = BELOW_CANDIDATES
         np.put_along_axis(scores, ex.cands.idx, predicted, axis=1)
         return scores
 
