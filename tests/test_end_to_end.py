@@ -12,7 +12,9 @@ from ranking.evaluation.metrics import METRICS, compute_metrics
 
 @pytest.mark.slow
 def test_movielens_sample_end_to_end(movielens, data_dir, tmp_path):
-    cfg = EvalConfig(sample_users=80, data_dir=data_dir, results_dir=tmp_path)
+    # the baselines: the ranker needs a feature repo built for this sample (test_ranker.py)
+    cfg = EvalConfig(sample_users=80, models=BASELINES, data_dir=data_dir,
+                     results_dir=tmp_path)
     result = evaluate(cfg, dataset=movielens, progress=False)
     paths = result.save()
 
