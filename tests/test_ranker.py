@@ -36,13 +36,10 @@ def test_ranker_is_evaluated_beside_baselines_on_every_task(trained):
 
 
 def test_candidates_exclude_history_and_cover_their_sources(trained):
-    from ranking.inputs import Catalogue, fit_data, request_batch, split_interactions
-    from ranking.scorers.base import ScorerContext
-
-    ltr = trained["result"]
-    del ltr  # the fixture ran the harness; here the generator is exercised directly
     from encoders.text import TextEncoder
     from ranking.candidates import CandidateConfig, CandidateGenerator
+    from ranking.inputs import Catalogue, fit_data, request_batch, split_interactions
+    from ranking.scorers.base import ScorerContext
     from recdata.instructions import generate_requests
     from recdata.synthetic import make_synthetic
 
@@ -62,10 +59,10 @@ def test_candidates_exclude_history_and_cover_their_sources(trained):
     assert all(len(set(row)) == 40 for row in cands.idx.tolist())
     seen = batch.history.toarray() > 0
     assert not np.take_along_axis(seen, cands.idx, axis=1).any()
-    # each source's own top unseen item is a candidate
-    for name in weights:
-        best = cands.ranks[name].min(axis=1)
-        assert np.nanmax(best) <= 40 * len(weights)
+    assert cands.valid.all()  # 150 items, 25 seen: 40 unseen always exist
+    # merged by best rank / weight: every candidate is within the top N of some source
+    best = np.nanmin(np.stack([cands.ranks[n] for n in weights]), axis=0)
+    assert (best <= 40).all()
     with pytest.raises(Exception, match="candidate source"):
         CandidateConfig(weights={"nope": 1.0})
 
