@@ -112,6 +112,7 @@ def make_repo(tmp_path, synthetic):
 def trained(tmp_path_factory, synthetic):
     """A feature repo built for the synthetic set and one evaluation run that trains the
     full ranker and its no-KG ablation (small KG and few trees: this is about behaviour)."""
+    from encoders.tuning import EncoderTuneConfig
     from kg.train import KGConfig
     from ranking.evaluation.config import EvalConfig
     from ranking.evaluation.harness import evaluate
@@ -130,7 +131,10 @@ def trained(tmp_path_factory, synthetic):
                                                   "ltr_full", "ltr_no_kg"],
                      feature_repo=repo, data_dir=data, results_dir=root / "results",
                      kg=KGConfig(epochs=10, eval_every=5, dim=16),
-                     ltr=LTRConfig(n_estimators=60, early_stopping_rounds=20))
+                     ltr=LTRConfig(n_estimators=60, early_stopping_rounds=20),
+                     # used by the runs that tune the encoder (cached by its inputs)
+                     encoder_tuning=EncoderTuneConfig(max_examples=400, batch_size=16,
+                                                      max_seq_length=32))
     result = evaluate(cfg, dataset=synthetic, progress=False)
     return {"repo": repo, "data": data, "result": result, "cfg": cfg}
 

@@ -22,7 +22,7 @@ def prep(synthetic):
 def context(encoder, trained, synthetic, prep):
     """With the KG and the ranker's resources, so the KG and LTR scorers meet the same
     contract (built from the feature repo of the session's `trained` fixture)."""
-    from ranking.evaluation.harness import ltr_kg, ltr_resources
+    from ranking.evaluation.harness import ltr_kg, ltr_resources, tuned_context
 
     cfg = trained["cfg"]
     context = ScorerContext(encoder=encoder)
@@ -30,6 +30,9 @@ def context(encoder, trained, synthetic, prep):
     context.kg = kg.embeddings
     context.ltr = ltr_resources(cfg, synthetic, prep, context, progress=False)
     context.ltr.models_dir = trained["data"] / "contract-models"
+    # embedding_tuned / ltr_tuned read a second context with the tuned encoder
+    context.tuned = tuned_context(cfg, synthetic, prep, context, progress=False, ltr=True)
+    context.tuned.ltr.models_dir = trained["data"] / "contract-models"
     return context
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from encoders.tuning import EncoderTuneConfig
 from kg.train import KGConfig
 from ranking.ltr.model import LTRConfig
 from recdata.errors import UnknownNameError
@@ -16,6 +17,7 @@ from recdata.instructions import TASKS, InstructionConfig
 BASELINES = ["popularity", "itemknn", "ease", "itemknn_lastn", "ease_lastn", "transition",
              "filter_popularity", "embedding", "embedding_ease", "kg"]
 RANKERS = ["ltr_full", "ltr_no_kg", "ltr_no_instruction", "ltr_no_text"]
+TUNED = ["embedding_tuned", "ltr_tuned"]  # read the encoder instruction-tuned in the run
 
 
 class EvalConfig(BaseModel):
@@ -26,7 +28,8 @@ class EvalConfig(BaseModel):
     interactions: Path | None = None
     items: Path | None = None
     text_columns: list[str] = ["title"]
-    models: list[str] = Field(default_factory=lambda: [*BASELINES, *RANKERS], min_length=1)
+    models: list[str] = Field(default_factory=lambda: [*BASELINES, *RANKERS, *TUNED],
+                              min_length=1)
     tasks: list[str] = Field(default_factory=lambda: list(TASKS), min_length=1)
     seed: int = 42
     sampled_negatives: int = Field(99, ge=1)
@@ -39,6 +42,9 @@ class EvalConfig(BaseModel):
                           "CSV or parquet) scored as task 'logged' beside the generated ones")
     ltr: LTRConfig = Field(default_factory=LTRConfig)
     kg: KGConfig = Field(default_factory=KGConfig)
+    # bounded so that tuning takes minutes on 2 cores (see encoders/tuning.py)
+    encoder_tuning: EncoderTuneConfig = Field(
+        default_factory=lambda: EncoderTuneConfig(max_examples=3_000, max_seq_length=64))
     feature_repo: Path | None = Field(
         None, description="Feast repo the ranker reads (default: the package's feature_repo)")
     data_dir: Path = Path("data")

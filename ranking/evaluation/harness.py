@@ -189,9 +189,15 @@ def evaluate(cfg: EvalConfig, *, dataset: Dataset | None = None,
     if any(c.uses_kg for c in classes):
         kg = ltr_kg(cfg, ds, progress)
         context.kg = kg.embeddings
-    if any(c.uses_feature_store for c in classes):
+    if any(c.uses_feature_store and not c.uses_tuned_encoder for c in classes):
         context.ltr = ltr_resources(cfg, ds, prep, context, progress)
         context.ltr.kg_key = kg.key
+    if any(c.uses_tuned_encoder for c in classes):
+        context.tuned = tuned_context(cfg, ds, prep, context, progress,
+                                      ltr=any(c.uses_tuned_encoder and c.uses_feature_store
+                                              for c in classes))
+        if context.tuned.ltr is not None:
+            context.tuned.ltr.kg_key = kg.key
     rankings, tuning, chosen = [], [], {}
     for name in tqdm(cfg.models, desc="models", disable=not progress):
         best, tuned = tune(name, cfg, prep, context, progress)
@@ -262,3 +268,71 @@ def candidate_recall(cfg: EvalConfig, prep: Prepared, context: ScorerContext) ->
         rows.append({"task": task, "candidates": int(ex.cands.idx.shape[1]),
                      "recall": float(hit.mean()), "requests": len(batch)})
     return pl.DataFrame(rows)
+
+
+def encoder_examples(cfg: EvalConfig, prep: Prepared, context: ScorerContext) -> pl.DataFrame:
+    """(query, positive, negatives) rows for instruction tuning, from the training requests
+    only: the query is the instruction with the titles of the user's recent items, the
+    positive the target's text, the hard negative one of the best-ranked other candidates
+    (merged sources, fitted without the training targets) drawn with the run's seed."""
+    from ranking.candidates import CandidateGenerator
+    from ranking.queries import query_texts
+    from recdata.split import training_targets_removed
+
+    held = training_targets_removed(prep.split, cfg.instructions.train_requests_per_user)
+    fit = FitData("encoder_tuning", held, prep.catalogue)
+    batch = request_batch(prep.requests.filter(pl.col("split") == "train"), prep.split,
+                          prep.catalogue)
+    base = ScorerContext(encoder=context.require_encoder(), kg=context.kg)
+    cands = CandidateGenerator(cfg.ltr.candidates, base).fit(fit).generate(batch)
+    targets = batch.requests["target_idx"].to_numpy()
+    top = cands.idx[:, :HARD_NEGATIVE_POOL + 1]
+    noise = np.random.default_rng(cfg.seed).random(top.shape)
+    noise[(top == targets[:, None]) | ~cands.valid[:, :top.shape[1]]] = np.inf
+    negative = top[np.arange(len(top)), noise.argmin(axis=1)]
+    text = prep.catalogue.text.to_numpy()
+    titles = prep.catalogue.items["title"].to_numpy()
+    return pl.DataFrame({
+        "query": query_texts(batch, titles),
+        "positive": text[targets],
+        "negatives": [[t] for t in text[negative]],
+        "task": batch.requests["task"],
+    })
+
+
+HARD_NEGATIVE_POOL = 10  # the hard negative is drawn from the top this many other candidates
+
+
+def tuned_context(cfg: EvalConfig, ds: Dataset, prep: Prepared, context: ScorerContext,
+                  progress: bool, ltr: bool) -> ScorerContext:
+    """The run's resources again with the encoder instruction-tuned on its training requests:
+    the tuned model directory is cached by a hash of its inputs, and (for `ltr_tuned`) a
+    feature repo of its own is built from it by the usual feature build, so the ranker's
+    Feast embedding features come from the same encoder as its request-time ones."""
+    import shutil
+
+    from encoders.text import TextEncoder, default_model_path
+    from encoders.tuning import tune_encoder
+    from ranking import features as fs
+    from ranking.feature_build import FeatureBuildConfig, build_features
+
+    examples = encoder_examples(cfg, prep, context)
+    tuned = tune_encoder(cfg.encoder_tuning, examples, cfg.encoder_path or default_model_path(),
+                         cfg.data_dir / "encoders", progress=progress)
+    encoder = TextEncoder(tuned.path, cache_dir=cfg.data_dir / "cache", show_progress=progress)
+    out = ScorerContext(encoder=encoder, kg=context.kg,
+                        query_titles=prep.catalogue.items["title"].to_numpy())
+    if ltr:
+        repo = (cfg.data_dir / "repos" / f"tuned-{tuned.key}").resolve()  # Feast: absolute
+        repo.mkdir(parents=True, exist_ok=True)
+        source = fs.FeatureRepo(cfg.feature_repo or fs.PACKAGE_REPO).path
+        for name in ("feature_store.yaml", "feature_store.redis.yaml"):
+            if (source / name).exists():
+                shutil.copy(source / name, repo / name)
+        build_features(FeatureBuildConfig(dataset=cfg.dataset, repo=repo,
+                                          data_dir=cfg.data_dir, encoder_path=tuned.path,
+                                          instructions=cfg.instructions),
+                       dataset=ds, progress=progress)
+        out.ltr = ltr_resources(cfg.model_copy(update={"feature_repo": repo}), ds, prep, out,
+                                progress)
+    return out

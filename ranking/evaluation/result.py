@@ -44,6 +44,16 @@ def long_metrics(metrics: pl.DataFrame, dataset: str) -> pl.DataFrame:
         pl.lit(dataset).alias("dataset"), "task", "model", "metric", pl.col("value").round(6))
 
 
+def merge_quality(quality: Path, rows: pl.DataFrame) -> pl.DataFrame:
+    """`rows` replace the old rows of the same (dataset, model); other models' rows stay, so
+    an explicit job (the LLM reranker's paired evaluation) survives a re-run of the rest."""
+    if not quality.exists():
+        return rows
+    old = pl.read_csv(quality).join(rows.select("dataset", "model").unique(),
+                                    on=["dataset", "model"], how="anti")
+    return pl.concat([old, rows], how="vertical_relaxed")
+
+
 @dataclass
 class EvalResult:
     config: EvalConfig
@@ -106,9 +116,7 @@ class EvalResult:
                     pl.lit("candidates").alias("model"),
                     pl.format("recall@{}", "candidates").alias("metric"),
                     pl.col("recall").round(6).alias("value"))])
-            if quality.exists():
-                old = pl.read_csv(quality).filter(pl.col("dataset") != self.dataset)
-                rows = pl.concat([old, rows], how="vertical_relaxed")
+            rows = merge_quality(quality, rows)
             write_text_atomic(quality, rows.write_csv())
             paths["quality"] = quality
             paths["plot"] = plot_ndcg(rows.filter(pl.col("dataset") == self.dataset),

@@ -112,13 +112,21 @@ class LTRResources:
 
         return self.context.cached(batch, ("ltr_examples", id(fit)), compute)
 
-    def train(self, ablation: str) -> LTRModel:
-        """Train (once per ablation) on the training requests, stopping early on validation."""
-        return self.context.cached(self, ("ltr_model", ablation),
-                                   lambda: self._train(ablation))
+    def train(self, ablation: str, name: str | None = None) -> LTRModel:
+        """Train (once per ablation) on the training requests, stopping early on validation;
+        saved as `name` (default `ltr_<ablation>`)."""
+        name = name or f"ltr_{ablation}"
+        return self.context.cached(self, ("ltr_model", ablation, name),
+                                   lambda: self._train(ablation, name))
 
-    def _train(self, ablation: str) -> LTRModel:
+    def _train(self, ablation: str, name: str) -> LTRModel:
         features = feature_names(ablation)
+        encoder = getattr(self.context.encoder, "fingerprint", None)
+        key = training_key(self.cfg, ablation, f"{self.data_fingerprint}:{encoder}")
+        done = self.models_dir / f"{name}-{key}"
+        if (done / "meta.json").exists():  # same config, data and encoder: same model
+            write_text_atomic(self.models_dir / f"{name}.latest", done.name)
+            return LTRModel.load(done)
         steps = tqdm(total=2, desc=f"ltr_{ablation} features", disable=not self.progress,
                      leave=False)
         train = self.examples(self.ltr_fit, self.train_batch)
@@ -132,16 +140,14 @@ class LTRResources:
             raise FeatureStoreError("no training or validation request has its target among "
                                     "the candidates; nothing to learn from")
         booster, best, ndcg = fit_lambdarank(self.cfg, (x, y, g), (vx, vy, vg), features)
-        key = training_key(self.cfg, ablation, self.data_fingerprint)
         model = LTRModel(booster, features, ablation, self.cfg.model_dump(mode="json"), key,
                          best, ndcg, extra={
-                             "kg_key": self.kg_key, "encoder": getattr(
-                                 self.context.encoder, "fingerprint", None),
+                             "kg_key": self.kg_key, "encoder": encoder,
                              "data_fingerprint": self.data_fingerprint,
                              "train_requests": len(g), "valid_requests": len(vg),
                              "train_rows": int(x.shape[0])})
-        folder = model.save(self.models_dir / f"ltr_{ablation}-{key}")
-        write_text_atomic(self.models_dir / f"ltr_{ablation}.latest", folder.name)
+        folder = model.save(self.models_dir / f"{name}-{key}")
+        write_text_atomic(self.models_dir / f"{name}.latest", folder.name)
         return model
 
 

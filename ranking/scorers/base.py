@@ -35,6 +35,11 @@ class ScorerContext:
     encoder: Any = None
     kg: Any = None  # kg.embeddings.KGEmbeddings, for scorers that read the knowledge graph
     ltr: Any = None  # ranking.ltr.training.LTRResources, for the LTR scorers
+    # set where the encoder is instruction-tuned: it reads "instruction | recent titles"
+    # (ranking.queries), so its query text needs the catalogue's titles
+    query_titles: np.ndarray | None = None
+    tuned: ScorerContext | None = None  # the same resources with the tuned encoder
+    llm: Any = None  # ranking.llm_rerank.LLMReranker, for the reranked LTR scorer
     memo: dict = field(default_factory=dict)
 
     def cached(self, owner: object, key: tuple, compute: Callable[[], Any]) -> Any:
@@ -60,6 +65,20 @@ class ScorerContext:
             raise ConfigError("this scorer reads instructions and needs a text encoder")
         return self.encoder
 
+    def queries(self, batch: RequestBatch) -> list[str]:
+        """The text the encoder reads for each request of `batch`."""
+        if self.query_titles is None:
+            return batch.instructions
+        from ranking.queries import query_texts
+
+        return query_texts(batch, self.query_titles)
+
+    def require_tuned(self) -> ScorerContext:
+        if self.tuned is None:
+            raise ConfigError("this scorer reads the instruction-tuned encoder; evaluate it "
+                              "through `instructrank evaluate`, which tunes one")
+        return self.tuned
+
 
 class Scorer(ABC):
     """Base for every model in the harness. Subclasses set `name`, `Config` and `grid`."""
@@ -71,11 +90,14 @@ class Scorer(ABC):
     uses_instruction: ClassVar[bool] = False
     uses_kg: ClassVar[bool] = False
     uses_feature_store: ClassVar[bool] = False
+    uses_tuned_encoder: ClassVar[bool] = False  # reads `context.tuned` instead of `context`
+    uses_llm: ClassVar[bool] = False
 
     def __init__(self, config: ScorerConfig | None = None,
                  context: ScorerContext | None = None) -> None:
         self.config = config if config is not None else self.Config()
-        self.context = context or ScorerContext()
+        context = context or ScorerContext()
+        self.context = context.require_tuned() if self.uses_tuned_encoder else context
         self._fit: FitData | None = None
         self._popularity: np.ndarray | None = None
 

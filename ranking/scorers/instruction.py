@@ -60,7 +60,7 @@ def instruction_similarity(scorer: Scorer, batch: RequestBatch,
     encoder = scorer.context.require_encoder()
 
     def compute() -> np.ndarray:
-        queries = encoder.encode(batch.instructions, desc="instructions")
+        queries = encoder.encode(scorer.context.queries(batch), desc="instructions")
         return queries.astype(np.float64) @ items.T.astype(np.float64)
 
     return scorer.context.cached(batch, ("instruction_sim", encoder.fingerprint, id(items)),
@@ -80,6 +80,15 @@ class Embedding(Scorer):
 
     def _score(self, batch: RequestBatch) -> np.ndarray:
         return instruction_similarity(self, batch, self.items)
+
+
+@register
+class EmbeddingTuned(Embedding):
+    """Cosine between "instruction | recent titles" and each item's text, both encoded by
+    the encoder instruction-tuned on this run's training requests (encoders.tuning)."""
+
+    name = "embedding_tuned"
+    uses_tuned_encoder = True
 
 
 class BlendConfig(ScorerConfig):

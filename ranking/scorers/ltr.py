@@ -36,7 +36,7 @@ class LTRScorer(Scorer):
         return res
 
     def _fit_model(self, data: FitData) -> None:
-        self.model = self._resources().train(self.ablation)
+        self.model = self._resources().train(self.ablation, self.name)
 
     def _score(self, batch: RequestBatch) -> np.ndarray:
         ex = self._resources().examples(self.fitted, batch)
@@ -70,3 +70,13 @@ class LTRNoInstruction(LTRScorer):
 class LTRNoText(LTRScorer):
     name = "ltr_no_text"
     ablation = "no_text"
+
+
+@register
+class LTRTuned(LTRScorer):
+    """Every feature, with the instruction-tuned encoder everywhere a text vector is read:
+    the embedding candidate source, request-time similarity, and the Feast embedding views
+    (rebuilt from it in a repo of their own)."""
+
+    name = "ltr_tuned"
+    uses_tuned_encoder = True
