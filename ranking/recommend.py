@@ -27,6 +27,7 @@ from ranking.candidates import CandidateConfig, CandidateGenerator
 from ranking.explain import Explainer, Reason
 from ranking.inputs import Catalogue, FitData, RequestBatch
 from ranking.intent_parser import parsed_for
+from ranking.llm_rerank import LLMRerankConfig
 from ranking.ltr.features import USER_COLUMNS, ItemTables, assemble
 from ranking.ltr.model import LTRModel
 from ranking.sanitize import MAX_INSTRUCTION_CHARS, clean_instruction
@@ -49,6 +50,14 @@ class RecommenderConfig(BaseModel):
     data_dir: Path = Path("data")
     encoder_path: Path | None = None
     max_instruction_chars: int = Field(MAX_INSTRUCTION_CHARS, ge=1)
+    torch_threads: int | None = Field(
+        None, ge=1, description="torch intra-op threads for the whole process (None: leave "
+                                "torch's setting). `instructrank serve` sets 1: one short "
+                                "sentence is too small to split across cores, concurrent "
+                                "requests are the parallelism, and extra threads spin "
+                                "against each other and anything else running")
+    llm: LLMRerankConfig | None = Field(None, description="optional LLM reranker of the top "
+                                                          "N (off when None)")
 
 
 @dataclass(frozen=True)
@@ -96,11 +105,16 @@ class Recommender:
         self.ratings = {(int(u), int(i)): float(r) for u, i, r in
                         log.select("user_id", "item_idx", "rating").drop_nulls().iter_rows()}
         self.explainer = Explainer(self)
+        self.reranker: Any = None  # ranking.llm_rerank.LLMReranker when configured
 
     @classmethod
     def load(cls, cfg: RecommenderConfig) -> Recommender:
         from encoders.text import TextEncoder
 
+        if cfg.torch_threads is not None:
+            import torch
+
+            torch.set_num_threads(cfg.torch_threads)
         model_dir = cfg.model or latest_model(cfg.data_dir / "models")
         model = LTRModel.load(model_dir)
         repo = fs.FeatureRepo(cfg.repo)
@@ -120,7 +134,13 @@ class Recommender:
         if trained_with and trained_with != encoder.fingerprint:
             raise ConfigError(f"model {model.key} was trained with encoder {trained_with}, "
                               f"but the configured encoder is {encoder.fingerprint}")
-        context = ScorerContext(encoder=encoder, kg=_load_kg(model, cfg.data_dir))
+        from encoders.tuning import META_FILE
+
+        # an instruction-tuned encoder reads "instruction | recent titles" (ranking.queries)
+        tuned = (encoder.model_path / META_FILE).exists()
+        context = ScorerContext(encoder=encoder, kg=_load_kg(model, cfg.data_dir),
+                                query_titles=catalogue.items["title"].to_numpy() if tuned
+                                else None)
         fit = FitData("serving", split, catalogue)
         generator = CandidateGenerator(
             CandidateConfig.model_validate(model.config["candidates"]), context).fit(fit)
@@ -129,6 +149,10 @@ class Recommender:
         tables = item_tables(generator, context)
         as_of = int(pl.Series([meta["as_of"]]).str.to_datetime().dt.epoch("s")[0])
         rec = cls(cfg, model, reader, catalogue, generator, tables, context, split, as_of)
+        if cfg.llm is not None:
+            from ranking.llm_rerank import LLMReranker
+
+            rec.reranker = LLMReranker.load(cfg.llm)
         rec.recommend(None, "warm-up request", 1)  # first-call costs (regex, LightGBM) now
         return rec
 
@@ -161,13 +185,19 @@ class Recommender:
                                          for c in USER_COLUMNS})
         frame = assemble(batch, cands, user_rows, item_rows, self.items, kg=self.context.kg,
                          anonymous=np.array([not known]), parsed=parsed)
-        scores = self.model.predict(frame)
+        scores = self.model.predict(frame, threads=1)
         valid = cands.valid[0]
         top = np.lexsort((cands.idx[0], -scores))
-        top = top[valid[top]][:k]
+        top = top[valid[top]]
         t4 = time.perf_counter()
         timings["score"] = (t4 - t3) * 1000
-        contrib = self.model.contributions(frame[top.tolist()])
+        if self.reranker is not None:
+            top, scores = self._rerank(batch, cands.idx[0], top, scores)
+            t5 = time.perf_counter()
+            timings["llm"] = (t5 - t4) * 1000
+            t4 = t5
+        top = top[:k]
+        contrib = self.model.contributions(frame[top.tolist()], threads=1)
         reasons = self.explainer.reasons(batch, frame[top.tolist()], contrib,
                                          cands.idx[0][top], user_id if known else None,
                                          parsed)
@@ -178,6 +208,21 @@ class Recommender:
         timings["total"] = (time.perf_counter() - t0) * 1000
         return Recommendation(user_id, text, not known, out, int(valid.sum()),
                               {k_: round(v, 2) for k_, v in timings.items()})
+
+    def _rerank(self, batch: RequestBatch, idx: np.ndarray, top: np.ndarray,
+                scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The LLM reorders the best `top_n` of the ranked candidates `top`; it returns
+        positions into `top` only, so the result is a permutation of the candidates."""
+        from ranking.queries import prompt_history
+
+        history = prompt_history(batch, np.asarray(self.titles, dtype=object))[0]
+        titles = [self.titles[i] for i in idx[top]]
+        order, fused = self.reranker.rerank(list(range(len(top))), scores[top],
+                                            batch.instructions[0], history, titles)
+        reordered = top[np.asarray(order, dtype=np.int64)]
+        new_scores = scores.copy()
+        new_scores[reordered] = fused
+        return reordered, new_scores
 
     def _batch(self, user_id: int | None, user: dict[str, Any], text: str,
                now: int | None) -> RequestBatch:
