@@ -5,7 +5,10 @@
 Options: --stores sqlite,redis  --requests 2000 (per row)  --clients 1,8  --warmup 50  --k 10
 --seed 0  --out bench/results. Run it on an otherwise idle machine (about 6 minutes on 2
 cores), from the repository root, after `make run` (it needs the trained ranker and the
-materialized SQLite online store).
+materialized SQLite online store). With `--llm-adapter DIR` (and `--stores none` to skip the
+rest) it adds the `inprocess_llm` row: the LLM reranker on (`--llm-requests`, default 200,
+because each costs about a second). Rows measured replace the file's rows of the same
+(path, store, clients); the others stay.
 
 Rows of latency.csv (`path,store,clients,candidates,requests,errors,p50_ms,p99_ms,rps`):
 - path `inprocess`: `Recommender.recommend()` called directly; with 8 clients from a
@@ -60,7 +63,7 @@ from recdata.atomic_io import write_text_atomic
 ROOT = Path(__file__).resolve().parents[1]
 COLUMNS = ["path", "store", "clients", "candidates", "requests", "errors", "p50_ms", "p99_ms",
            "rps"]
-STAGES = ["user_read", "candidates", "item_read", "score", "explain", "total"]
+STAGES = ["user_read", "candidates", "item_read", "score", "llm", "explain", "total"]
 UNKNOWN_SHARE, ANONYMOUS_SHARE = 0.05, 0.05
 N_USERS = 943  # MovieLens-100k user ids are 1..943
 
@@ -320,6 +323,39 @@ def breakdown(store: str, result: RunResult) -> list[dict[str, Any]]:
     return rows
 
 
+# --- is the machine ours? ----------------------------------------------------------------
+
+OWN_PIDS: set[int] = {os.getpid()}  # this process, the HTTP server and redis-server
+DISTURBED: list[tuple[str, float]] = []  # (row, CPUs used by other processes meanwhile)
+DISTURBED_CPUS = 0.25
+
+
+def cpu_ticks() -> tuple[int, int] | None:
+    """(busy ticks of the whole machine, ticks of OWN_PIDS) from /proc; None off Linux."""
+    try:
+        head = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]
+    except OSError:
+        return None
+    ticks = [int(x) for x in head]  # user nice system idle iowait irq softirq steal
+    own = 0
+    for pid in OWN_PIDS:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        own += int(fields[11]) + int(fields[12])  # utime + stime, all threads
+    return sum(ticks) - ticks[3] - ticks[4], own
+
+
+def foreign_cpus(before: tuple[int, int] | None, after: tuple[int, int] | None,
+                 wall_s: float) -> float | None:
+    """CPUs kept busy by processes other than the benchmark's during a run."""
+    if before is None or after is None or wall_s <= 0:
+        return None
+    busy, own = after[0] - before[0], after[1] - before[1]
+    return max(0.0, (busy - own) / os.sysconf("SC_CLK_TCK") / wall_s)
+
+
 # --- servers ----------------------------------------------------------------------------
 
 def free_port() -> int:
@@ -350,6 +386,7 @@ def redis_server() -> Iterator[str | None]:
     port = free_port()
     proc = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
                              "--appendonly", "no"], stdout=subprocess.DEVNULL)
+    OWN_PIDS.add(proc.pid)
     try:
         client = redis.Redis(host="127.0.0.1", port=port)
         for _ in range(200):
@@ -385,6 +422,7 @@ def http_server(args: argparse.Namespace, store: str,
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     proc = subprocess.Popen(cli("serve", "--host", "127.0.0.1", "--port", str(port),
                                 *store_args(args, store, redis_url)), env=env)
+    OWN_PIDS.add(proc.pid)
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 300
@@ -412,12 +450,15 @@ def measure(path: str, store: str, factory: ClientFactory, stream: RequestStream
     if warm:
         run_load(factory, warm, clients, None)
     gc.collect()
-    before = os.getloadavg()[0]
+    before = cpu_ticks()
     result = run_load(factory, stream.take(args.requests), clients,
                       f"{path}/{store}/{clients} client(s)")
-    # a load well above what this run can make says another job shared the CPUs
-    print(f"  {path}/{store}/{clients}: load average {before:.1f} before, "
-          f"{os.getloadavg()[0]:.1f} after ({os.cpu_count()} CPUs)")
+    others = foreign_cpus(before, cpu_ticks(), result.wall_s)
+    if others is not None:
+        DISTURBED.append((f"{path}/{store}/{clients}", others))
+        flag = "  <- DISTURBED: rerun on an idle machine" if others > DISTURBED_CPUS else ""
+        print(f"  {path}/{store}/{clients}: other processes used {others:.2f} of "
+              f"{os.cpu_count()} CPUs{flag}")
     return result
 
 
@@ -428,7 +469,7 @@ def bench_store(store: str, redis_url: str | None, stream: RequestStream,
     print(f"[{store}] loading the recommender in process ...")
     t = time.perf_counter()
     rec = Recommender.load(RecommenderConfig(repo=args.repo, online=store, redis_url=redis_url,
-                                             data_dir=args.data_dir))
+                                             data_dir=args.data_dir, torch_threads=1))
     print(f"[{store}] loaded in {time.perf_counter() - t:.1f} s")
     factory = inprocess_factory(rec, args.k)
     for clients in args.clients:
@@ -451,6 +492,38 @@ def bench_store(store: str, redis_url: str | None, stream: RequestStream,
             rows.append(summarise("http", store, clients, result))
             print(f"  {rows[-1]}")
             report_errors(result)
+
+
+def bench_llm(stream: RequestStream, args: argparse.Namespace, rows: list[dict],
+              stages: list[dict]) -> None:
+    """`inprocess_llm`: the same in-process path with the LLM reranker on (SQLite, 1 client,
+    torch on every core: one request at a time is what a reranker this slow can serve)."""
+    from ranking.llm_rerank import LLMRerankConfig
+    from ranking.recommend import Recommender, RecommenderConfig
+
+    llm = LLMRerankConfig(model_path=args.llm_model, adapter_path=args.llm_adapter,
+                          data_dir=args.data_dir, weight=args.llm_weight, top_n=args.llm_top_n)
+    print("[llm] loading the recommender with the LLM reranker ...")
+    rec = Recommender.load(RecommenderConfig(repo=args.repo, data_dir=args.data_dir, llm=llm,
+                                             torch_threads=None))
+    factory = inprocess_factory(rec, args.k)
+    sub = argparse.Namespace(**{**vars(args), "requests": args.llm_requests,
+                                "warmup": min(args.warmup, 5)})
+    result = measure("inprocess_llm", "sqlite", factory, stream, sub, 1)
+    rows.append(summarise("inprocess_llm", "sqlite", 1, result))
+    print(f"  {rows[-1]}")
+    report_errors(result)
+    stages.extend(breakdown("sqlite+llm", result))
+
+
+def merged(path: Path, new: pl.DataFrame, keys: list[str]) -> pl.DataFrame:
+    """Rows measured now replace the file's rows with the same keys; others stay (so the
+    slow LLM rows can be measured on their own)."""
+    if not path.exists() or new.is_empty():
+        return new
+    old = pl.read_csv(path).cast({k: new.schema[k] for k in keys})
+    return pl.concat([old.join(new.select(keys), on=keys, how="anti").select(new.columns),
+                      new], how="vertical_relaxed")
 
 
 def materialize_redis(args: argparse.Namespace, redis_url: str) -> None:
@@ -485,9 +558,17 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     parser.add_argument("--repo", type=Path, default=ROOT / "feature_repo")
     parser.add_argument("--data-dir", type=Path, default=ROOT / "data")
+    parser.add_argument("--llm-adapter", type=Path, default=None,
+                        help="also measure `inprocess_llm` with this LoRA adapter")
+    parser.add_argument("--llm-model", type=Path, default=None,
+                        help="causal-LM folder (default: the converted Gemma 3 270M)")
+    parser.add_argument("--llm-weight", type=float, default=0.5)
+    parser.add_argument("--llm-top-n", type=int, default=20)
+    parser.add_argument("--llm-requests", type=int, default=200,
+                        help="measured requests of the inprocess_llm row")
     args = parser.parse_args()
     args.clients = [int(c) for c in args.clients.split(",") if c.strip()]
-    stores = [s.strip() for s in args.stores.split(",") if s.strip()]
+    stores = [s.strip() for s in args.stores.split(",") if s.strip() and s.strip() != "none"]
     unknown = set(stores) - {"sqlite", "redis"}
     if unknown:
         parser.error(f"unknown store(s): {', '.join(sorted(unknown))}")
@@ -509,9 +590,14 @@ def main() -> None:
             materialize_redis(args, url)
             bench_store("redis", url, stream, args, rows, stages)
 
+    if args.llm_adapter is not None or args.llm_model is not None:
+        bench_llm(stream, args, rows, stages)
+
     frame = pl.DataFrame(rows).select(COLUMNS) if rows else pl.DataFrame(schema=COLUMNS)
     split = pl.DataFrame(stages).select("store", "stage", "p50_ms", "p99_ms") if stages \
         else pl.DataFrame(schema=["store", "stage", "p50_ms", "p99_ms"])
+    frame = merged(args.out / "latency.csv", frame, ["path", "store", "clients"])
+    split = merged(args.out / "latency_breakdown.csv", split, ["store", "stage"])
     write_text_atomic(args.out / "latency.csv", frame.write_csv())
     write_text_atomic(args.out / "latency_breakdown.csv", split.write_csv())
     print(f"\n{len(stream.seen):,} distinct instructions ({stream.repeats} repeats); "
@@ -521,6 +607,10 @@ def main() -> None:
         print(frame)
         print(split)
     print(f"wrote {args.out / 'latency.csv'} and {args.out / 'latency_breakdown.csv'}")
+    disturbed = [f"{row} ({cpus:.2f} CPUs)" for row, cpus in DISTURBED if cpus > DISTURBED_CPUS]
+    if disturbed:
+        print("WARNING: other processes used the CPUs during " + ", ".join(disturbed)
+              + "; those figures are pessimistic")
 
 
 if __name__ == "__main__":

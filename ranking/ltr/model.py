@@ -56,14 +56,19 @@ class LTRModel:
     valid_ndcg: float
     extra: dict[str, Any]
 
-    def predict(self, frame: pl.DataFrame) -> np.ndarray:
+    def predict(self, frame: pl.DataFrame, threads: int = 0) -> np.ndarray:
+        """Scores; `threads=1` for one request's few hundred rows, where starting OpenMP
+        threads costs more than it saves and concurrent requests would fight over them
+        (0: LightGBM's default, all cores)."""
         return self.booster.predict(frame.select(self.features).to_numpy(),
-                                    num_iteration=self.best_iteration or None)
+                                    num_iteration=self.best_iteration or None,
+                                    num_threads=threads)
 
-    def contributions(self, frame: pl.DataFrame) -> np.ndarray:
+    def contributions(self, frame: pl.DataFrame, threads: int = 0) -> np.ndarray:
         """Per-row, per-feature contributions (SHAP values); the last column is the bias."""
         return self.booster.predict(frame.select(self.features).to_numpy(), pred_contrib=True,
-                                    num_iteration=self.best_iteration or None)
+                                    num_iteration=self.best_iteration or None,
+                                    num_threads=threads)
 
     def save(self, directory: Path) -> Path:
         """Write into a temporary folder beside `directory`, then rename it into place."""
