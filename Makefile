@@ -34,9 +34,9 @@ LLM_DIR := data/llm
 llm: $(STAMP)
 	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[llm,dev]'
 	$(VENV)/bin/instructrank llm convert
-	$(VENV)/bin/instructrank llm examples --out $(LLM_DIR)/examples.parquet
-	$(VENV)/bin/instructrank llm tune --examples $(LLM_DIR)/examples.parquet --steps 200 \
-		> $(LLM_DIR)/tune.log
+	$(VENV)/bin/instructrank llm examples --requests 1500 --out $(LLM_DIR)/examples.parquet
+	$(VENV)/bin/instructrank llm tune --examples $(LLM_DIR)/examples.parquet --steps 500 \
+		--lr 5e-4 > $(LLM_DIR)/tune.log
 	cat $(LLM_DIR)/tune.log
 	$(VENV)/bin/instructrank llm evaluate --adapter "$$(sed -n 's/^adapter: //p' $(LLM_DIR)/tune.log)"
 
