@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import functools
-import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 from rich.console import Console
-from rich.text import Text
 
+from ranking.cli_errors import user_errors
 from ranking.cli_llm import llm_app
 
 app = typer.Typer(
@@ -29,7 +26,6 @@ kg_app = typer.Typer(help="Knowledge graph: build it, train PyKEEN embeddings, s
 app.add_typer(kg_app, name="kg")
 app.add_typer(llm_app, name="llm")
 console = Console()
-err = Console(stderr=True)
 
 DatasetName = Annotated[str, typer.Option("--dataset",
                                           help="movielens-100k, synthetic or custom.")]
@@ -47,32 +43,6 @@ DataDir = Annotated[Path, typer.Option("--data-dir", help="Where data, caches an
 EncoderPath = Annotated[Path | None, typer.Option(
     "--encoder-path", help="Sentence-transformer folder (default: all-MiniLM-L6-v2; an "
                            "instruction-tuned one lives in data/encoders/encoder-<key>).")]
-
-
-def fail(message: str) -> None:
-    """Print `message` verbatim (no markup: it may hold '[column]') and exit with 1."""
-    err.print(Text("error: ", style="red") + Text(message), soft_wrap=True)
-    sys.exit(1)
-
-
-def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Known errors become one red line and exit code 1, without a traceback."""
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from pydantic import ValidationError
-
-        from recdata.errors import InstructRankError
-
-        try:
-            return fn(*args, **kwargs)
-        except InstructRankError as exc:
-            fail(str(exc))
-        except ValidationError as exc:
-            msgs = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-            fail(f"invalid configuration: {msgs}")
-
-    return wrapper
 
 
 def _split(values: str | None) -> list[str] | None:

