@@ -98,6 +98,7 @@ class Recommender:
         self.item_ids = catalogue.items["item_id"].to_numpy()
         self.titles = catalogue.items["title"].to_list() if "title" in catalogue.items.columns \
             else [str(i) for i in self.item_ids]
+        self.title_array = np.asarray(self.titles, dtype=object)
         self.row_of = {int(i): r for r, i in enumerate(self.item_ids)}
         ordered = log.sort("user_id", "seq", descending=[False, True])
         self.history = {int(u): g["item_idx"].to_numpy() for (u,), g in
@@ -215,8 +216,8 @@ class Recommender:
         positions into `top` only, so the result is a permutation of the candidates."""
         from ranking.queries import prompt_history
 
-        history = prompt_history(batch, np.asarray(self.titles, dtype=object))[0]
-        titles = [self.titles[i] for i in idx[top]]
+        history = prompt_history(batch, self.title_array)[0]
+        titles = self.title_array[idx[top]].tolist()
         order, fused = self.reranker.rerank(list(range(len(top))), scores[top],
                                             batch.instructions[0], history, titles)
         reordered = top[np.asarray(order, dtype=np.int64)]

@@ -168,14 +168,19 @@ def score_test(name: str, best: dict[str, ScorerConfig], cfg: EvalConfig, prep: 
     return pl.concat(frames)
 
 
+def run_dataset(cfg: EvalConfig, dataset: Dataset | None = None) -> Dataset:
+    """The dataset a run evaluates: `dataset` or the one `cfg` names, user-sampled as
+    configured."""
+    ds = dataset or load_dataset(cfg.dataset, cfg.data_dir, interactions=cfg.interactions,
+                                 items=cfg.items, text_columns=tuple(cfg.text_columns))
+    return ds.sample_users(cfg.sample_users, cfg.seed) if cfg.sample_users else ds
+
+
 def evaluate(cfg: EvalConfig, *, dataset: Dataset | None = None,
              progress: bool = True) -> EvalResult:
     """Run every model of `cfg` on every task; the result saves itself (see EvalResult)."""
     started = time.perf_counter()
-    ds = dataset or load_dataset(cfg.dataset, cfg.data_dir, interactions=cfg.interactions,
-                                 items=cfg.items, text_columns=tuple(cfg.text_columns))
-    if cfg.sample_users:
-        ds = ds.sample_users(cfg.sample_users, cfg.seed)
+    ds = run_dataset(cfg, dataset)
     logged = load_logged_requests(cfg.requests_file, ds) if cfg.requests_file else None
     prep = prepare(cfg, ds, logged)
     encoder = None
@@ -279,12 +284,17 @@ def encoder_examples(cfg: EvalConfig, prep: Prepared, context: ScorerContext) ->
     from ranking.queries import query_texts
     from recdata.split import training_targets_removed
 
-    held = training_targets_removed(prep.split, cfg.instructions.train_requests_per_user)
-    fit = FitData("encoder_tuning", held, prep.catalogue)
-    batch = request_batch(prep.requests.filter(pl.col("split") == "train"), prep.split,
-                          prep.catalogue)
-    base = ScorerContext(encoder=context.require_encoder(), kg=context.kg)
-    cands = CandidateGenerator(cfg.ltr.candidates, base).fit(fit).generate(batch)
+    if context.ltr is not None:  # the ranker's sources, fitted on the same cut: reuse them
+        batch = context.ltr.train_batch
+        generator = context.ltr.generator(context.ltr.ltr_fit)
+    else:
+        held = training_targets_removed(prep.split, cfg.instructions.train_requests_per_user)
+        batch = request_batch(prep.requests.filter(pl.col("split") == "train"), prep.split,
+                              prep.catalogue)
+        generator = CandidateGenerator(cfg.ltr.candidates, ScorerContext(
+            encoder=context.require_encoder(), kg=context.kg)).fit(
+                FitData("encoder_tuning", held, prep.catalogue))
+    cands = generator.generate(batch)
     targets = batch.requests["target_idx"].to_numpy()
     top = cands.idx[:, :HARD_NEGATIVE_POOL + 1]
     noise = np.random.default_rng(cfg.seed).random(top.shape)

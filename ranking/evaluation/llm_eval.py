@@ -63,14 +63,10 @@ class _Run:
 
 def _prepare(cfg: EvalConfig, progress: bool, dataset: Any = None) -> _Run:
     from encoders.text import TextEncoder
-    from ranking.datasets import load_dataset
-    from ranking.evaluation.harness import ltr_kg, ltr_resources, prepare
+    from ranking.evaluation.harness import ltr_kg, ltr_resources, prepare, run_dataset
     from ranking.scorers.base import ScorerContext
 
-    ds = dataset or load_dataset(cfg.dataset, cfg.data_dir, interactions=cfg.interactions,
-                                 items=cfg.items, text_columns=tuple(cfg.text_columns))
-    if cfg.sample_users:
-        ds = ds.sample_users(cfg.sample_users, cfg.seed)
+    ds = run_dataset(cfg, dataset)
     prep = prepare(cfg, ds)
     encoder = TextEncoder(cfg.encoder_path, cache_dir=cfg.data_dir / "cache",
                           show_progress=progress)
