@@ -7,13 +7,17 @@ T. Within a second, interactions are ordered by ascending item id (the protocol'
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import polars as pl
 
 from feature_repo.jobs import utc_seconds
+from feature_repo.jobs.decay import decayed_cumsum
 
 LAST_ITEMS = 5
 PROFILE_HALF_LIFE = 20  # items
+PROFILE_BLOCK_ROWS = 200_000  # interactions per block of users for the 384-d profile sums
 
 
 def _ordered(interactions: pl.DataFrame) -> pl.DataFrame:
@@ -65,24 +69,34 @@ def user_profile_embedding(interactions: pl.DataFrame, item_ids: np.ndarray,
     """Recency-weighted mean of history item vectors (weight halves every 20 items back),
     L2-normalised: user_id, embedding, event_timestamp."""
     x = _ordered(interactions)
-    max_pos = int(x["pos"].max() or 0)
-    if max_pos / PROFILE_HALF_LIFE > 900:
-        raise ValueError(f"a user has {max_pos + 1} interactions; the profile recurrence "
-                         f"supports up to {900 * PROFILE_HALF_LIFE}")
     row_of = {int(i): r for r, i in enumerate(item_ids)}
-    idx = x["item_id"].replace_strict(row_of, return_dtype=pl.Int64).to_numpy()
-    # sum_j x_j 2^{(j - i)/h} = 2^{-i/h} * cumsum_j x_j 2^{j/h}; the scalar 2^{-i/h} vanishes
-    # in the normalisation, so only the per-user cumulative sum is needed.
-    scale = np.exp2(x["pos"].to_numpy() / PROFILE_HALF_LIFE)[:, None]
-    weighted = item_vectors[idx].astype(np.float64) * scale
-    dims = [f"_e{d}" for d in range(weighted.shape[1])]
-    ends = x.select(_group_end().alias("_end"))["_end"]
-    frame = pl.DataFrame(weighted, schema=dims).with_columns(x["user_id"], x["timestamp"], ends)
-    summed = frame.with_columns(pl.col(dims).cum_sum().over("user_id")).filter("_end")
-    vec = summed.select(dims).to_numpy()
-    vec /= np.maximum(np.linalg.norm(vec, axis=1, keepdims=True), 1e-12)
-    return summed.select("user_id", utc_seconds(pl.col("timestamp") + 1)).insert_column(
-        1, vectors_column(vec))
+    x = x.with_columns(pl.col("item_id").replace_strict(row_of, return_dtype=pl.Int64)
+                       .alias("_idx"), _group_end().alias("_end"))
+    parts = []
+    for block in _user_blocks(x, PROFILE_BLOCK_ROWS):  # bounded memory: vectors are 384-d
+        # weights halve every PROFILE_HALF_LIFE items back, however long the history
+        vec = decayed_cumsum(item_vectors[block["_idx"].to_numpy()],
+                             block["user_id"].to_numpy(), block["pos"].to_numpy(),
+                             PROFILE_HALF_LIFE)[block["_end"].to_numpy()]
+        vec /= np.maximum(np.linalg.norm(vec, axis=1, keepdims=True), 1e-12)
+        parts.append(block.filter("_end").select(
+            "user_id", utc_seconds(pl.col("timestamp") + 1)).insert_column(
+            1, vectors_column(vec)))
+    if not parts:
+        return x.select("user_id", utc_seconds(pl.col("timestamp") + 1)).insert_column(
+            1, vectors_column(np.zeros((0, item_vectors.shape[1]))))
+    return pl.concat(parts)
+
+
+def _user_blocks(x: pl.DataFrame, rows: int) -> list[pl.DataFrame]:
+    """Slices of about `rows` rows that never split a user (x is sorted by user)."""
+    if x.height == 0:
+        return []
+    ends = np.cumsum(x.group_by("user_id", maintain_order=True).len()["len"].to_numpy())
+    # cut at the first user boundary at or past every multiple of `rows`
+    at = ends[np.searchsorted(ends, np.arange(rows, x.height, rows))]
+    cuts = np.unique(np.r_[0, at, x.height])
+    return [x.slice(int(a), int(b - a)) for a, b in itertools.pairwise(cuts)]
 
 
 def vectors_column(vectors: np.ndarray, name: str = "embedding") -> pl.Series:
