@@ -9,6 +9,9 @@ Both are built here and nowhere else, so the point-in-time rule lives in one pla
 
 from __future__ import annotations
 
+import itertools
+import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -19,6 +22,21 @@ from recdata.dataset import Dataset, item_text
 from recdata.split import temporal_leave_one_out
 
 CUTS = {"val": ("train",), "test": ("train", "val")}
+# Requests x items score matrices are only ever built for a chunk of requests of at most
+# this many bytes (float64), so memory follows the catalogue and the chunk, never the run.
+SCORE_CHUNK_BYTES = 32 * 2**20
+
+
+# The ranker's examples (candidates x features) are built for at most this many requests
+# at a time; score chunks above it are whole multiples of it, so every model cuts a batch
+# at the same places and finds the examples another model already built.
+EXAMPLE_ROWS = 1024
+
+
+def chunk_rows(n_items: int, budget: int = SCORE_CHUNK_BYTES) -> int:
+    """Requests per chunk so that one dense (chunk x items) float64 matrix fits `budget`."""
+    rows = max(1, budget // (8 * max(n_items, 1)))
+    return rows // EXAMPLE_ROWS * EXAMPLE_ROWS if rows >= EXAMPLE_ROWS else rows
 
 
 @dataclass(frozen=True)
@@ -92,9 +110,34 @@ class RequestBatch:
     requests: pl.DataFrame  # request_id, user_id, task, instruction, target_idx, seq, ...
     history: sp.csr_matrix
     n_items: int
+    # names the batch a slice was cut from, and where: results computed for the same rows
+    # by several models are found again under (uid, offset, length)
+    uid: str = field(default_factory=lambda: uuid.uuid4().hex, compare=False)
+    offset: int = 0
 
     def __len__(self) -> int:
         return self.requests.height
+
+    @property
+    def key(self) -> tuple[str, int, int]:
+        return self.uid, self.offset, len(self)
+
+    def slice(self, lo: int, hi: int) -> RequestBatch:
+        return RequestBatch(self.requests.slice(lo, hi - lo), self.history[lo:hi],
+                            self.n_items, self.uid, self.offset + lo)
+
+    def chunks(self, rows: int | None = None) -> Iterator[RequestBatch]:
+        """Slices of at most `rows` requests (default: `chunk_rows`), cut at multiples of
+        `rows` counted from the start of the batch this one was sliced from, so the same
+        rows always fall in the same chunk; the batch itself when it is one chunk."""
+        rows = rows or chunk_rows(self.n_items)
+        start, end = self.offset, self.offset + len(self)
+        cuts = [start, *range((start // rows + 1) * rows, end, rows), end]
+        if len(cuts) <= 2:
+            yield self
+            return
+        for lo, hi in itertools.pairwise(cuts):
+            yield self.slice(lo - start, hi - start)
 
     @property
     def instructions(self) -> list[str]:

@@ -62,7 +62,8 @@ def test_paired_subset_reproduces_ltr_full_on_the_same_requests(paired, trained)
     assert ours["requests"][0] == subset.height > 0
     harness = metrics_of(run.rankings.filter((pl.col("model") == "ltr_full")
                                              & pl.col("request_id").is_in(
-                                                 subset["request_id"].implode())), subset)
+                                                 subset["request_id"].implode())).collect(),
+                         subset)
     for metric in ("hr@10", "ndcg@10", "mrr@10", "recall@20"):
         assert ours[metric][0] == pytest.approx(harness[metric][0], abs=1e-12), metric
 

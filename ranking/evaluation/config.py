@@ -32,9 +32,18 @@ class EvalConfig(BaseModel):
                               min_length=1)
     tasks: list[str] = Field(default_factory=lambda: list(TASKS), min_length=1)
     seed: int = 42
+    tune: bool = Field(True, description="search each model's grid on validation; False "
+                                         "scores each model's default configuration only "
+                                         "(scale runs, where the grid is the cost)")
     sampled_negatives: int = Field(99, ge=1)
     top_k: int = Field(50, ge=20)
-    sample_users: int | None = Field(None, ge=3)
+    sample_users: int | None = Field(None, ge=3, description="restrict the whole dataset to "
+                                                          "this many random users")
+    eval_users: int | None = Field(
+        None, ge=1, description="score validation and test requests of this many random "
+                                "users only; every model is still fitted on everyone's data "
+                                "(what a scale run needs: fits at full size, a bounded "
+                                "evaluation)")
     encoder_path: Path | None = None
     instructions: InstructionConfig = Field(default_factory=InstructionConfig)
     requests_file: Path | None = Field(
@@ -74,7 +83,7 @@ class EvalConfig(BaseModel):
 
         payload = self.model_dump(mode="json", exclude={"data_dir", "results_dir",
                                                         "feature_repo"})
-        payload["grids"] = {m: scorer_class(m).grid for m in self.models}
+        payload["grids"] = {m: scorer_class(m).grid if self.tune else {} for m in self.models}
         if self.requests_file is not None and Path(self.requests_file).exists():
             payload["requests_file"] = hashlib.sha1(
                 Path(self.requests_file).read_bytes()).hexdigest()

@@ -28,6 +28,7 @@ from ranking.evaluation.rankings import (
     tie_permutation,
 )
 from ranking.evaluation.result import EvalResult
+from ranking.evaluation.sink import RankingSink
 from ranking.inputs import (
     Catalogue,
     FitData,
@@ -69,6 +70,11 @@ def prepare(cfg: EvalConfig, ds: Dataset, logged: pl.DataFrame | None = None) ->
     of task `logged`, scored with the configuration tuned for `intent` by models fitted on
     everything before the earliest logged request."""
     requests = generate_requests(ds, cfg.instructions)
+    if cfg.eval_users is not None:
+        users = requests.select(pl.col("user_id").unique().sort()).sample(
+            n=min(cfg.eval_users, requests["user_id"].n_unique()), seed=cfg.seed)
+        requests = requests.filter((pl.col("split") == "train")
+                                   | pl.col("user_id").is_in(users["user_id"].implode()))
     catalogue = Catalogue.from_dataset(ds)
     split = split_interactions(ds, catalogue)
     fits = {cut: fit_data(split, catalogue, cut) for cut in ("val", "test")}
@@ -108,26 +114,50 @@ def _rank_full(scores: np.ndarray, batch: RequestBatch, prep: Prepared,
                         prep.catalogue.items["item_id"].to_numpy())
 
 
+def _hits(rows: pl.DataFrame, batch: RequestBatch, model: str) -> pl.DataFrame:
+    """The rows of a ranking where the target sits, plus one row that can never be a hit
+    (so a configuration without hits still gets its zeros): all the metrics SQL needs."""
+    targets = batch.requests.select("request_id", pl.col("target_item_id").alias("item_id"))
+    hit = rows.join(targets, on=["request_id", "item_id"], how="semi")
+    never = pl.DataFrame({"request_id": batch.requests["request_id"].head(1),
+                          "rank": pl.Series([10**6], dtype=pl.Int32),
+                          "item_id": pl.Series([-1], dtype=rows.schema["item_id"]),
+                          "score": [0.0]}).head(len(batch) and 1)
+    return pl.concat([hit, never]).with_columns(pl.lit(model).alias("model"))
+
+
 def tune(name: str, cfg: EvalConfig, prep: Prepared, context: ScorerContext,
          progress: bool) -> tuple[dict[str, ScorerConfig], pl.DataFrame]:
-    """Best configuration per task by validation NDCG@10, and every configuration's figures."""
+    """Best configuration per task by validation NDCG@10, and every configuration's figures.
+
+    Configurations that share a fit (same `fit_params`) are fitted together and score each
+    chunk of requests side by side, so what they share per chunk (the instruction
+    similarities, say) is computed once; only the rows where a target was ranked are kept."""
     cls = scorer_class(name)
-    configs = list(cls.configs())
-    frames: dict[str, list[pl.DataFrame]] = {t: [] for t in cfg.tasks}
-    for i, conf in enumerate(tqdm(configs, desc=f"tune {name}", disable=not progress,
-                                  leave=False)):
-        scorer = cls(conf, context).fit(prep.fits["val"])
+    configs = list(cls.configs()) if cfg.tune else [cls.Config()]
+    groups: dict[str, list[int]] = {}
+    for i, conf in enumerate(configs):
+        groups.setdefault(cls.fit_key(conf), []).append(i)
+    hits: dict[str, list[pl.DataFrame]] = {t: [] for t in cfg.tasks}
+    bar = tqdm(total=len(configs), desc=f"tune {name}", disable=not progress, leave=False)
+    for members in groups.values():
+        scorers = {i: cls(configs[i], context).fit(prep.fits["val"]) for i in members}
         for task in cfg.tasks:
-            batch = prep.batches[("val", task)]
-            rows = _rank_full(scorer.score(batch), batch, prep, TUNE_K)
-            frames[task].append(rows.with_columns(
-                pl.lit(str(i)).alias("model"), pl.lit(task).alias("task"),
-                pl.lit("full").alias("protocol")))
+            for chunk in prep.batches[("val", task)].chunks():
+                for i, scorer in scorers.items():
+                    rows = _rank_full(scorer.score(chunk), chunk, prep, TUNE_K)
+                    hits[task].append(_hits(rows, chunk, str(i)))
+                context.forget(chunk)
+        bar.update(len(members))
+        del scorers
+    bar.close()
     best: dict[str, ScorerConfig] = {}
     tuning = []
     for task in cfg.tasks:
         val_requests = prep.batches[("val", task)].requests
-        m = metrics_of(pl.concat(frames[task]), val_requests).with_columns(
+        frame = pl.concat(hits[task]).with_columns(pl.lit(task).alias("task"),
+                                                   pl.lit("full").alias("protocol"))
+        m = metrics_of(frame, val_requests).with_columns(
             pl.col("model").cast(pl.Int64).alias("config_index"))
         m = m.sort("config_index")
         best_index = int(m.sort(["ndcg@10", "config_index"], descending=[True, False])
@@ -144,28 +174,30 @@ def tune(name: str, cfg: EvalConfig, prep: Prepared, context: ScorerContext,
 
 
 def score_test(name: str, best: dict[str, ScorerConfig], cfg: EvalConfig, prep: Prepared,
-               context: ScorerContext) -> pl.DataFrame:
-    """Rankings of the test requests (full and sampled) with each task's chosen config."""
+               context: ScorerContext, sink: RankingSink) -> None:
+    """Rankings of the test requests (full and sampled) with each task's chosen config,
+    written to `sink` a chunk of requests at a time."""
     cls = scorer_class(name)
     fitted: dict[str, Scorer] = {}
-    frames = []
     item_ids = prep.catalogue.items["item_id"].to_numpy()
     for task, (tuned, cut) in prep.test_tasks.items():
         key = best[tuned].model_dump_json() + cut
         if key not in fitted:
             fitted[key] = cls(best[tuned], context).fit(prep.fits[cut])
-        batch = prep.batches[("test", task)]
-        scores = fitted[key].score(batch)
-        full = _rank_full(scores, batch, prep, cfg.top_k)
-        targets = batch.requests["target_idx"].to_numpy()[:, None]
-        candidates = np.concatenate([targets, prep.negatives[task]], axis=1)
-        top, top_scores = sampled_ranking(scores, candidates, prep.tiebreak, cfg.top_k)
-        sampled = ranking_rows(batch.requests["request_id"], top, top_scores, item_ids)
-        for protocol, rows in (("full", full), ("sampled", sampled)):
-            frames.append(rows.select(
-                pl.lit(name).alias("model"), pl.lit(task).alias("task"),
-                pl.lit(protocol).alias("protocol"), pl.all()))
-    return pl.concat(frames)
+        for chunk in prep.batches[("test", task)].chunks():
+            scores = fitted[key].score(chunk)
+            full = _rank_full(scores, chunk, prep, cfg.top_k)
+            targets = chunk.requests["target_idx"].to_numpy()[:, None]
+            negatives = prep.negatives[task][chunk.offset:chunk.offset + len(chunk)]
+            candidates = np.concatenate([targets, negatives], axis=1)
+            top, top_scores = sampled_ranking(scores, candidates, prep.tiebreak, cfg.top_k)
+            sampled = ranking_rows(chunk.requests["request_id"], top, top_scores, item_ids)
+            for protocol, rows in (("full", full), ("sampled", sampled)):
+                sink.add(name, rows.select(
+                    pl.lit(name).alias("model"), pl.lit(task).alias("task"),
+                    pl.lit(protocol).alias("protocol"), pl.all()))
+            context.forget(chunk)
+    sink.finish(name)
 
 
 def run_dataset(cfg: EvalConfig, dataset: Dataset | None = None) -> Dataset:
@@ -176,50 +208,79 @@ def run_dataset(cfg: EvalConfig, dataset: Dataset | None = None) -> Dataset:
     return ds.sample_users(cfg.sample_users, cfg.seed) if cfg.sample_users else ds
 
 
+def runnable_models(models: list[str], n_items: int) -> tuple[list[str], dict[str, str]]:
+    """The models that can be fitted on a catalogue of `n_items`, and why the others
+    cannot (EASE's dense inverse has a size limit; see ranking.scorers.history)."""
+    keep, skipped = [], {}
+    for m in models:
+        limit = scorer_class(m).max_items
+        if limit is not None and n_items > limit:
+            skipped[m] = (f"{n_items:,} items exceed its limit of {limit:,} (a dense "
+                          "items x items matrix); als_lastn and itemknn_lastn scale")
+        else:
+            keep.append(m)
+    return keep, skipped
+
+
 def evaluate(cfg: EvalConfig, *, dataset: Dataset | None = None,
              progress: bool = True) -> EvalResult:
     """Run every model of `cfg` on every task; the result saves itself (see EvalResult)."""
+    from recdata.stages import RECORDS, records_since, stage
+
     started = time.perf_counter()
-    ds = run_dataset(cfg, dataset)
-    logged = load_logged_requests(cfg.requests_file, ds) if cfg.requests_file else None
-    prep = prepare(cfg, ds, logged)
+    first_stage = len(RECORDS)
+    with stage("load and prepare"):
+        ds = run_dataset(cfg, dataset)
+        logged = load_logged_requests(cfg.requests_file, ds) if cfg.requests_file else None
+        prep = prepare(cfg, ds, logged)
+    models, skipped = runnable_models(cfg.models, prep.catalogue.n_items)
+    for m, why in skipped.items():
+        tqdm.write(f"skipping {m}: {why}")
     encoder = None
-    if any(scorer_class(m).uses_instruction for m in cfg.models):
+    if any(scorer_class(m).uses_instruction for m in models):
         from encoders.text import TextEncoder
 
         encoder = TextEncoder(cfg.encoder_path, cache_dir=cfg.data_dir / "cache",
                               show_progress=progress)
     context = ScorerContext(encoder=encoder)
-    classes = [scorer_class(m) for m in cfg.models]
+    classes = [scorer_class(m) for m in models]
     if any(c.uses_kg for c in classes):
-        kg = ltr_kg(cfg, ds, progress)
+        with stage("kg (hold-out)"):
+            kg = ltr_kg(cfg, ds, progress)
         context.kg = kg.embeddings
     if any(c.uses_feature_store and not c.uses_tuned_encoder for c in classes):
         context.ltr = ltr_resources(cfg, ds, prep, context, progress)
         context.ltr.kg_key = kg.key
     if any(c.uses_tuned_encoder for c in classes):
-        context.tuned = tuned_context(cfg, ds, prep, context, progress,
-                                      ltr=any(c.uses_tuned_encoder and c.uses_feature_store
-                                              for c in classes))
+        with stage("encoder tuning"):
+            context.tuned = tuned_context(cfg, ds, prep, context, progress,
+                                          ltr=any(c.uses_tuned_encoder and c.uses_feature_store
+                                                  for c in classes))
         if context.tuned.ltr is not None:
             context.tuned.ltr.kg_key = kg.key
-    rankings, tuning, chosen = [], [], {}
-    for name in tqdm(cfg.models, desc="models", disable=not progress):
-        best, tuned = tune(name, cfg, prep, context, progress)
-        tuning.append(tuned)
-        chosen[name] = {t: c.model_dump() for t, c in best.items()}
-        rankings.append(score_test(name, best, cfg, prep, context))
-    test_requests = prep.requests.filter(pl.col("split") == "test")
-    test_requests = test_requests.filter(pl.col("task").is_in(list(prep.test_tasks)))
-    all_rankings = pl.concat(rankings)
-    metrics = metrics_of(all_rankings, test_requests)
-    recall = candidate_recall(cfg, prep, context) if context.ltr is not None else None
+    fingerprint = cfg.fingerprint(ds.fingerprint())
+    sink = RankingSink(cfg.data_dir / "runs" / fingerprint / "rankings")
+    tuning, chosen = [], {}
+    try:
+        for name in tqdm(models, desc="models", disable=not progress):
+            with stage(f"model {name}"):
+                best, tuned = tune(name, cfg, prep, context, progress)
+                tuning.append(tuned)
+                chosen[name] = {t: c.model_dump() for t, c in best.items()}
+                score_test(name, best, cfg, prep, context, sink)
+        test_requests = prep.requests.filter(pl.col("split") == "test")
+        test_requests = test_requests.filter(pl.col("task").is_in(list(prep.test_tasks)))
+        metrics = metrics_of(sink.folder, test_requests)
+        recall = candidate_recall(cfg, prep, context) if context.ltr is not None else None
+    finally:
+        for ctx in (context, context.tuned):
+            if ctx is not None and ctx.ltr is not None:
+                ctx.ltr.close()
     return EvalResult(
-        config=cfg, dataset_summary=ds.summary(), fingerprint=cfg.fingerprint(
-            ds.fingerprint()),
-        requests=prep.requests, items=ds.items, rankings=all_rankings, metrics=metrics,
+        config=cfg, dataset_summary=ds.summary(), fingerprint=fingerprint,
+        requests=prep.requests, items=ds.items, rankings=sink.scan(), metrics=metrics,
         tuning=pl.concat(tuning), chosen=chosen, seconds=time.perf_counter() - started,
-        candidate_recall=recall,
+        candidate_recall=recall, skipped=skipped, stages=records_since(first_stage),
     )
 
 
@@ -268,10 +329,13 @@ def candidate_recall(cfg: EvalConfig, prep: Prepared, context: ScorerContext) ->
     rows = []
     for task, (_, cut) in prep.test_tasks.items():
         batch = prep.batches[("test", task)]
-        ex = context.ltr.examples(prep.fits[cut], batch)
-        hit = ex.cands.recall(batch.requests["target_idx"].to_numpy())
-        rows.append({"task": task, "candidates": int(ex.cands.idx.shape[1]),
-                     "recall": float(hit.mean()), "requests": len(batch)})
+        hit, n = [], 0
+        for ex in context.ltr.iter_examples(prep.fits[cut], batch):
+            hit.append(ex.labels.any(axis=1))
+            n = ex.cands.idx.shape[1]
+        rows.append({"task": task, "candidates": n,
+                     "recall": float(np.concatenate(hit).mean()) if hit else 0.0,
+                     "requests": len(batch)})
     return pl.DataFrame(rows)
 
 
@@ -280,13 +344,13 @@ def encoder_examples(cfg: EvalConfig, prep: Prepared, context: ScorerContext) ->
     only: the query is the instruction with the titles of the user's recent items, the
     positive the target's text, the hard negative one of the best-ranked other candidates
     (merged sources, fitted without the training targets) drawn with the run's seed."""
-    from ranking.candidates import CandidateGenerator
+    from ranking.candidates import CandidateGenerator, Candidates
     from ranking.queries import query_texts
     from recdata.split import training_targets_removed
 
-    if context.ltr is not None:  # the ranker's sources, fitted on the same cut: reuse them
-        batch = context.ltr.train_batch
-        generator = context.ltr.generator(context.ltr.ltr_fit)
+    if context.ltr is not None:  # the ranker's candidates, on the same cut: reuse them
+        ts = context.ltr.training_set()
+        batch, idx, valid = ts.train_batch, ts.train_idx, ts.train_valid
     else:
         held = training_targets_removed(prep.split, cfg.instructions.train_requests_per_user)
         batch = request_batch(prep.requests.filter(pl.col("split") == "train"), prep.split,
@@ -294,11 +358,12 @@ def encoder_examples(cfg: EvalConfig, prep: Prepared, context: ScorerContext) ->
         generator = CandidateGenerator(cfg.ltr.candidates, ScorerContext(
             encoder=context.require_encoder(), kg=context.kg)).fit(
                 FitData("encoder_tuning", held, prep.catalogue))
-    cands = generator.generate(batch)
+        cands = Candidates.concat([generator.generate(c) for c in batch.chunks()])
+        idx, valid = cands.idx, cands.valid
     targets = batch.requests["target_idx"].to_numpy()
-    top = cands.idx[:, :HARD_NEGATIVE_POOL + 1]
+    top = idx[:, :HARD_NEGATIVE_POOL + 1]
     noise = np.random.default_rng(cfg.seed).random(top.shape)
-    noise[(top == targets[:, None]) | ~cands.valid[:, :top.shape[1]]] = np.inf
+    noise[(top == targets[:, None]) | ~valid[:, :top.shape[1]]] = np.inf
     negative = top[np.arange(len(top)), noise.argmin(axis=1)]
     text = prep.catalogue.text.to_numpy()
     titles = prep.catalogue.items["title"].to_numpy()

@@ -9,6 +9,8 @@ the hit rate at 20.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import duckdb
 import polars as pl
 
@@ -47,17 +49,27 @@ ORDER BY task, model
 """
 
 
+def sql_string(text: str) -> str:
+    """`text` as a SQL string literal (DuckDB cannot take a prepared parameter in a view)."""
+    return "'" + text.replace("'", "''") + "'"
+
+
 def compute_metrics(con: duckdb.DuckDBPyConnection, rankings: str = "rankings",
                     requests: str = "requests") -> pl.DataFrame:
     """One row per (model, task) with every metric; tables are named, not interpolated data."""
     return con.execute(METRICS_SQL.format(rankings=rankings, requests=requests)).pl()
 
 
-def metrics_of(rankings: pl.DataFrame, requests: pl.DataFrame) -> pl.DataFrame:
-    """Metrics for in-memory frames (tuning on validation uses the same SQL as the report)."""
+def metrics_of(rankings: pl.DataFrame | Path, requests: pl.DataFrame) -> pl.DataFrame:
+    """Metrics for an in-memory rankings frame or a folder of rankings parquet files (read
+    by DuckDB as it goes, never loaded whole); tuning on validation uses the same SQL."""
     con = duckdb.connect()
     try:
-        con.register("rankings", rankings.to_arrow())
+        if isinstance(rankings, Path):
+            con.execute("CREATE VIEW rankings AS SELECT * FROM read_parquet("
+                        f"{sql_string(str(rankings / '*.parquet'))})")
+        else:
+            con.register("rankings", rankings.to_arrow())
         con.register("requests", requests.to_arrow())
         return compute_metrics(con)
     finally:

@@ -14,18 +14,13 @@ import numpy as np
 import polars as pl
 import scipy.sparse as sp
 
+from ranking.inputs import chunk_rows
+from ranking.topk import top_k
+
 
 def tie_permutation(n_items: int, seed: int) -> np.ndarray:
     """Position of each item in the tie-break order."""
     return np.random.default_rng(seed).permutation(n_items)
-
-
-def _order(scores: np.ndarray, tiebreak: np.ndarray) -> np.ndarray:
-    """Column indices per row sorted by score descending, ties by `tiebreak` ascending.
-    Columns are first laid out in tie-break order so a stable sort resolves ties by it."""
-    layout = np.argsort(tiebreak)
-    order = np.argsort(-scores[..., layout], axis=-1, kind="stable")
-    return np.take_along_axis(np.broadcast_to(layout, scores.shape), order, axis=-1)
 
 
 def full_ranking(scores: np.ndarray, exclude: sp.csr_matrix, targets: np.ndarray,
@@ -35,7 +30,7 @@ def full_ranking(scores: np.ndarray, exclude: sp.csr_matrix, targets: np.ndarray
     ex = exclude.tocoo()
     keep_target = ex.col == targets[ex.row]
     masked[ex.row[~keep_target], ex.col[~keep_target]] = -np.inf
-    top = _order(masked, tiebreak)[:, :k]
+    top = top_k(masked, k, tiebreak)
     top_scores = np.take_along_axis(masked, top, axis=1)
     top = np.where(np.isneginf(top_scores), -1, top)
     return top, top_scores
@@ -43,13 +38,20 @@ def full_ranking(scores: np.ndarray, exclude: sp.csr_matrix, targets: np.ndarray
 
 def sample_negatives(seen: sp.csr_matrix, targets: np.ndarray, n_negatives: int,
                      seed: int) -> np.ndarray:
-    """(requests x n_negatives) items the user never interacted with, without repeats."""
+    """(requests x n_negatives) items the user never interacted with, without repeats.
+    Drawn a chunk of requests at a time from one seeded stream, so the draw is the same
+    whatever the chunk size and memory stays at one chunk's random keys."""
     rng = np.random.default_rng(seed)
-    keys = rng.random(seen.shape)
-    coo = seen.tocoo()
-    keys[coo.row, coo.col] = np.inf
-    keys[np.arange(len(targets)), targets] = np.inf
-    return np.argpartition(keys, n_negatives, axis=1)[:, :n_negatives]
+    rows = chunk_rows(seen.shape[1])
+    out = []
+    for lo in range(0, seen.shape[0], rows):
+        hi = min(lo + rows, seen.shape[0])
+        keys = rng.random((hi - lo, seen.shape[1]))
+        coo = seen[lo:hi].tocoo()
+        keys[coo.row, coo.col] = np.inf
+        keys[np.arange(hi - lo), targets[lo:hi]] = np.inf
+        out.append(np.argpartition(keys, n_negatives, axis=1)[:, :n_negatives])
+    return np.concatenate(out) if out else np.zeros((0, n_negatives), dtype=np.int64)
 
 
 def sampled_ranking(scores: np.ndarray, candidates: np.ndarray, tiebreak: np.ndarray,

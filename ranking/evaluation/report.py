@@ -75,7 +75,7 @@ def plot_ndcg(quality: pl.DataFrame, target: Path) -> Path:
     return target
 
 
-def sample_recommendations(rankings: pl.DataFrame, requests: pl.DataFrame,
+def sample_recommendations(rankings: pl.LazyFrame, requests: pl.DataFrame,
                            items: pl.DataFrame, metrics: pl.DataFrame, *, task: str = "intent",
                            n_requests: int = 3, k: int = 5) -> pl.DataFrame:
     """Top-k titles of the task's best model (by test NDCG@10) for a few test requests;
@@ -88,8 +88,9 @@ def sample_recommendations(rankings: pl.DataFrame, requests: pl.DataFrame,
         "user_id").head(n_requests)
     return rankings.filter(
         (pl.col("model") == model) & (pl.col("protocol") == "full") & (pl.col("rank") <= k)
-    ).join(chosen.select("request_id", "user_id", "instruction", "target_item_id"),
-           on="request_id").join(items.select("item_id", "title"), on="item_id").select(
+    ).collect().join(chosen.select("request_id", "user_id", "instruction", "target_item_id"),
+                     on="request_id").join(items.select("item_id", "title"),
+                                           on="item_id").select(
         pl.lit(model).alias("model"), "user_id", "instruction", "rank", "title",
         (pl.col("item_id") == pl.col("target_item_id")).alias("hit"),
     ).sort("user_id", "rank")

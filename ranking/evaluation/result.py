@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -20,7 +20,7 @@ import duckdb
 import polars as pl
 
 from ranking.evaluation.config import EvalConfig
-from ranking.evaluation.metrics import METRICS
+from ranking.evaluation.metrics import METRICS, sql_string
 from recdata.atomic_io import atomic_path, write_parquet_atomic, write_text_atomic
 
 LIBRARIES = ("polars", "duckdb", "numpy", "scipy", "sentence-transformers", "torch",
@@ -61,12 +61,14 @@ class EvalResult:
     fingerprint: str
     requests: pl.DataFrame
     items: pl.DataFrame
-    rankings: pl.DataFrame
+    rankings: pl.LazyFrame  # the run's rankings parquet files, scanned (never loaded whole)
     metrics: pl.DataFrame
     tuning: pl.DataFrame
     chosen: dict[str, dict[str, Any]]
     seconds: float
     candidate_recall: pl.DataFrame | None = None  # task, candidates, recall, requests
+    skipped: dict[str, str] = field(default_factory=dict)  # model -> why it was left out
+    stages: list[dict[str, Any]] = field(default_factory=list)  # stage, seconds, peak RSS
 
     @property
     def dataset(self) -> str:
@@ -86,14 +88,16 @@ class EvalResult:
         tmp.unlink()
         con = duckdb.connect(str(tmp))
         try:
-            tables = [("requests", self.requests), ("rankings", self.rankings),
-                      ("metrics", self.metrics), ("tuning", self.tuning)]
+            tables = [("requests", self.requests), ("metrics", self.metrics),
+                      ("tuning", self.tuning)]
             if self.candidate_recall is not None:
                 tables.append(("candidate_recall", self.candidate_recall))
             for name, frame in tables:
                 con.register("_frame", frame.to_arrow())
                 con.execute(f"CREATE TABLE {name} AS SELECT * FROM _frame")
                 con.unregister("_frame")
+            glob = str(self.run_dir / "rankings" / "*.parquet")
+            con.execute(f"CREATE TABLE rankings AS SELECT * FROM read_parquet({sql_string(glob)})")
         finally:
             con.close()
         os.replace(tmp, target)
@@ -102,8 +106,10 @@ class EvalResult:
             "config": self.config.model_dump(mode="json"),
             "dataset": self.dataset_summary,
             "chosen_configs": self.chosen,
+            "skipped_models": self.skipped,
             "versions": library_versions(),
             "seconds": round(self.seconds, 1),
+            "stages": self.stages,
         }, indent=2))
         if update_quality:
             from ranking.evaluation.report import plot_ndcg
