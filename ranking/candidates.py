@@ -1,10 +1,15 @@
 """Candidate generation: the union of cheap retrievers, each a registered scorer.
 
-Every source ranks the whole catalogue; a request's candidates are the N items with the best
+Every source ranks the catalogue; a request's candidates are the N items with the best
 *weighted rank* over sources (rank / weight), so each source contributes roughly in
 proportion to its weight and an item any source puts near its top gets in. Items already in
 the request's history are never candidates. The share of targets found among the candidates
 (recall@N) is the ceiling of any ranker built on them, and the evaluation reports it.
+
+Nothing here grows with requests x items: requests are taken a chunk at a time, and each
+source keeps only its top `M` per request (partitioned, not sorted), M being at least
+N plus the request's history, which is all the merge can ever pick from. The rank of a
+candidate in a source is exact up to `rank_depth` and `rank_depth + 1` beyond it.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ranking.inputs import FitData, RequestBatch
 from ranking.scorers.base import Scorer, ScorerContext, scorer_class
+from ranking.topk import top_k
 from recdata.errors import UnknownNameError
 
 # source -> (scorer name, its config); a source is any registered scorer
@@ -24,12 +30,26 @@ SOURCES: dict[str, tuple[str, dict[str, Any]]] = {
     "embedding": ("embedding", {}),
     "attribute": ("filter_popularity", {}),
     "transition": ("transition", {}),
-    "ease": ("ease_lastn", {"lam": 500.0, "last_n": 5}),
+    "cf": ("ease_lastn", {"lam": 500.0, "last_n": 5}),
     "itemknn": ("itemknn_lastn", {"neighbours": 100, "last_n": 3}),
     "popularity": ("popularity", {}),
     "kg": ("kg", {}),
 }
-HISTORY_SOURCES = ("transition", "ease", "itemknn", "kg")  # meaningless without a history
+# what a source becomes where its first choice cannot be fitted on the catalogue
+SCALABLE: dict[str, tuple[str, dict[str, Any]]] = {
+    "cf": ("als_lastn", {"last_n": 5}),
+}
+HISTORY_SOURCES = ("transition", "cf", "itemknn", "kg")  # meaningless without a history
+
+
+def source_scorer(name: str, n_items: int) -> tuple[str, dict[str, Any]]:
+    """The scorer behind source `name` for a catalogue of `n_items`: collaborative
+    filtering is EASE up to EASE_MAX_ITEMS items and ALS beyond."""
+    scorer, params = SOURCES[name]
+    limit = scorer_class(scorer).max_items
+    if limit is not None and n_items > limit and name in SCALABLE:
+        return SCALABLE[name]
+    return scorer, params
 
 
 class CandidateConfig(BaseModel):
@@ -38,8 +58,10 @@ class CandidateConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     n: int = Field(200, ge=1)
     weights: dict[str, float] = Field(default_factory=lambda: {
-        "embedding": 1.0, "attribute": 1.5, "transition": 1.0, "ease": 1.0, "itemknn": 0.5,
+        "embedding": 1.0, "attribute": 1.5, "transition": 1.0, "cf": 1.0, "itemknn": 0.5,
         "popularity": 0.25, "kg": 0.5})
+    rank_depth: int = Field(2_000, ge=1, description="ranks are exact up to this depth, "
+                                                    "rank_depth + 1 beyond")
 
     @field_validator("weights")
     @classmethod
@@ -55,10 +77,10 @@ class CandidateConfig(BaseModel):
 @dataclass(frozen=True)
 class Candidates:
     """`idx` (requests x N) catalogue indices, best merged rank first; per source, its score
-    and its rank in the whole catalogue at each candidate (NaN where a history source has
-    no history to work from). N is the same for every request, so a request scores the same
-    alone or in a batch; where fewer than N items are unseen, the tail is padded with seen
-    items marked invalid, which nothing ranks or learns from."""
+    and its rank at each candidate (NaN where a history source has no history to work
+    from). N is the same for every request, so a request scores the same alone or in a
+    batch; where fewer than N items are unseen, the tail is padded with seen items marked
+    invalid, which nothing ranks or learns from."""
 
     idx: np.ndarray
     scores: dict[str, np.ndarray]
@@ -69,14 +91,15 @@ class Candidates:
         """Per request: is the target among the candidates?"""
         return (self.idx == targets[:, None]).any(axis=1)
 
-
-def ranks_of(scores: np.ndarray) -> np.ndarray:
-    """1-based rank of every item per row (ties: lower index first)."""
-    order = np.argsort(-scores, axis=1, kind="stable")
-    ranks = np.empty_like(order)
-    rows = np.arange(scores.shape[0])[:, None]
-    ranks[rows, order] = np.arange(1, scores.shape[1] + 1)
-    return ranks
+    @staticmethod
+    def concat(parts: list[Candidates]) -> Candidates:
+        if len(parts) == 1:
+            return parts[0]
+        return Candidates(
+            np.concatenate([p.idx for p in parts]),
+            {k: np.concatenate([p.scores[k] for p in parts]) for k in parts[0].scores},
+            {k: np.concatenate([p.ranks[k] for p in parts]) for k in parts[0].ranks},
+            np.concatenate([p.valid for p in parts]))
 
 
 class CandidateGenerator:
@@ -89,28 +112,40 @@ class CandidateGenerator:
 
     def fit(self, data: FitData) -> CandidateGenerator:
         for name in self.cfg.weights:
-            scorer_name, params = SOURCES[name]
+            scorer_name, params = source_scorer(name, data.n_items)
             cls = scorer_class(scorer_name)
             self.sources[name] = cls(cls.Config(**params), self.context).fit(data)
         return self
 
     def generate(self, batch: RequestBatch) -> Candidates:
-        seen = batch.history.toarray() > 0
-        n = min(self.cfg.n, batch.n_items)
-        cold = ~batch.has_history()
-        key = np.full((len(batch), batch.n_items), np.inf)
+        parts = []
+        for chunk in batch.chunks():
+            parts.append(self._generate(chunk))
+            if chunk is not batch:
+                self.context.forget(chunk)
+        return Candidates.concat(parts) if parts else self._generate(batch)
+
+    def _generate(self, batch: RequestBatch) -> Candidates:
+        n_items, rows = batch.n_items, np.arange(len(batch))[:, None]
+        n = min(self.cfg.n, n_items)
+        depth = self.cfg.rank_depth
+        seen_count = np.diff(batch.history.indptr)
+        m = min(n_items, max(depth, n + int(seen_count.max(initial=0))))
+        key = np.full((len(batch), n_items), np.inf)
         dense_scores, dense_ranks = {}, {}
         for name, scorer in self.sources.items():
             s = scorer.score(batch)
-            r = ranks_of(s)
-            key = np.minimum(key, r / self.cfg.weights[name])
+            top = top_k(s, m)  # ties: lower index first
+            rank = np.arange(1, top.shape[1] + 1, dtype=np.float64)[None, :]
+            key[rows, top] = np.minimum(key[rows, top], rank / self.cfg.weights[name])
+            r = np.full((len(batch), n_items), depth + 1, dtype=np.float32)
+            r[rows, top[:, :depth]] = rank[:, :depth]
             dense_scores[name], dense_ranks[name] = s, r
-        key[seen] = np.inf
-        part = np.argpartition(key, n - 1, axis=1)[:, :n]
-        rows = np.arange(len(batch))[:, None]
-        order = np.lexsort((part, key[rows, part]), axis=1)
-        idx = part[rows, order]
+        seen = batch.history.tocoo()
+        key[seen.row, seen.col] = np.inf
+        idx = top_k(-key, n)  # best (smallest) merged rank, ties by index
         valid = np.isfinite(key[rows, idx])
+        cold = np.diff(batch.history.indptr) == 0
         scores, ranks = {}, {}
         for name in self.sources:
             sc = dense_scores[name][rows, idx].astype(np.float64)

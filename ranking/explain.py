@@ -26,7 +26,7 @@ FAMILIES: dict[str, tuple[str, ...]] = {
                       "attr_level_match", "attr_all_match", "src_attribute", "rank_attribute"),
     "request_meaning": ("src_embedding", "rank_embedding"),
     "after_last": ("src_transition", "rank_transition"),
-    "similar": ("src_ease", "rank_ease", "src_itemknn", "rank_itemknn"),
+    "similar": ("src_cf", "rank_cf", "src_itemknn", "rank_itemknn"),
     "taste": ("profile_cosine", "user_genre_affinity"),
     "kg": ("src_kg", "rank_kg", "kg_user_score"),
     "item": ("item_interactions", "item_mean_rating", "item_pop_7d", "item_pop_30d",
@@ -98,11 +98,11 @@ class Explainer:
         if family == "after_last" and len(history):
             return f"often watched right after {title[history[0]]}, your latest"
         if family == "similar" and len(history):
-            ease = self.rec.generator.sources.get("ease")
+            cf = self.rec.generator.sources.get("cf")
             last = history[:5]
-            weights = ease.weights[last, item] if ease is not None else np.zeros(len(last))
+            weights = cf.affinity(last, item) if cf is not None else np.zeros(len(last))
             source = int(last[int(np.argmax(weights))])
-            rating = self.rec.ratings.get((user_id, source)) if user_id is not None else None
+            rating = self.rec.log.rating(user_id, source) if user_id is not None else None
             said = f"which you rated {rating:g}" if rating is not None else \
                 "which you watched recently"
             return f"similar to {title[source]}, {said}"

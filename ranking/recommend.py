@@ -78,6 +78,40 @@ class Recommendation:
     timings_ms: dict[str, float] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class UserLog:
+    """Every user's interactions, most recent first, as flat arrays (CSR by user): memory
+    is three numbers per interaction, not a Python object per user and per rating."""
+
+    users: np.ndarray    # sorted user ids
+    indptr: np.ndarray   # user u's rows: indptr[u] .. indptr[u + 1]
+    item_idx: np.ndarray
+    ratings: np.ndarray  # NaN where not rated
+
+    @classmethod
+    def from_interactions(cls, log: pl.DataFrame) -> UserLog:
+        ordered = log.sort("user_id", "seq", descending=[False, True])
+        counts = ordered.group_by("user_id", maintain_order=True).len()
+        return cls(counts["user_id"].to_numpy(), np.r_[0, np.cumsum(counts["len"].to_numpy())],
+                   ordered["item_idx"].to_numpy(),
+                   ordered["rating"].cast(pl.Float64).fill_null(np.nan).to_numpy())
+
+    def _rows(self, user_id: int) -> slice:
+        pos = int(np.searchsorted(self.users, user_id))
+        if pos == len(self.users) or self.users[pos] != user_id:
+            return slice(0, 0)
+        return slice(int(self.indptr[pos]), int(self.indptr[pos + 1]))
+
+    def items(self, user_id: int) -> np.ndarray:
+        return self.item_idx[self._rows(user_id)]
+
+    def rating(self, user_id: int, item_idx: int) -> float | None:
+        rows = self._rows(user_id)
+        hit = np.flatnonzero(self.item_idx[rows] == item_idx)
+        value = self.ratings[rows][hit[0]] if len(hit) else np.nan
+        return None if np.isnan(value) else float(value)
+
+
 def latest_model(models_dir: Path, name: str = "ltr_full") -> Path:
     pointer = models_dir / f"{name}.latest"
     if not pointer.exists():
@@ -100,11 +134,7 @@ class Recommender:
             else [str(i) for i in self.item_ids]
         self.title_array = np.asarray(self.titles, dtype=object)
         self.row_of = {int(i): r for r, i in enumerate(self.item_ids)}
-        ordered = log.sort("user_id", "seq", descending=[False, True])
-        self.history = {int(u): g["item_idx"].to_numpy() for (u,), g in
-                        ordered.group_by("user_id", maintain_order=True)}
-        self.ratings = {(int(u), int(i)): float(r) for u, i, r in
-                        log.select("user_id", "item_idx", "rating").drop_nulls().iter_rows()}
+        self.log = UserLog.from_interactions(log)
         self.explainer = Explainer(self)
         self.reranker: Any = None  # ranking.llm_rerank.LLMReranker when configured
 
@@ -120,7 +150,8 @@ class Recommender:
         model = LTRModel.load(model_dir)
         repo = fs.FeatureRepo(cfg.repo)
         store = repo.store(cfg.online, cfg.redis_url)
-        reader = fs.OnlineReader(store, fs.ONLINE_SERVICE)
+        reader = fs.OnlineReader(store, fs.ONLINE_SERVICE if model.needs_text_views
+                                 else fs.ONLINE_NO_TEXT_SERVICE)
         model.check_served(set(reader.types))
         meta = json.loads((repo.sources / "meta.json").read_text())
         log = pl.read_parquet(repo.sources / "interactions.parquet")
@@ -233,7 +264,7 @@ class Recommender:
         if user_id is not None:
             fresh = [self.row_of[i] for i in (user.get("user_history__last_items") or [])
                      if i in self.row_of]
-            logged = self.history.get(int(user_id), np.array([], dtype=np.int64))
+            logged = self.log.items(int(user_id))
             recent = list(dict.fromkeys([*fresh, *logged.tolist()]))
         cols = np.array(recent, dtype=np.int64)
         history = sp.csr_matrix((np.arange(1, len(cols) + 1, dtype=np.float32),

@@ -1,3 +1,3 @@
 """Scorers; importing this package registers them by name."""
 
-from ranking.scorers import history, instruction, knowledge, ltr  # noqa: F401
+from ranking.scorers import factors, history, instruction, knowledge, ltr  # noqa: F401

@@ -9,6 +9,7 @@ the fit data unless the scorer reads the instruction itself.
 from __future__ import annotations
 
 import itertools
+import json
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -42,15 +43,23 @@ class ScorerContext:
     llm: Any = None  # ranking.llm_rerank.LLMReranker, for the reranked LTR scorer
     memo: dict = field(default_factory=dict)
 
-    def cached(self, owner: object, key: tuple, compute: Callable[[], Any]) -> Any:
+    def cached(self, owner: object, key: tuple, compute: Callable[[], Any],
+               keep: int | None = None) -> Any:
         """`compute()` once per (owner object, key). The owner is held and compared by
         identity, so a new object that happens to reuse a freed one's id never gets its
-        stale result."""
+        stale result. `keep` bounds how many results of the same kind (`key[0]`) stay
+        memoised, oldest dropped first, for results as large as the catalogue squared."""
         slot = (id(owner), *key)
         hit = self.memo.get(slot)
         if hit is None or hit[0] is not owner:
+            if keep is not None:
+                same = [s for s in self.memo if len(s) > 1 and s[1] == key[0]]
+                for stale in same[:max(0, len(same) - keep + 1)]:
+                    del self.memo[stale]  # before computing: never two at the peak
             hit = (owner, compute())
             self.memo[slot] = hit
+        else:  # most recently used last
+            self.memo[slot] = self.memo.pop(slot)
         return hit[1]
 
     def forget(self, owner: object) -> None:
@@ -92,6 +101,12 @@ class Scorer(ABC):
     uses_feature_store: ClassVar[bool] = False
     uses_tuned_encoder: ClassVar[bool] = False  # reads `context.tuned` instead of `context`
     uses_llm: ClassVar[bool] = False
+    # config fields that decide what `fit` learns; configurations agreeing on them are
+    # tuned side by side, a chunk of requests at a time (None: every field does)
+    fit_params: ClassVar[tuple[str, ...] | None] = None
+    # the largest catalogue the model can be fitted on (None: any); the harness leaves
+    # the model out, saying why, beyond it
+    max_items: ClassVar[int | None] = None
 
     def __init__(self, config: ScorerConfig | None = None,
                  context: ScorerContext | None = None) -> None:
@@ -130,6 +145,18 @@ class Scorer(ABC):
 
     @abstractmethod
     def _score(self, batch: RequestBatch) -> np.ndarray: ...
+
+    def affinity(self, sources: np.ndarray, item: int) -> np.ndarray:
+        """How much each of the catalogue indices `sources` pulls `item` up, for
+        explanations ("similar to X"); zeros for models without item-to-item weights."""
+        return np.zeros(len(sources))
+
+    @classmethod
+    def fit_key(cls, config: ScorerConfig) -> str:
+        dump = config.model_dump(mode="json")
+        if cls.fit_params is not None:
+            dump = {k: dump[k] for k in cls.fit_params}
+        return json.dumps(dump, sort_keys=True)
 
     @classmethod
     def configs(cls) -> Iterator[ScorerConfig]:

@@ -7,11 +7,15 @@ whole history, which is why every neighbourhood model also comes in a last-N var
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import scipy.linalg as la
+import scipy.sparse as sp
 
 from ranking.inputs import FitData, RequestBatch
 from ranking.scorers.base import Scorer, ScorerConfig, register
+from recdata.errors import ConfigError
 
 NEIGHBOURS = [10, 25, 50, 100, 200, None]
 LAST_N = [1, 2, 3, 5, 10, 20]
@@ -29,18 +33,43 @@ class Popularity(Scorer):
         return np.broadcast_to(self._popularity, (len(batch), batch.n_items)).copy()
 
 
-def cosine_neighbours(fit: FitData, neighbours: int | None) -> np.ndarray:
-    """Item-item cosine on binary interactions, row j keeping j's top neighbours only."""
-    x = fit.user_item()
-    co = (x.T @ x).toarray().astype(np.float64)
-    norms = np.sqrt(np.diag(co))
-    with np.errstate(divide="ignore", invalid="ignore"):
-        sim = np.nan_to_num(co / np.outer(norms, norms))
-    np.fill_diagonal(sim, 0.0)
-    if neighbours is not None and neighbours < sim.shape[1]:
-        drop = np.argpartition(-sim, neighbours, axis=1)[:, neighbours:]
-        np.put_along_axis(sim, drop, 0.0, axis=1)
-    return sim
+def _row_top_k(m: sp.csr_matrix, k: int | None) -> sp.csr_matrix:
+    """Keep each row's `k` largest entries (ties: lower column first); None keeps all."""
+    m.eliminate_zeros()
+    if k is None:
+        return m
+    rows = np.repeat(np.arange(m.shape[0]), np.diff(m.indptr))
+    order = np.lexsort((m.indices, -m.data, rows))
+    position = np.arange(len(order)) - m.indptr[rows[order]]
+    keep = np.sort(order[position < k])
+    out = sp.csr_matrix((m.data[keep], m.indices[keep], np.r_[0, np.cumsum(
+        np.bincount(rows[keep], minlength=m.shape[0]))]), shape=m.shape)
+    return out
+
+
+def cosine_neighbours(fit: FitData, neighbours: int | None,
+                      block_work: int = 20_000_000) -> sp.csr_matrix:
+    """Sparse item-item cosine on binary interactions, row j keeping j's top `neighbours`.
+
+    Computed a block of rows at a time, each block sized by the co-occurrences it will
+    produce, and pruned before the next: memory follows the neighbour table, not the
+    catalogue squared (the dense version needed 80 GB at 10^5 items)."""
+    x = fit.user_item().tocsc()
+    xt = x.T.tocsr()
+    counts = np.asarray(x.sum(axis=0), dtype=np.float64).ravel()
+    norms = np.sqrt(counts)
+    work = xt @ np.asarray(x.sum(axis=1)).ravel()  # co-occurrences each row will produce
+    cuts = np.searchsorted(np.cumsum(work), np.arange(block_work, work.sum(), block_work))
+    edges = np.unique(np.r_[0, cuts + 1, x.shape[1]]).clip(max=x.shape[1])
+    blocks = []
+    for lo, hi in itertools.pairwise(edges):
+        co = (xt[lo:hi] @ x).tocsr().astype(np.float64)
+        rows = np.repeat(np.arange(lo, hi), np.diff(co.indptr))
+        with np.errstate(divide="ignore", invalid="ignore"):
+            co.data = np.nan_to_num(co.data / (norms[rows] * norms[co.indices]))
+        co.data[rows == co.indices] = 0.0
+        blocks.append(_row_top_k(co, neighbours))
+    return sp.vstack(blocks, format="csr") if blocks else sp.csr_matrix((0, x.shape[1]))
 
 
 class ItemKNNConfig(ScorerConfig):
@@ -56,14 +85,18 @@ class ItemKNN(Scorer):
     Config = ItemKNNConfig
     grid = {"neighbours": NEIGHBOURS, "last_n": [None]}
 
+    fit_params = ("neighbours",)
+
     def _fit_model(self, data: FitData) -> None:
         k = self.config.neighbours
-        # transposed once and laid out row-major: sparse @ dense copies a column-major operand
         self.sim_t = self.context.cached(
-            data, ("knn_t", k), lambda: np.ascontiguousarray(cosine_neighbours(data, k).T))
+            data, ("knn_t", k), lambda: cosine_neighbours(data, k).T.tocsr(), keep=2)
 
     def _score(self, batch: RequestBatch) -> np.ndarray:
-        return np.asarray(batch.last_n(self.config.last_n) @ self.sim_t)
+        return (batch.last_n(self.config.last_n) @ self.sim_t).toarray()
+
+    def affinity(self, sources: np.ndarray, item: int) -> np.ndarray:
+        return self.sim_t[sources, item].toarray().ravel()
 
 
 @register
@@ -72,15 +105,26 @@ class ItemKNNLastN(ItemKNN):
     grid = {"neighbours": NEIGHBOURS, "last_n": LAST_N}
 
 
+# EASE inverts a dense items x items Gram matrix: 1.2 GB of float64 at this many items, and
+# cubic time. Beyond it the "cf" candidate source switches to ALS (`als_lastn`) and the
+# EASE baselines are left out of an evaluation, with a note saying why.
+EASE_MAX_ITEMS = 12_000
+
+
 def ease_weights(fit: FitData, lam: float) -> np.ndarray:
     """EASE (Steck 2019): closed-form item-item weights with a zero diagonal."""
+    if fit.n_items > EASE_MAX_ITEMS:
+        raise ConfigError(
+            f"EASE needs a dense {fit.n_items:,} x {fit.n_items:,} matrix; its limit is "
+            f"{EASE_MAX_ITEMS:,} items. Use als_lastn or itemknn_lastn for this catalogue")
     x = fit.user_item()
     gram = (x.T @ x).toarray().astype(np.float64)
     gram[np.diag_indices_from(gram)] += lam
     p = la.inv(gram, overwrite_a=True, check_finite=False)
-    b = np.ascontiguousarray(p / -np.diag(p))  # row-major: sparse @ dense copies F-order
-    np.fill_diagonal(b, 0.0)
-    return b
+    del gram
+    p /= -np.diag(p).copy()  # in place: one n x n matrix alive, not two
+    np.fill_diagonal(p, 0.0)
+    return p
 
 
 class EASEConfig(ScorerConfig):
@@ -93,14 +137,19 @@ class EASE(Scorer):
     name = "ease"
     Config = EASEConfig
     grid = {"lam": LAMBDAS, "last_n": [None]}
+    fit_params = ("lam",)
+    max_items = EASE_MAX_ITEMS
 
     def _fit_model(self, data: FitData) -> None:
         lam = self.config.lam
         self.weights = self.context.cached(data, ("ease", lam),
-                                           lambda: ease_weights(data, lam))
+                                           lambda: ease_weights(data, lam), keep=1)
 
     def _score(self, batch: RequestBatch) -> np.ndarray:
         return np.asarray(batch.last_n(self.config.last_n) @ self.weights)
+
+    def affinity(self, sources: np.ndarray, item: int) -> np.ndarray:
+        return self.weights[sources, item]
 
 
 @register

@@ -8,7 +8,7 @@ import numpy as np
 from ranking.inputs import FitData, RequestBatch
 from ranking.intent_parser import parsed_for
 from ranking.scorers.base import Scorer, ScorerConfig, register, zscore_rows
-from ranking.scorers.history import LAMBDAS, ease_weights
+from ranking.scorers.history import EASE_MAX_ITEMS, LAMBDAS, ease_weights
 from recdata.instructions import item_levels
 
 
@@ -108,12 +108,14 @@ class EmbeddingEASE(Scorer):
     grid = {"weight": [0.05, 0.1, 0.2, 0.35, 0.5, 0.65, 0.8, 0.9, 0.95],
             "lam": [LAMBDAS[4], LAMBDAS[6]],
             "last_n": [3, 5, 10, None]}
+    fit_params = ("lam",)
+    max_items = EASE_MAX_ITEMS
 
     def _fit_model(self, data: FitData) -> None:
         lam = self.config.lam
         self.items = item_vectors(self, data)
         self.weights = self.context.cached(data, ("ease", lam),
-                                           lambda: ease_weights(data, lam))
+                                           lambda: ease_weights(data, lam), keep=1)
 
     def _score(self, batch: RequestBatch) -> np.ndarray:
         sim = instruction_similarity(self, batch, self.items)

@@ -39,11 +39,14 @@ class LTRScorer(Scorer):
         self.model = self._resources().train(self.ablation, self.name)
 
     def _score(self, batch: RequestBatch) -> np.ndarray:
-        ex = self._resources().examples(self.fitted, batch)
         scores = np.full((len(batch), batch.n_items), BELOW_CANDIDATES)
-        predicted = self.model.predict(ex.frame).reshape(ex.cands.idx.shape)
-        predicted[~ex.cands.valid] = BELOW_CANDIDATES
-        np.put_along_axis(scores, ex.cands.idx, predicted, axis=1)
+        row = 0
+        for ex in self._resources().iter_examples(self.fitted, batch):
+            n = len(ex.labels)
+            predicted = self.model.predict(ex.frame).reshape(ex.cands.idx.shape)
+            predicted[~ex.cands.valid] = BELOW_CANDIDATES
+            np.put_along_axis(scores[row:row + n], ex.cands.idx, predicted, axis=1)
+            row += n
         return scores
 
 

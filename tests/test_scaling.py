@@ -1,0 +1,122 @@
+"""The structures that let the project grow: exact top-k without a full sort, sparse
+neighbour tables, ALS fold-in, chunked candidates and negatives, and the EASE size limit."""
+
+import numpy as np
+import polars as pl
+import pytest
+import scipy.sparse as sp
+
+from ranking import inputs
+from ranking.evaluation.rankings import sample_negatives
+from ranking.inputs import Catalogue, fit_data, request_batch, split_interactions
+from ranking.topk import top_k
+from recdata.errors import ConfigError
+
+
+def test_top_k_equals_a_full_stable_sort_ties_included():
+    rng = np.random.default_rng(0)
+    scores = rng.integers(0, 6, (40, 300)).astype(float)  # many ties
+    scores[3] = -np.inf
+    tiebreak = rng.permutation(300)
+    layout = np.argsort(tiebreak)
+    full = np.take_along_axis(np.broadcast_to(layout, scores.shape),
+                              np.argsort(-scores[:, layout], axis=1, kind="stable"), axis=1)
+    for k in (1, 7, 50, 300, 400):
+        assert (top_k(scores, k, tiebreak) == full[:, :k]).all()
+    by_index = np.argsort(-scores, axis=1, kind="stable")
+    assert (top_k(scores, 25) == by_index[:, :25]).all()
+    assert top_k(scores[:0], 5).shape == (0, 5)
+
+
+@pytest.fixture(scope="module")
+def small(synthetic):
+    catalogue = Catalogue.from_dataset(synthetic)
+    split = split_interactions(synthetic, catalogue)
+    return catalogue, split, fit_data(split, catalogue, "test")
+
+
+def test_sparse_cosine_table_equals_the_dense_computation(small):
+    from ranking.scorers.history import cosine_neighbours
+
+    _, _, fit = small
+    x = fit.user_item()
+    co = (x.T @ x).toarray().astype(np.float64)
+    norms = np.sqrt(np.diag(co))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        dense = np.nan_to_num(co / np.outer(norms, norms))
+    np.fill_diagonal(dense, 0.0)
+    table = cosine_neighbours(fit, None, block_work=5_000)  # many blocks
+    np.testing.assert_allclose(table.toarray(), dense, atol=1e-12)
+    top10 = cosine_neighbours(fit, 10, block_work=5_000).toarray()
+    assert ((top10 > 0).sum(axis=1) <= 10).all()
+    for j in range(0, dense.shape[0], 17):  # each row keeps its 10 best, ties by index
+        best = np.argsort(-dense[j], kind="stable")[:10]
+        keep = best[dense[j, best] > 0]
+        assert set(np.flatnonzero(top10[j])) == set(keep)
+
+
+def test_als_fold_in_is_the_ls_user_step(small):
+    from ranking.scorers.factors import ALSConfig, als_item_factors, fold_in
+
+    _, _, fit = small
+    cfg = ALSConfig(factors=8, iterations=5)
+    y = als_item_factors(fit, cfg).astype(np.float64)
+    assert y.shape == (fit.n_items, 8)
+    assert np.array_equal(y, als_item_factors(fit, cfg))  # seeded: the same factors
+    h = fit.user_item()[:5]
+    x = fold_in(h, y, cfg)
+    for r in range(5):  # the normal equations of the ALS user step, solved directly
+        items = h[r].indices
+        a = y.T @ y + cfg.regularization * np.eye(8) + (cfg.alpha - 1) * y[items].T @ y[items]
+        b = cfg.alpha * y[items].sum(axis=0)
+        np.testing.assert_allclose(x[r], np.linalg.solve(a, b), rtol=1e-8, atol=1e-10)
+
+
+def test_candidates_do_not_depend_on_the_chunking(small, encoder, monkeypatch, synthetic):
+    from ranking.candidates import CandidateConfig, CandidateGenerator
+    from ranking.scorers.base import ScorerContext
+    from recdata.instructions import generate_requests
+
+    catalogue, split, fit = small
+    requests = generate_requests(synthetic).filter(pl.col("split") == "test")
+    batch = request_batch(requests, split, catalogue)
+    weights = {"embedding": 1.0, "attribute": 1.5, "transition": 1.0, "cf": 1.0,
+               "itemknn": 0.5, "popularity": 0.25}
+    gen = CandidateGenerator(CandidateConfig(n=30, weights=weights, rank_depth=60),
+                             ScorerContext(encoder=encoder)).fit(fit)
+    whole = gen.generate(batch)
+    monkeypatch.setattr(inputs, "chunk_rows", lambda n_items, budget=0: 37)
+    chunked = gen.generate(batch)
+    assert (whole.idx == chunked.idx).all()
+    for name in weights:
+        np.testing.assert_array_equal(whole.ranks[name], chunked.ranks[name])
+        np.testing.assert_allclose(whole.scores[name], chunked.scores[name])
+    ranks = np.stack([whole.ranks[n] for n in weights])
+    assert np.nanmax(ranks) == 61  # ranks beyond rank_depth read rank_depth + 1
+
+
+def test_negatives_do_not_depend_on_the_chunking(monkeypatch):
+    rng = np.random.default_rng(1)
+    seen = sp.random(50, 400, density=0.1, format="csr", random_state=2)
+    targets = rng.integers(0, 400, 50)
+    whole = sample_negatives(seen, targets, 99, seed=3)
+    monkeypatch.setattr("ranking.evaluation.rankings.chunk_rows", lambda n: 7)
+    assert (sample_negatives(seen, targets, 99, seed=3) == whole).all()
+
+
+def test_ease_refuses_a_catalogue_past_its_limit_and_the_harness_says_why(small, monkeypatch):
+    from ranking.candidates import source_scorer
+    from ranking.evaluation.harness import runnable_models
+    from ranking.scorers import history
+    from ranking.scorers.history import ease_weights
+
+    _, _, fit = small
+    monkeypatch.setattr(history, "EASE_MAX_ITEMS", 100)
+    with pytest.raises(ConfigError, match="limit is 100 items"):
+        ease_weights(fit, 10.0)
+    monkeypatch.setattr(history.EASE, "max_items", 100)
+    keep, skipped = runnable_models(["popularity", "ease", "ease_lastn"], fit.n_items)
+    assert keep == ["popularity"]
+    assert "exceed its limit of 100" in skipped["ease"]
+    assert source_scorer("cf", fit.n_items)[0] == "als_lastn"
+    assert source_scorer("cf", 50)[0] == "ease_lastn"
