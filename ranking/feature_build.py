@@ -10,21 +10,26 @@ what a refresh appends to. Data flows one way: raw -> sources -> online store.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
+import os
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
 
 import polars as pl
+import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, Field
 from tqdm.auto import tqdm
 
 from ranking import features as fs
-from recdata.atomic_io import write_parquet_atomic, write_text_atomic
+from recdata.atomic_io import atomic_path, write_parquet_atomic, write_text_atomic
 from recdata.dataset import INTERACTION_SCHEMA, Dataset, item_text
 from recdata.errors import FeatureStoreError
 from recdata.instructions import InstructionConfig, generate_requests
+from recdata.stages import stage
 
 
 class FeatureBuildConfig(BaseModel):
@@ -71,44 +76,92 @@ def genre_vocabulary(items: pl.DataFrame) -> list[str]:
     return sorted(set(items["genres"].explode().drop_nulls().to_list()))
 
 
-def compute_sources(ds: Dataset, requests: pl.DataFrame | None, encoder: object | None,
-                    progress: bool = True) -> dict[str, pl.DataFrame]:
-    """Every view's source frame (pure computation apart from the encoder's cache)."""
+# Interactions per partition of the feature jobs: the user views are computed a partition of
+# users at a time and the item views a partition of items at a time, each written as row
+# groups of one parquet file, so the jobs' memory follows a partition, not the log.
+PART_ROWS = 2_000_000
+
+
+def _partitions(interactions: pl.DataFrame, key: str, n: int) -> Iterator[pl.DataFrame]:
+    if n == 1:
+        yield interactions
+        return
+    bucket = pl.col(key).hash(seed=0) % n
+    for p in range(n):
+        yield interactions.filter(bucket == p)
+
+
+def source_parts(ds: Dataset, requests: pl.DataFrame | None, encoder: object | None,
+                 ) -> Iterator[tuple[str, pl.DataFrame]]:
+    """(view, frame) pairs whose concatenation per view is that view's source: pure
+    computation apart from the encoder's cache, one partition at a time."""
     from feature_repo.jobs import items as item_jobs
     from feature_repo.jobs import users as user_jobs
 
     genres = genre_vocabulary(ds.items)
-    stats = item_jobs.item_stats(ds.interactions)
-    out = {
-        "user_history": user_jobs.user_history(ds.interactions, ds.items, genres),
-        "item_stats": stats,
-        "item_serving": item_jobs.item_serving(stats),
-        "item_content": item_jobs.item_content(ds.items),
-    }
+    n = max(1, -(-ds.interactions.height // PART_ROWS))
+    ids = vectors = None
     if encoder is not None:
         ids = ds.items["item_id"].to_numpy()
         vectors = encoder.encode(item_text(ds.items, ds.text_columns).to_list(), desc="items")
-        out["item_text_embedding"] = item_jobs.item_text_embedding(ids, vectors)
-        out["user_profile_embedding"] = user_jobs.user_profile_embedding(
-            ds.interactions, ids, vectors)
-        if requests is not None:
-            texts = requests["instruction"].to_list()
-            out["instruction_embedding"] = item_jobs.instruction_embedding(
-                requests, encoder.encode(texts, desc="instructions"))
-    return out
+        yield "item_text_embedding", item_jobs.item_text_embedding(ids, vectors)
+    for part in _partitions(ds.interactions, "user_id", n):
+        yield "user_history", user_jobs.user_history(part, ds.items, genres)
+        if vectors is not None:
+            yield "user_profile_embedding", user_jobs.user_profile_embedding(part, ids, vectors)
+    for part in _partitions(ds.interactions, "item_id", n):
+        stats = item_jobs.item_stats(part)
+        yield "item_stats", stats
+        yield "item_serving", item_jobs.item_serving(stats)
+    yield "item_content", item_jobs.item_content(ds.items)
+    if encoder is not None and requests is not None:
+        texts = requests["instruction"].to_list()
+        yield "instruction_embedding", item_jobs.instruction_embedding(
+            requests, encoder.encode(texts, desc="instructions"))
 
 
-def _as_of(sources: dict[str, pl.DataFrame]) -> datetime:
-    """The latest row time of the time-varying views: what 'now' is for this data."""
-    latest = max(sources[v]["event_timestamp"].max() for v in ("user_history", "item_stats"))
-    return latest  # type: ignore[return-value]
+def compute_sources(ds: Dataset, requests: pl.DataFrame | None, encoder: object | None,
+                    progress: bool = True) -> dict[str, pl.DataFrame]:
+    """Every view's source frame, whole (for data known to be small, and tests)."""
+    out: dict[str, list[pl.DataFrame]] = {}
+    for view, frame in source_parts(ds, requests, encoder):
+        out.setdefault(view, []).append(frame)
+    return {view: pl.concat(frames) for view, frames in out.items()}
 
 
-def _write(repo: fs.FeatureRepo, ds: Dataset, sources: dict[str, pl.DataFrame],
-           meta: dict) -> None:
+TIME_VARYING = ("user_history", "item_stats")  # their latest row time is the data's "now"
+
+
+def _write_sources(repo: fs.FeatureRepo, parts: Iterator[tuple[str, pl.DataFrame]],
+                   ) -> tuple[dict[str, int], datetime]:
+    """Stream `parts` into one parquet file per view (row groups, renamed into place when
+    complete); returns the rows per view and the as-of time."""
     views = fs.feature_views()
-    for name, frame in sources.items():
-        write_parquet_atomic(frame, repo.source_path(views[name]))
+    writers: dict[str, tuple[pq.ParquetWriter, Path, Path]] = {}
+    rows: dict[str, int] = {}
+    latest: list[datetime] = []
+    try:
+        for view, frame in parts:
+            table = frame.to_arrow()
+            if view not in writers:
+                tmp, target = atomic_path(repo.source_path(views[view]))
+                writers[view] = (pq.ParquetWriter(tmp, table.schema), tmp, target)
+            writers[view][0].write_table(table)
+            rows[view] = rows.get(view, 0) + frame.height
+            if view in TIME_VARYING and frame.height:
+                latest.append(frame["event_timestamp"].max())  # type: ignore[arg-type]
+        for writer, tmp, target in writers.values():
+            writer.close()
+            os.replace(tmp, target)
+    finally:
+        for writer, tmp, _ in writers.values():
+            if tmp.exists():
+                writer.close()
+                tmp.unlink()
+    return rows, max(latest)
+
+
+def _write_raw(repo: fs.FeatureRepo, ds: Dataset, meta: dict) -> None:
     write_parquet_atomic(ds.interactions, repo.sources / "interactions.parquet")
     write_parquet_atomic(ds.items, repo.sources / "items.parquet")
     write_text_atomic(repo.sources / "meta.json", json.dumps(meta, indent=2, default=str))
@@ -143,12 +196,12 @@ def build_features(cfg: FeatureBuildConfig, *, dataset: Dataset | None = None,
         rows = meta["rows"]
     else:
         requests = generate_requests(ds, cfg.instructions) if encoder is not None else None
-        sources = compute_sources(ds, requests, encoder, progress)
-        rows = {k: v.height for k, v in sources.items()}
+        with stage("feature jobs"):
+            rows, as_of = _write_sources(repo, source_parts(ds, requests, encoder))
         meta = {"fingerprint": fingerprint, "dataset": ds.name,
                 "data_fingerprint": ds.fingerprint(), "rows": rows,
-                "genres": genre_vocabulary(ds.items), "as_of": _as_of(sources).isoformat()}
-        _write(repo, ds, sources, meta)
+                "genres": genre_vocabulary(ds.items), "as_of": as_of.isoformat()}
+        _write_raw(repo, ds, meta)
     seconds["jobs"] = time.perf_counter() - t
     steps.update()
     store = repo.store(cfg.online, cfg.redis_url)
@@ -158,7 +211,8 @@ def build_features(cfg: FeatureBuildConfig, *, dataset: Dataset | None = None,
     steps.update()
     t = time.perf_counter()
     as_of = datetime.fromisoformat(meta["as_of"])
-    fs.materialize(repo, store, end=as_of)
+    with stage(f"materialize ({cfg.online})"):
+        fs.materialize(repo, store, end=as_of)
     seconds["materialize"] = time.perf_counter() - t
     steps.update(2)
     steps.close()
@@ -199,16 +253,14 @@ def refresh_features(repo_path: Path, new_interactions: pl.DataFrame, *, online:
 
         encoder = TextEncoder(encoder_path, cache_dir=data_dir / "cache", show_progress=progress)
     t = time.perf_counter()
-    sources = compute_sources(ds, None, encoder, progress)
-    old = fs.feature_views()
+    parts = source_parts(ds, None, encoder)
     if "instruction_embedding" in meta["rows"]:  # logged requests are unchanged
-        sources["instruction_embedding"] = pl.read_parquet(
-            repo.source_path(old["instruction_embedding"]))
-    new_as_of = _as_of(sources)
-    rows = {k: v.height for k, v in sources.items()}
+        old = pl.read_parquet(repo.source_path(fs.feature_views()["instruction_embedding"]))
+        parts = itertools.chain(parts, [("instruction_embedding", old)])
+    rows, new_as_of = _write_sources(repo, parts)
     meta.update(rows=rows, as_of=new_as_of.isoformat(), fingerprint="refreshed",
                 data_fingerprint=ds.fingerprint())
-    _write(repo, ds, sources, meta)
+    _write_raw(repo, ds, meta)
     store = repo.store(online, redis_url)
     jobs_s = time.perf_counter() - t
     t = time.perf_counter()

@@ -28,6 +28,7 @@ from recdata.errors import FeatureStoreError, StoreUnavailableError, UnknownName
 PACKAGE_REPO = Path(__file__).resolve().parents[1] / "feature_repo"
 ONLINE_STORES = ("sqlite", "redis")
 ONLINE_SERVICE = "ranker_online_v1"
+ONLINE_NO_TEXT_SERVICE = "ranker_online_no_text_v1"  # for rankers that read no embedding view
 TRAINING_SERVICE = "ranker_training_v1"
 BEGINNING = datetime(1970, 1, 1, tzinfo=UTC)
 ENTITY_TYPES = {"INT64": pl.Int64(), "STRING": pl.String()}

@@ -32,7 +32,7 @@ SECONDS_PER_DAY = 86_400.0
 FEATURES: dict[str, frozenset[str]] = {name: frozenset(tags.split()) for name, tags in {
     # candidate sources: score and rank in the whole catalogue
     "src_transition": "history", "rank_transition": "history",
-    "src_ease": "history", "rank_ease": "history",
+    "src_cf": "history", "rank_cf": "history",
     "src_itemknn": "history", "rank_itemknn": "history",
     "src_popularity": "item", "rank_popularity": "item",
     "src_attribute": "instruction", "rank_attribute": "instruction",
@@ -62,6 +62,26 @@ USER_COLUMNS = ["user_history__n_interactions", "user_history__mean_rating",
 ITEM_COLUMNS = ["item_stats__interactions", "item_stats__mean_rating",
                 "item_stats__popularity_7d", "item_stats__popularity_30d",
                 "item_stats__last_interaction_ts"]
+# the feature-store columns each stored feature is computed from; a model reads the union
+# of its features' columns, so a ranker without text features needs no embedding view
+STORE_COLUMNS: dict[str, tuple[str, ...]] = {
+    "user_interactions": ("user_history__n_interactions",),
+    "user_mean_rating": ("user_history__mean_rating",),
+    "user_days_since_last": ("user_history__last_interaction_ts",),
+    "user_genre_affinity": ("user_history__genre_share",),
+    "profile_cosine": ("user_profile_embedding__embedding",),
+    "item_interactions": ("item_stats__interactions",),
+    "item_mean_rating": ("item_stats__mean_rating",),
+    "item_pop_7d": ("item_stats__popularity_7d",),
+    "item_pop_30d": ("item_stats__popularity_30d",),
+    "item_days_since_last": ("item_stats__last_interaction_ts",),
+}
+
+
+def store_columns(features: list[str]) -> tuple[list[str], list[str]]:
+    """(user columns, item columns) of the feature store that `features` read."""
+    needed = {c for f in features for c in STORE_COLUMNS.get(f, ())}
+    return ([c for c in USER_COLUMNS if c in needed], [c for c in ITEM_COLUMNS if c in needed])
 
 
 def feature_names(ablation: str = "full") -> list[str]:
@@ -126,6 +146,13 @@ def _array_column(frame: pl.DataFrame, name: str, width: int) -> np.ndarray:
     return out
 
 
+def _gather_dot(rows: np.ndarray, items: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    """rows[r] . items[idx[r, j]] for every (r, j): one (requests x items) product, then a
+    gather, instead of a (requests x candidates x dim) copy of the item vectors."""
+    full = rows.astype(np.float64) @ items.T.astype(np.float64)
+    return np.take_along_axis(full, idx, axis=1)
+
+
 def assemble(batch: RequestBatch, cands: Candidates, user_rows: pl.DataFrame,
              item_rows: pl.DataFrame, items: ItemTables, *, kg: Any = None,
              anonymous: np.ndarray | None = None,
@@ -137,10 +164,15 @@ def assemble(batch: RequestBatch, cands: Candidates, user_rows: pl.DataFrame,
     """
     n, k = cands.idx.shape
     idx = cands.idx
+    # columns the model does not read may be absent: their features come out NaN
+    user_rows = user_rows.with_columns(pl.lit(None).alias(c) for c in USER_COLUMNS
+                                       if c not in user_rows.columns)
+    item_rows = item_rows.with_columns(pl.lit(None).alias(c) for c in ITEM_COLUMNS
+                                       if c not in item_rows.columns)
     anon = np.zeros(n, dtype=bool) if anonymous is None else anonymous
     now = batch.requests["timestamp"].cast(pl.Float64).to_numpy()[:, None]
     cols: dict[str, np.ndarray] = {}
-    for source in ("transition", "ease", "itemknn", "popularity", "attribute", "embedding",
+    for source in ("transition", "cf", "itemknn", "popularity", "attribute", "embedding",
                    "kg"):
         if source in cands.scores:
             cols[f"src_{source}"] = cands.scores[source]
@@ -158,11 +190,10 @@ def assemble(batch: RequestBatch, cands: Candidates, user_rows: pl.DataFrame,
     last_ts = u["user_history__last_interaction_ts"].cast(pl.Float64).to_numpy()[:, None]
     cols["user_days_since_last"] = np.broadcast_to((now - last_ts) / SECONDS_PER_DAY, (n, k))
     share = _array_column(u, "user_history__genre_share", len(items.genres))
-    cols["user_genre_affinity"] = np.einsum("ng,nkg->nk", share, items.genre[idx].astype(float))
+    cols["user_genre_affinity"] = _gather_dot(share, items.genre, idx)
     if items.vectors is not None:
         profile = _array_column(u, "user_profile_embedding__embedding", items.vectors.shape[1])
-        cols["profile_cosine"] = np.einsum("nd,nkd->nk", profile,
-                                           items.vectors[idx].astype(np.float64))
+        cols["profile_cosine"] = _gather_dot(profile, items.vectors, idx)
     else:
         cols["profile_cosine"] = np.full((n, k), np.nan)
     if kg is not None:

@@ -15,11 +15,20 @@ from typing import Any
 
 import numpy as np
 import polars as pl
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ranking.candidates import CandidateConfig
-from ranking.ltr.features import FEATURES, ITEM_COLUMNS, USER_COLUMNS, feature_names
-from recdata.errors import ConfigError
+from ranking.ltr.dask_fit import DaskConfig
+from ranking.ltr.features import (
+    FEATURES,
+    ITEM_COLUMNS,
+    USER_COLUMNS,
+    feature_names,
+    store_columns,
+)
+from recdata.errors import ConfigError, UnknownNameError
+
+ENGINES = ("local", "dask")
 
 MODEL_FILE = "model.txt"
 META_FILE = "meta.json"
@@ -33,6 +42,12 @@ class LTRConfig(BaseModel):
     negatives_per_request: int | None = Field(
         100, ge=1, description="random candidates kept as negatives per training request "
                                "(None: all); candidates are hard negatives by construction")
+    max_train_requests: int | None = Field(
+        30_000, ge=1, description="training requests sampled (seeded) when there are more: "
+                                  "what the ranker learns saturates long before memory does")
+    max_valid_requests: int | None = Field(
+        10_000, ge=1, description="validation requests (all their candidates) for early "
+                                  "stopping, shared over the tasks")
     n_estimators: int = Field(600, ge=1)
     learning_rate: float = Field(0.05, gt=0)
     num_leaves: int = Field(31, ge=2)
@@ -40,6 +55,16 @@ class LTRConfig(BaseModel):
     colsample_bytree: float = Field(0.8, gt=0, le=1)
     early_stopping_rounds: int = Field(40, ge=1)
     seed: int = 42
+    engine: str = Field("local", description="where LightGBM trains: 'local' (this process) "
+                                             "or 'dask' (lightgbm.dask on a Dask cluster)")
+    dask: DaskConfig = Field(default_factory=DaskConfig)
+
+    @field_validator("engine")
+    @classmethod
+    def _known_engine(cls, engine: str) -> str:
+        if engine not in ENGINES:
+            raise UnknownNameError("training engine", engine, list(ENGINES))
+        return engine
 
 
 @dataclass
@@ -76,10 +101,11 @@ class LTRModel:
         directory.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}."))
         self.booster.save_model(str(tmp / MODEL_FILE))
+        user_columns, item_columns = store_columns(self.features)
         meta = {"features": self.features, "ablation": self.ablation, "config": self.config,
                 "key": self.key, "best_iteration": self.best_iteration,
-                "valid_ndcg@10": self.valid_ndcg, "user_columns": USER_COLUMNS,
-                "item_columns": ITEM_COLUMNS, **self.extra}
+                "valid_ndcg@10": self.valid_ndcg, "user_columns": user_columns,
+                "item_columns": item_columns, **self.extra}
         (tmp / META_FILE).write_text(json.dumps(meta, indent=2, default=str))
         if directory.exists():
             shutil.rmtree(directory)
@@ -105,6 +131,12 @@ class LTRModel:
                    meta["best_iteration"], meta["valid_ndcg@10"],
                    {k: v for k, v in meta.items() if k not in known})
 
+    @property
+    def needs_text_views(self) -> bool:
+        """Whether the model reads the store's embedding views (user profile vectors)."""
+        return any(c.startswith("user_profile_embedding__") for c in self.extra.get(
+            "user_columns", USER_COLUMNS))
+
     def check_served(self, served_columns: set[str]) -> None:
         """Raise if the feature store no longer serves a column this model's features read."""
         needed = list(self.extra.get("user_columns", USER_COLUMNS)) + list(
@@ -127,7 +159,12 @@ def fit_lambdarank(cfg: LTRConfig, train: tuple[np.ndarray, np.ndarray, np.ndarr
                    valid: tuple[np.ndarray, np.ndarray, np.ndarray],
                    features: list[str]) -> tuple[Any, int, float]:
     """(X, y, group sizes) for train and validation -> (booster, best iteration, valid
-    NDCG@10). Early stopping watches validation NDCG@10."""
+    NDCG@10). Early stopping watches validation NDCG@10. With `engine="dask"` the same
+    model trains through lightgbm.dask (ranking.ltr.dask_fit)."""
+    if cfg.engine == "dask":
+        from ranking.ltr.dask_fit import fit_lambdarank_dask
+
+        return fit_lambdarank_dask(cfg, train, valid, features, cfg.dask)
     import lightgbm as lgb
 
     ranker = lgb.LGBMRanker(

@@ -5,10 +5,19 @@ KG are fitted on the training window *without* those positions (`training_target
 and their Feast features are point-in-time rows as of each request. Validation requests
 (early stopping) are scored by sources fitted on the training window, test requests by
 sources fitted on train + validation: every example sees only data from before it.
+
+Memory follows a chunk, not the run: examples are built `EXAMPLE_ROWS` requests at a time
+(candidates, one Feast point-in-time read, features); training keeps only the sampled rows
+(the target and its negatives) of a capped number of requests; examples that later models
+score again are kept in memory up to a budget and on disk beyond it. One candidate
+generator (the fitted sources of one cut) is alive at a time.
 """
 
 from __future__ import annotations
 
+import shutil
+import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,24 +28,115 @@ from tqdm.auto import tqdm
 
 from ranking import features as fs
 from ranking.candidates import CandidateGenerator, Candidates
-from ranking.inputs import Catalogue, FitData, RequestBatch
-from ranking.ltr.features import ITEM_COLUMNS, USER_COLUMNS, ItemTables, assemble, feature_names
+from ranking.inputs import EXAMPLE_ROWS, Catalogue, FitData, RequestBatch
+from ranking.ltr.features import (
+    FEATURES,
+    ITEM_COLUMNS,
+    USER_COLUMNS,
+    ItemTables,
+    assemble,
+    feature_names,
+    store_columns,
+)
 from ranking.ltr.model import LTRConfig, LTRModel, fit_lambdarank, training_key
 from ranking.scorers.base import ScorerContext
 from recdata.atomic_io import write_text_atomic
 from recdata.errors import FeatureStoreError
 
-USER_REFS = [c.replace("__", ":", 1) for c in USER_COLUMNS]
-ITEM_REFS = [c.replace("__", ":", 1) for c in ITEM_COLUMNS]
+
+def _ref(column: str) -> str:
+    return column.replace("__", ":", 1)
 
 
 @dataclass(frozen=True)
 class Examples:
-    """A batch's candidates, their feature frame (row-major, requests x N) and labels."""
+    """A batch's candidates, their feature frame (row-major, requests x N) and labels.
+    Examples read back from disk carry the candidates' indices and validity only: the
+    per-source values are already in the frame."""
 
     cands: Candidates
     frame: pl.DataFrame
     labels: np.ndarray  # requests x N, 1 on the target
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.frame.estimated_size()) + self.cands.idx.nbytes * 4
+
+    @staticmethod
+    def concat(parts: list[Examples]) -> Examples:
+        if len(parts) == 1:
+            return parts[0]
+        return Examples(Candidates.concat([p.cands for p in parts]),
+                        pl.concat([p.frame for p in parts]),
+                        np.concatenate([p.labels for p in parts]))
+
+
+class ExampleStore:
+    """Examples of scored chunks, kept for the next model that scores the same chunk: in
+    memory up to `budget` bytes, then as uncompressed npz files in a private temporary
+    folder (removed by `close`)."""
+
+    def __init__(self, budget: int, spill_root: Path | None = None) -> None:
+        self.budget, self.spill_root = budget, spill_root
+        self.memory: dict[tuple, Examples] = {}
+        self.disk: dict[tuple, Path] = {}
+        self.used = 0
+        self._folder: Path | None = None
+
+    def get(self, key: tuple) -> Examples | None:
+        if key in self.memory:
+            return self.memory[key]
+        if key in self.disk:
+            with np.load(self.disk[key]) as z:
+                frame = pl.DataFrame(z["frame"], schema=list(FEATURES))
+                cands = Candidates(z["idx"], {}, {}, z["valid"])
+                return Examples(cands, frame, z["labels"])
+        return None
+
+    def put(self, key: tuple, ex: Examples) -> None:
+        size = ex.nbytes
+        if self.used + size <= self.budget:
+            self.memory[key] = ex
+            self.used += size
+            return
+        if self._folder is None:
+            if self.spill_root is not None:
+                self.spill_root.mkdir(parents=True, exist_ok=True)
+            self._folder = Path(tempfile.mkdtemp(prefix="examples-", dir=self.spill_root))
+        path = self._folder / f"{len(self.disk)}.npz"
+        with open(path, "wb") as f:
+            np.savez(f, frame=ex.frame.select(list(FEATURES)).to_numpy(), idx=ex.cands.idx,
+                     valid=ex.cands.valid, labels=ex.labels)
+        self.disk[key] = path
+
+    def close(self) -> None:
+        self.memory.clear()
+        self.disk.clear()
+        self.used = 0
+        if self._folder is not None:
+            shutil.rmtree(self._folder, ignore_errors=True)
+            self._folder = None
+
+
+@dataclass
+class TrainingSet:
+    """The rows the ranker learns from, with every feature (ablations select columns):
+    sampled training rows, all candidate rows of the validation requests, and the training
+    requests' candidates (the encoder's hard negatives come from them)."""
+
+    x: np.ndarray
+    y: np.ndarray
+    groups: np.ndarray
+    vx: np.ndarray
+    vy: np.ndarray
+    vgroups: np.ndarray
+    train_batch: RequestBatch
+    train_idx: np.ndarray  # requests x N candidates of train_batch
+    train_valid: np.ndarray
+
+    def columns(self, features: list[str]) -> list[int]:
+        names = list(FEATURES)
+        return [names.index(f) for f in features]
 
 
 def _utc(seconds: pl.Series) -> pl.Series:
@@ -44,19 +144,22 @@ def _utc(seconds: pl.Series) -> pl.Series:
         .dt.replace_time_zone("UTC").alias("event_timestamp")
 
 
-def offline_rows(repo: fs.FeatureRepo, store: Any, batch: RequestBatch,
-                 item_ids: np.ndarray) -> tuple[pl.DataFrame, pl.DataFrame]:
+def offline_rows(repo: fs.FeatureRepo, store: Any, batch: RequestBatch, item_ids: np.ndarray,
+                 columns: tuple[list[str], list[str]] = (USER_COLUMNS, ITEM_COLUMNS),
+                 ) -> tuple[pl.DataFrame, pl.DataFrame]:
     """Point-in-time Feast rows: one per request (user views) and one per (request, candidate)
-    (item views), each as of the request's timestamp. `item_ids` is requests x N."""
+    (item views), each as of the request's timestamp. `item_ids` is requests x N;
+    `columns` the (user, item) store columns to read."""
     n, k = item_ids.shape
+    user_refs, item_refs = ([_ref(c) for c in cols] for cols in columns)
     ts = _utc(batch.requests["timestamp"])
     users = pl.DataFrame({"user_id": batch.requests["user_id"], "event_timestamp": ts})
-    u = fs.historical_features(repo, store, users.unique(maintain_order=True), USER_REFS)
+    u = fs.historical_features(repo, store, users.unique(maintain_order=True), user_refs)
     user_rows = users.join(u, on=["user_id", "event_timestamp"], how="left",
                            maintain_order="left")
     pairs = pl.DataFrame({"item_id": item_ids.ravel().astype(np.int64),
                           "event_timestamp": ts.gather(np.repeat(np.arange(n), k))})
-    it = fs.historical_features(repo, store, pairs.unique(maintain_order=True), ITEM_REFS)
+    it = fs.historical_features(repo, store, pairs.unique(maintain_order=True), item_refs)
     item_rows = pairs.join(it, on=["item_id", "event_timestamp"], how="left",
                            maintain_order="left")
     return user_rows, item_rows
@@ -91,26 +194,111 @@ class LTRResources:
     models_dir: Path
     kg_key: str | None = None
     progress: bool = True
+    example_budget: int = 512 * 2**20
+    spill_dir: Path | None = None
     _memo: dict = field(default_factory=dict, repr=False)
+    _generator: tuple[FitData, CandidateGenerator] | None = field(default=None, repr=False)
+    _store: ExampleStore | None = field(default=None, repr=False)
+    _training: TrainingSet | None = field(default=None, repr=False)
 
     def generator(self, fit: FitData) -> CandidateGenerator:
-        return self.context.cached(fit, ("ltr_candidates",), lambda: CandidateGenerator(
-            self.cfg.candidates, self.context).fit(fit))
+        """The sources fitted on `fit`; the previous cut's are dropped first (EASE alone is
+        items x items: three cuts alive at once would triple the peak)."""
+        if self._generator is None or self._generator[0] is not fit:
+            self._generator = None
+            self._generator = (fit, CandidateGenerator(self.cfg.candidates,
+                                                       self.context).fit(fit))
+        return self._generator[1]
+
+    def release(self) -> None:
+        """Drop the fitted sources (the examples already built stay)."""
+        self._generator = None
+
+    def close(self) -> None:
+        self.release()
+        if self._store is not None:
+            self._store.close()
+
+    @property
+    def example_store(self) -> ExampleStore:
+        if self._store is None:
+            self._store = ExampleStore(self.example_budget, self.spill_dir)
+        return self._store
+
+    @property
+    def served(self) -> tuple[list[str], list[str]]:
+        """The (user, item) store columns this repo has sources for: a build without
+        embeddings has no profile view, and the rankers that read none train on it."""
+        if "served" not in self._memo:
+            built = set(fs.built_views(self.repo))
+            self._memo["served"] = tuple([c for c in cols if c.split("__")[0] in built]
+                                         for cols in (USER_COLUMNS, ITEM_COLUMNS))
+        return self._memo["served"]
+
+    def _compute(self, fit: FitData, chunk: RequestBatch) -> Examples:
+        gen = self.generator(fit)
+        cands = gen.generate(chunk)
+        ids = self.catalogue.items["item_id"].to_numpy()[cands.idx]
+        user_rows, item_rows = offline_rows(self.repo, self.store, chunk, ids, self.served)
+        frame = assemble(chunk, cands, user_rows, item_rows, item_tables(gen, self.context),
+                         kg=self.context.kg,
+                         anonymous=(chunk.requests["task"] == "search").to_numpy())
+        self.context.forget(chunk)
+        labels = (cands.idx == chunk.requests["target_idx"].to_numpy()[:, None])
+        return Examples(cands, frame, labels.astype(np.int32))
+
+    def iter_examples(self, fit: FitData, batch: RequestBatch, *,
+                      keep: bool = True) -> Iterator[Examples]:
+        """Examples of `batch` with sources fitted on `fit`, EXAMPLE_ROWS requests at a time;
+        `keep` stores them for the next model that scores the same rows."""
+        for chunk in batch.chunks(EXAMPLE_ROWS):
+            key = (fit.name, id(fit), *chunk.key)
+            ex = self.example_store.get(key) if keep else None
+            if ex is None:
+                ex = self._compute(fit, chunk)
+                if keep:
+                    self.example_store.put(key, ex)
+            yield ex
 
     def examples(self, fit: FitData, batch: RequestBatch) -> Examples:
-        """Candidates, Feast rows and features of `batch` with sources fitted on `fit`."""
-        def compute() -> Examples:
-            gen = self.generator(fit)
-            cands = gen.generate(batch)
-            ids = self.catalogue.items["item_id"].to_numpy()[cands.idx]
-            user_rows, item_rows = offline_rows(self.repo, self.store, batch, ids)
-            frame = assemble(batch, cands, user_rows, item_rows, item_tables(gen, self.context),
-                             kg=self.context.kg,
-                             anonymous=(batch.requests["task"] == "search").to_numpy())
-            labels = (cands.idx == batch.requests["target_idx"].to_numpy()[:, None])
-            return Examples(cands, frame, labels.astype(np.int32))
+        """All of `batch`'s examples at once (for batches known to be small)."""
+        return Examples.concat(list(self.iter_examples(fit, batch)))
 
-        return self.context.cached(batch, ("ltr_examples", id(fit)), compute)
+    def training_set(self) -> TrainingSet:
+        """Built once per run, whatever the ablations (see TrainingSet)."""
+        if self._training is None:
+            self._training = self._build_training_set()
+        return self._training
+
+    def _build_training_set(self) -> TrainingSet:
+        from recdata.stages import stage
+
+        cfg = self.cfg
+        train_batch = _sample(self.train_batch, cfg.max_train_requests, cfg.seed)
+        rng = np.random.default_rng(cfg.seed)
+        parts, idx, valid = [], [], []
+        with stage("ltr training examples"):
+            for ex in tqdm(self.iter_examples(self.ltr_fit, train_batch, keep=False),
+                           total=-(-len(train_batch) // EXAMPLE_ROWS), leave=False,
+                           desc="ltr training examples", disable=not self.progress):
+                parts.append(_groups(ex, cfg.negatives_per_request, rng))
+                idx.append(ex.cands.idx)
+                valid.append(ex.cands.valid)
+        vparts = []
+        budget = cfg.max_valid_requests
+        with stage("ltr validation examples"):
+            for b in self.val_batches:
+                share = None if budget is None else max(1, budget // len(self.val_batches))
+                sampled = _sample(b, share, cfg.seed)
+                keep = sampled is b  # unsampled: the same rows the harness scores later
+                vparts += [_groups(ex, None, None)
+                           for ex in self.iter_examples(self.val_fit, sampled, keep=keep)]
+        self.release()
+        x, y, g = _stack(parts)
+        vx, vy, vg = _stack(vparts)
+        return TrainingSet(x, y, g, vx, vy, vg, train_batch,
+                           np.concatenate(idx) if idx else np.zeros((0, 0), np.int64),
+                           np.concatenate(valid) if valid else np.zeros((0, 0), bool))
 
     def train(self, ablation: str, name: str | None = None) -> LTRModel:
         """Train (once per ablation) on the training requests, stopping early on validation;
@@ -120,60 +308,76 @@ class LTRResources:
                                    lambda: self._train(ablation, name))
 
     def _train(self, ablation: str, name: str) -> LTRModel:
+        from recdata.stages import stage
+
         features = feature_names(ablation)
+        user_cols, item_cols = store_columns(features)
+        missing = sorted(set(user_cols + item_cols) - set(self.served[0] + self.served[1]))
+        if missing:
+            raise FeatureStoreError(
+                f"{name} reads {', '.join(missing)}, which the feature repo {self.repo.path} "
+                "does not serve (built without embeddings?); rebuild it with `instructrank "
+                "features build`, or evaluate a ranker that reads none (ltr_no_text)")
         encoder = getattr(self.context.encoder, "fingerprint", None)
         key = training_key(self.cfg, ablation, f"{self.data_fingerprint}:{encoder}")
         done = self.models_dir / f"{name}-{key}"
         if (done / "meta.json").exists():  # same config, data and encoder: same model
             write_text_atomic(self.models_dir / f"{name}.latest", done.name)
             return LTRModel.load(done)
-        steps = tqdm(total=2, desc=f"ltr_{ablation} features", disable=not self.progress,
-                     leave=False)
-        train = self.examples(self.ltr_fit, self.train_batch)
-        steps.update()
-        valid = [self.examples(self.val_fit, b) for b in self.val_batches]
-        steps.update()
-        steps.close()
-        x, y, g = _groups(train, features, self.cfg.negatives_per_request, self.cfg.seed)
-        vx, vy, vg = _groups_concat(valid, features)
-        if len(g) == 0 or len(vg) == 0:
+        ts = self.training_set()
+        if len(ts.groups) == 0 or len(ts.vgroups) == 0:
             raise FeatureStoreError("no training or validation request has its target among "
                                     "the candidates; nothing to learn from")
-        booster, best, ndcg = fit_lambdarank(self.cfg, (x, y, g), (vx, vy, vg), features)
+        cols = ts.columns(features)
+        with stage(f"{name} training"):
+            booster, best, ndcg = fit_lambdarank(
+                self.cfg, (ts.x[:, cols], ts.y, ts.groups), (ts.vx[:, cols], ts.vy, ts.vgroups),
+                features)
         model = LTRModel(booster, features, ablation, self.cfg.model_dump(mode="json"), key,
                          best, ndcg, extra={
                              "kg_key": self.kg_key, "encoder": encoder,
                              "data_fingerprint": self.data_fingerprint,
-                             "train_requests": len(g), "valid_requests": len(vg),
-                             "train_rows": int(x.shape[0])})
+                             "train_requests": len(ts.groups), "valid_requests": len(ts.vgroups),
+                             "train_rows": int(ts.x.shape[0])})
         folder = model.save(self.models_dir / f"{name}-{key}")
         write_text_atomic(self.models_dir / f"{name}.latest", folder.name)
         return model
 
 
-def _groups(ex: Examples, features: list[str], negatives: int | None,
-            seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _sample(batch: RequestBatch, limit: int | None, seed: int) -> RequestBatch:
+    """At most `limit` requests of `batch` (seeded, in their order); `batch` itself when
+    it is no larger."""
+    if limit is None or len(batch) <= limit:
+        return batch
+    rows = np.sort(np.random.default_rng(seed).choice(len(batch), limit, replace=False))
+    return RequestBatch(batch.requests[rows.tolist()], batch.history[rows], batch.n_items)
+
+
+def _groups(ex: Examples, negatives: int | None, rng: np.random.Generator | None
+            ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Requests whose target is a candidate, each with the target and up to `negatives`
-    random other candidates."""
+    random other candidates (drawn from `rng`, one row of noise per request); every
+    feature column."""
     n, k = ex.labels.shape
     has = ex.labels.any(axis=1)
     keep = np.zeros((n, k), dtype=bool)
     keep[has] = True
     keep &= ex.cands.valid
-    if negatives is not None and negatives < k - 1:
-        rng = np.random.default_rng(seed)
+    if negatives is not None and negatives < k - 1 and rng is not None:
         noise = rng.random((n, k))
         noise[ex.labels == 1] = -1.0  # the target always stays
         cut = np.sort(noise, axis=1)[:, negatives][:, None]
         keep &= noise <= cut
     mask = keep.ravel()
-    x = ex.frame.select(features).to_numpy()[mask]
+    x = ex.frame.select(list(FEATURES)).to_numpy()[mask]
     y = ex.labels.ravel()[mask]
     return x, y, keep.sum(axis=1)[has]
 
 
-def _groups_concat(items: list[Examples], features: list[str]
-                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    parts = [_groups(e, features, None, 0) for e in items]
+def _stack(parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]]
+           ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    if not parts:
+        return (np.zeros((0, len(FEATURES)), np.float32), np.zeros(0, np.int32),
+                np.zeros(0, np.int64))
     return (np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]),
             np.concatenate([p[2] for p in parts]))
