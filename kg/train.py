@@ -24,6 +24,7 @@ from kg.embeddings import KGEmbeddings
 from kg.triples import relation_counts
 from recdata.atomic_io import write_text_atomic
 from recdata.errors import ConfigError, UnknownNameError
+from recdata.stages import stage
 
 PYKEEN_MODELS = {"transe": "TransE", "distmult": "DistMult", "complex": "ComplEx",
                  "rotate": "RotatE"}
@@ -42,6 +43,17 @@ class KGConfig(BaseModel):
     patience: int = Field(2, ge=0)
     validation_share: float = Field(0.02, gt=0, lt=0.5)
     test_share: float = Field(0.03, gt=0, lt=0.5)
+    max_eval_triples: int = Field(
+        5_000, ge=10, description="held-out triples for early stopping and for the final "
+                                  "MRR, each: filtered ranking scores every held-out triple "
+                                  "against every entity, which a share of a large graph "
+                                  "would turn into the longest part of training")
+    max_triples: int | None = Field(
+        500_000, ge=10, description="collaborative edges (interacted, liked) are sampled, "
+                                    "seeded, down to this many triples in all: PyKEEN on two "
+                                    "cores trains ~3,000 triples a second per epoch, and a "
+                                    "10^7-interaction log would take hours. Attribute and "
+                                    "external triples are always kept. None: no cap")
     seed: int = 42
 
     def pykeen_name(self) -> str:
@@ -79,6 +91,22 @@ class KGResult:
         return cls(KGEmbeddings.load(directory / "embeddings.npz"), **meta, cached=True)
 
 
+COLLABORATIVE = ("interacted", "liked")
+
+
+def cap_triples(triples: pl.DataFrame, cfg: KGConfig) -> pl.DataFrame:
+    """`triples` with collaborative edges sampled (seeded, uniformly) so that at most
+    `cfg.max_triples` remain; every other triple is kept."""
+    if cfg.max_triples is None or triples.height <= cfg.max_triples:
+        return triples
+    collab = pl.col("relation").is_in(list(COLLABORATIVE))
+    kept = triples.filter(~collab)
+    edges = triples.filter(collab)
+    room = max(0, cfg.max_triples - kept.height)
+    return pl.concat([kept, edges.sample(n=min(room, edges.height), seed=cfg.seed)]).sort(
+        "relation", "head", "tail")
+
+
 def cache_key(triples: pl.DataFrame, cfg: KGConfig) -> str:
     h = hashlib.sha1(str(triples.sort("head", "relation", "tail").hash_rows(seed=0).sum())
                      .encode())
@@ -102,6 +130,7 @@ def train_kg(triples: pl.DataFrame, cfg: KGConfig, cache_dir: Path, *,
              progress: bool = True) -> KGResult:
     """Train (or load from cache) a KG embedding model on (head, relation, tail) triples."""
     name = cfg.pykeen_name()
+    triples = cap_triples(triples, cfg)
     if triples.height < 10:
         raise ConfigError(f"the KG has only {triples.height} triples; nothing to learn from")
     key = cache_key(triples, cfg)
@@ -118,11 +147,13 @@ def train_kg(triples: pl.DataFrame, cfg: KGConfig, cache_dir: Path, *,
     torch.manual_seed(cfg.seed)
     labeled = triples.select("head", "relation", "tail").to_numpy().astype(str)
     factory = TriplesFactory.from_labeled_triples(labeled)
-    train_share = 1 - cfg.validation_share - cfg.test_share
+    n = factory.num_triples
+    val_share = min(cfg.validation_share, cfg.max_eval_triples / n)
+    test_share = min(cfg.test_share, cfg.max_eval_triples / n)
     training, validation, testing = factory.split(
-        [train_share, cfg.validation_share, cfg.test_share], random_state=cfg.seed)
+        [1 - val_share - test_share, val_share, test_share], random_state=cfg.seed)
     started = time.perf_counter()
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), stage(f"kg training ({triples.height:,} triples)"):
         warnings.simplefilter("ignore")
         result = pipeline(
             training=training, validation=validation, testing=testing, model=name,

@@ -18,6 +18,7 @@ SYNTHETIC_GENRES = ("Action", "Comedy", "Drama", "Horror", "Romance", "Sci-Fi", 
 
 
 CHUNK = 2_000
+CHUNK_CELLS = 20_000_000  # users x items per chunk: ~160 MB per float64 array at any size
 
 
 def _user_chunk(rng: np.random.Generator, lo: int, hi: int, item_genre: np.ndarray,
@@ -55,8 +56,9 @@ def make_synthetic(n_users: int = 200, n_items: int = 300, interactions_per_user
 
     k = min(interactions_per_user, n_items)
     # Users are drawn in chunks so memory stays ~chunk x items, whatever the size asked for.
-    parts = [_user_chunk(rng, lo, min(lo + CHUNK, n_users), item_genre, popularity, k)
-             for lo in range(0, n_users, CHUNK)]
+    chunk = max(1, min(CHUNK, CHUNK_CELLS // n_items))
+    parts = [_user_chunk(rng, lo, min(lo + chunk, n_users), item_genre, popularity, k)
+             for lo in range(0, n_users, chunk)]
     user_idx, item_idx, timestamps, ratings = (np.concatenate(p) for p in zip(*parts,
                                                                               strict=True))
     interactions = pl.DataFrame({
