@@ -354,3 +354,20 @@ def load_index(directory: str | Path, mmap: bool = True) -> VectorIndex:
     if name not in INDEX_TYPES:
         raise UnknownNameError("ANN backend", str(name), list(INDEX_TYPES))
     return INDEX_TYPES[name].load(directory, mmap=mmap)
+
+
+def index_for(vectors: np.ndarray, cfg: ANNConfig, folder: Path | None) -> VectorIndex:
+    """The index of `vectors`, built once and kept under `folder/ann-<hash>` (the hash of
+    the vectors and the config): later processes, the service among them, map it from
+    disk instead of building it. Without a folder it is built in memory."""
+    if folder is None:
+        return build_index(vectors, cfg)
+    import hashlib
+
+    h = hashlib.sha1(np.ascontiguousarray(vectors, dtype=np.float32).tobytes())
+    h.update(cfg.model_dump_json().encode())
+    h.update(str(FORMAT_VERSION).encode())
+    directory = Path(folder) / f"ann-{h.hexdigest()[:12]}"
+    if not (directory / META_FILE).exists():
+        build_index(vectors, cfg).save(directory)
+    return load_index(directory, mmap=True)

@@ -14,12 +14,14 @@ candidate in a source is exact up to `rank_depth` and `rank_depth + 1` beyond it
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from encoders.ann import ANNConfig, VectorIndex, index_for, resolve_backend
 from ranking.inputs import FitData, RequestBatch
 from ranking.scorers.base import Scorer, ScorerContext, scorer_class
 from ranking.topk import top_k
@@ -62,6 +64,10 @@ class CandidateConfig(BaseModel):
         "popularity": 0.25, "kg": 0.5})
     rank_depth: int = Field(2_000, ge=1, description="ranks are exact up to this depth, "
                                                     "rank_depth + 1 beyond")
+    ann: ANNConfig = Field(default_factory=ANNConfig, description="the embedding source's "
+                                                                  "index (exact when small)")
+    ann_depth: int = Field(500, ge=1, description="items the embedding source retrieves "
+                                                  "from an approximate index per request")
 
     @field_validator("weights")
     @classmethod
@@ -109,13 +115,36 @@ class CandidateGenerator:
         self.cfg = cfg
         self.context = context
         self.sources: dict[str, Scorer] = {}
+        self.index: VectorIndex | None = None  # the embedding source's, when approximate
 
     def fit(self, data: FitData) -> CandidateGenerator:
         for name in self.cfg.weights:
             scorer_name, params = source_scorer(name, data.n_items)
             cls = scorer_class(scorer_name)
             self.sources[name] = cls(cls.Config(**params), self.context).fit(data)
+        emb = self.sources.get("embedding")
+        if emb is not None and resolve_backend(data.n_items, self.cfg.ann) != "exact":
+            vectors = emb.items  # type: ignore[attr-defined]
+            self.index = self.context.cached(
+                data.catalogue, ("ann", self.cfg.ann.model_dump_json()),
+                lambda: index_for(vectors, self.cfg.ann, self.context.artifacts))
         return self
+
+    def _retrieve(self, name: str, scorer: Scorer, batch: RequestBatch, m: int
+                  ) -> tuple[np.ndarray, Callable[[np.ndarray], np.ndarray]]:
+        """(top m per request, best first; a function giving the source's score of any
+        (request, item) cells). Dense sources score the chunk against every item; the
+        embedding source, above the ANN limit, asks the index for its top `ann_depth`."""
+        rows = np.arange(len(batch))[:, None]
+        if name == "embedding" and self.index is not None:
+            encoder = self.context.require_encoder()
+            queries = encoder.encode(self.context.queries(batch), desc="instructions")
+            top, _ = self.index.search(queries, min(self.cfg.ann_depth, batch.n_items))
+            items = scorer.items  # type: ignore[attr-defined]
+            return top, lambda idx: np.einsum(
+                "nd,nkd->nk", queries.astype(np.float64), items[idx].astype(np.float64))
+        s = scorer.score(batch)
+        return top_k(s, m), lambda idx: s[rows, idx]
 
     def generate(self, batch: RequestBatch) -> Candidates:
         parts = []
@@ -132,15 +161,14 @@ class CandidateGenerator:
         seen_count = np.diff(batch.history.indptr)
         m = min(n_items, max(depth, n + int(seen_count.max(initial=0))))
         key = np.full((len(batch), n_items), np.inf)
-        dense_scores, dense_ranks = {}, {}
+        pair_scores, dense_ranks = {}, {}
         for name, scorer in self.sources.items():
-            s = scorer.score(batch)
-            top = top_k(s, m)  # ties: lower index first
+            top, pair_scores[name] = self._retrieve(name, scorer, batch, m)  # ties: index
             rank = np.arange(1, top.shape[1] + 1, dtype=np.float64)[None, :]
             key[rows, top] = np.minimum(key[rows, top], rank / self.cfg.weights[name])
             r = np.full((len(batch), n_items), depth + 1, dtype=np.float32)
             r[rows, top[:, :depth]] = rank[:, :depth]
-            dense_scores[name], dense_ranks[name] = s, r
+            dense_ranks[name] = r
         seen = batch.history.tocoo()
         key[seen.row, seen.col] = np.inf
         idx = top_k(-key, n)  # best (smallest) merged rank, ties by index
@@ -148,7 +176,7 @@ class CandidateGenerator:
         cold = np.diff(batch.history.indptr) == 0
         scores, ranks = {}, {}
         for name in self.sources:
-            sc = dense_scores[name][rows, idx].astype(np.float64)
+            sc = pair_scores[name](idx).astype(np.float64)
             rk = dense_ranks[name][rows, idx].astype(np.float64)
             if name in HISTORY_SOURCES:
                 sc[cold] = np.nan

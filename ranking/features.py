@@ -30,7 +30,7 @@ ONLINE_STORES = ("sqlite", "redis")
 ONLINE_SERVICE = "ranker_online_v1"
 ONLINE_NO_TEXT_SERVICE = "ranker_online_no_text_v1"  # for rankers that read no embedding view
 TRAINING_SERVICE = "ranker_training_v1"
-BEGINNING = datetime(1970, 1, 1, tzinfo=UTC)
+BEGINNING = datetime(1900, 1, 1, tzinfo=UTC)  # logs reach back before 1970 (Last.fm: 1956)
 ENTITY_TYPES = {"INT64": pl.Int64(), "STRING": pl.String()}
 
 

@@ -171,6 +171,7 @@ class Recommender:
         # an instruction-tuned encoder reads "instruction | recent titles" (ranking.queries)
         tuned = (encoder.model_path / META_FILE).exists()
         context = ScorerContext(encoder=encoder, kg=_load_kg(model, cfg.data_dir),
+                                artifacts=cfg.data_dir / "indexes",
                                 query_titles=catalogue.items["title"].to_numpy() if tuned
                                 else None)
         fit = FitData("serving", split, catalogue)

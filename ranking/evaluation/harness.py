@@ -242,7 +242,7 @@ def evaluate(cfg: EvalConfig, *, dataset: Dataset | None = None,
 
         encoder = TextEncoder(cfg.encoder_path, cache_dir=cfg.data_dir / "cache",
                               show_progress=progress)
-    context = ScorerContext(encoder=encoder)
+    context = ScorerContext(encoder=encoder, artifacts=cfg.data_dir / "indexes")
     classes = [scorer_class(m) for m in models]
     if any(c.uses_kg for c in classes):
         with stage("kg (hold-out)"):
@@ -314,6 +314,11 @@ def ltr_resources(cfg: EvalConfig, ds: Dataset, prep: Prepared, context: ScorerC
             f"); run `instructrank features build` with the same dataset options first")
     held = training_targets_removed(prep.split, cfg.instructions.train_requests_per_user)
     train_requests = prep.requests.filter(pl.col("split") == "train")
+    if cfg.ltr.max_train_requests and train_requests.height > cfg.ltr.max_train_requests:
+        # sampled before their histories are built: those are the size of the log
+        rows = np.random.default_rng(cfg.ltr.seed).choice(
+            train_requests.height, cfg.ltr.max_train_requests, replace=False)
+        train_requests = train_requests[np.sort(rows).tolist()]
     return LTRResources(
         cfg=cfg.ltr, context=context, catalogue=prep.catalogue, repo=repo,
         store=repo.store(), ltr_fit=FitData("ltr", held, prep.catalogue),
@@ -395,7 +400,7 @@ def tuned_context(cfg: EvalConfig, ds: Dataset, prep: Prepared, context: ScorerC
     tuned = tune_encoder(cfg.encoder_tuning, examples, cfg.encoder_path or default_model_path(),
                          cfg.data_dir / "encoders", progress=progress)
     encoder = TextEncoder(tuned.path, cache_dir=cfg.data_dir / "cache", show_progress=progress)
-    out = ScorerContext(encoder=encoder, kg=context.kg,
+    out = ScorerContext(encoder=encoder, kg=context.kg, artifacts=context.artifacts,
                         query_titles=prep.catalogue.items["title"].to_numpy())
     if ltr:
         repo = (cfg.data_dir / "repos" / f"tuned-{tuned.key}").resolve()  # Feast: absolute

@@ -13,6 +13,7 @@ import json
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar, Self
 
 import numpy as np
@@ -41,6 +42,7 @@ class ScorerContext:
     query_titles: np.ndarray | None = None
     tuned: ScorerContext | None = None  # the same resources with the tuned encoder
     llm: Any = None  # ranking.llm_rerank.LLMReranker, for the reranked LTR scorer
+    artifacts: Path | None = None  # where artifacts built once are kept (ANN indexes)
     memo: dict = field(default_factory=dict)
 
     def cached(self, owner: object, key: tuple, compute: Callable[[], Any],

@@ -7,7 +7,7 @@ whole history, which is why every neighbourhood model also comes in a last-N var
 
 from __future__ import annotations
 
-import itertools
+import warnings
 
 import numpy as np
 import scipy.linalg as la
@@ -47,29 +47,25 @@ def _row_top_k(m: sp.csr_matrix, k: int | None) -> sp.csr_matrix:
     return out
 
 
-def cosine_neighbours(fit: FitData, neighbours: int | None,
-                      block_work: int = 20_000_000) -> sp.csr_matrix:
-    """Sparse item-item cosine on binary interactions, row j keeping j's top `neighbours`.
+def cosine_neighbours(fit: FitData, neighbours: int | None) -> sp.csr_matrix:
+    """Sparse item-item cosine on binary interactions, row j keeping j's top `neighbours`
+    (None: every co-occurring item), self excluded.
 
-    Computed a block of rows at a time, each block sized by the co-occurrences it will
-    produce, and pruned before the next: memory follows the neighbour table, not the
-    catalogue squared (the dense version needed 80 GB at 10^5 items)."""
-    x = fit.user_item().tocsc()
-    xt = x.T.tocsr()
-    counts = np.asarray(x.sum(axis=0), dtype=np.float64).ravel()
-    norms = np.sqrt(counts)
-    work = xt @ np.asarray(x.sum(axis=1)).ravel()  # co-occurrences each row will produce
-    cuts = np.searchsorted(np.cumsum(work), np.arange(block_work, work.sum(), block_work))
-    edges = np.unique(np.r_[0, cuts + 1, x.shape[1]]).clip(max=x.shape[1])
-    blocks = []
-    for lo, hi in itertools.pairwise(edges):
-        co = (xt[lo:hi] @ x).tocsr().astype(np.float64)
-        rows = np.repeat(np.arange(lo, hi), np.diff(co.indptr))
-        with np.errstate(divide="ignore", invalid="ignore"):
-            co.data = np.nan_to_num(co.data / (norms[rows] * norms[co.indices]))
-        co.data[rows == co.indices] = 0.0
-        blocks.append(_row_top_k(co, neighbours))
-    return sp.vstack(blocks, format="csr") if blocks else sp.csr_matrix((0, x.shape[1]))
+    implicit's all-pairs k-nearest-neighbour search (C++, multi-threaded, pruned per row as
+    it goes) computes it in float64: memory follows the neighbour table, not the catalogue
+    squared (the dense version needed 80 GB at 10^5 items), and at 10^6 interactions it took
+    1.3 s where a block-wise scipy product took 50 s."""
+    from implicit.nearest_neighbours import CosineRecommender
+    from threadpoolctl import threadpool_limits
+
+    k = fit.n_items if neighbours is None else min(neighbours + 1, fit.n_items)  # + itself
+    with threadpool_limits(1, "blas"), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # it transposes to COO itself, then warns about it
+        model = CosineRecommender(K=k)
+        model.fit(fit.user_item().astype(np.float64).tocsr(), show_progress=False)
+    sim = model.similarity.tocsr()
+    sim.setdiag(0.0)
+    return _row_top_k(sim, neighbours)
 
 
 class ItemKNNConfig(ScorerConfig):
