@@ -63,7 +63,8 @@ def main() -> None:
     rows = pl.DataFrame([vars(r) for r in RECORDS]).with_columns(
         pl.lit(f"{ds.summary()}").alias("dataset"))
     rows = pl.concat([rows, pl.DataFrame({
-        "stage": ["whole process (ru_maxrss)"], "seconds": [round(time.perf_counter() - started, 1)],
+        "stage": ["whole process (ru_maxrss)"],
+        "seconds": [round(time.perf_counter() - started, 1)],
         "peak_rss_gb": [round(peak, 3)], "dataset": [rows["dataset"][0]]})])
     rows.write_csv(args.out)
     print(rows)

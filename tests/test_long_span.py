@@ -28,7 +28,7 @@ def decades():
 
 
 def test_sixty_year_log_builds_and_serves_rows_from_before_1970(make_repo, decades):
-    repo, result = make_repo(decades)
+    repo, _ = make_repo(decades)
     stats = pl.read_parquet(repo.source_path(fs.feature_views()["item_stats"]))
     years = stats["event_timestamp"].dt.year()
     assert years.min() <= 1958 and years.max() >= 2017

@@ -17,7 +17,7 @@ from feature_repo.jobs.decay import decayed_cumsum
 
 LAST_ITEMS = 5
 PROFILE_HALF_LIFE = 20  # items
-PROFILE_BLOCK_ROWS = 50_000  # interactions per block of users for the 384-d profile sums (~150 MB a copy)
+PROFILE_BLOCK_ROWS = 50_000  # interactions per block of users of the 384-d profile (150 MB a copy)
 
 
 def _ordered(interactions: pl.DataFrame) -> pl.DataFrame:
