@@ -225,6 +225,71 @@ def historical_features(repo: FeatureRepo, store: Any, entity_df: pl.DataFrame,
     return result.sort("__row").drop("__row")
 
 
+def point_in_time(repo: FeatureRepo, entity_df: pl.DataFrame,
+                  refs: list[str]) -> pl.DataFrame:
+    """What `historical_features` returns for `refs`, computed by DuckDB: one ASOF JOIN per
+    view between the entity rows and that view's parquet source (as declared in the Feast
+    definitions: path, join key, timestamp field, ttl), the source first cut to the entity
+    keys present. Feast's DuckDB offline store scans and sorts every source in full on each
+    call, which made the ranker's training reads at 10^6 interactions take minutes per
+    thousand requests; this takes about a second, and tests check the two agree."""
+    import duckdb
+    from feast import Entity
+
+    if "event_timestamp" not in entity_df.columns:
+        raise FeatureStoreError("entity rows need an 'event_timestamp' column")
+    rows = entity_df.with_row_index("__row").with_columns(
+        pl.col("event_timestamp").dt.replace_time_zone("UTC")
+        if entity_df.schema["event_timestamp"].time_zone is None  # type: ignore[union-attr]
+        else pl.col("event_timestamp"))
+    views = feature_views()
+    entities = {v.name: v for v in vars(definitions()).values() if isinstance(v, Entity)}
+    wanted: dict[str, list[str]] = {}
+    for ref in refs:
+        view, feature = ref.split(":")
+        if view not in views:
+            raise UnknownNameError("feature view", view, list(views))
+        wanted.setdefault(view, []).append(feature)
+    out = rows
+    con = duckdb.connect()
+    try:
+        con.register("entities", rows.to_arrow())
+        for name, features in wanted.items():
+            view = views[name]
+            key = entities[view.entities[0]].join_key
+            ts = view.batch_source.timestamp_field
+            path = repo.source_path(view)
+            if not path.exists():
+                raise FeatureStoreError(f"feature view {name!r}: source {path} does not "
+                                        "exist (run `instructrank features build`)")
+            picked = ", ".join(f's."{f}" AS "{name}__{f}"' for f in features)
+            source = ", ".join(f'"{c}"' for c in [key, ts, *features])
+            part = con.execute(f"""
+                SELECT e.__row, {picked}, s."{ts}" AS __feature_ts
+                FROM entities e ASOF LEFT JOIN (
+                    SELECT {source} FROM read_parquet({sql_string(str(path))})
+                    WHERE "{key}" IN (SELECT DISTINCT "{key}" FROM entities)) s
+                  ON e."{key}" = s."{key}" AND e.event_timestamp >= s."{ts}"
+            """).pl()
+            if view.ttl and view.ttl.total_seconds() > 0:  # older than ttl: no value
+                stale = pl.col("__feature_ts") < rows["event_timestamp"].gather(
+                    part["__row"]) - view.ttl
+                part = part.with_columns(pl.when(stale).then(None).otherwise(pl.col(c))
+                                         .alias(c) for c in part.columns
+                                         if c.startswith(f"{name}__"))
+            out = out.join(part.drop("__feature_ts"), on="__row", how="left")
+    finally:
+        con.close()
+    types = _feature_types(refs)
+    return out.with_columns(pl.col(c).cast(t) for c, t in types.items()).sort(
+        "__row").drop("__row")
+
+
+def sql_string(text: str) -> str:
+    """`text` as a SQL string literal (DuckDB cannot take a prepared parameter in a view)."""
+    return "'" + text.replace("'", "''") + "'"
+
+
 @dataclass(frozen=True)
 class OnlineFeatures:
     """One user's features and one row per candidate, as the ranker consumes them. Item

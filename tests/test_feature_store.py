@@ -40,6 +40,31 @@ def test_leak_trap(make_repo, synthetic):
     before = inter.filter((pl.col("user_id") == user) & (pl.col("timestamp") < t)).height
     assert before == 11
     assert got["user_history__n_interactions"].to_list() == [before, 10**9]
+    # the ranker's own reads (DuckDB ASOF joins over the same sources) fall in no trap either
+    pushed = fs.point_in_time(repo, rows, ["user_history:n_interactions"])
+    assert pushed["user_history__n_interactions"].to_list() == [before, 10**9]
+
+
+def test_duckdb_point_in_time_equals_feast_historical_features(make_repo, synthetic):
+    """The ranker reads training rows through `fs.point_in_time`; for any entity rows (known
+    and unknown ids, times between, before and after interactions) it returns what Feast's
+    get_historical_features returns: same values, same types, same order."""
+    repo, _ = make_repo(synthetic)
+    rng = np.random.default_rng(5)
+    t = synthetic.interactions["timestamp"]
+    n = 300
+    rows = pl.DataFrame({
+        "user_id": rng.integers(1, 130, n), "item_id": rng.integers(1, 160, n),
+        "event_timestamp": [at(int(x)) for x in rng.integers(int(t.min()) - DAY,
+                                                             int(t.max()) + DAY, n)]})
+    refs = ["user_history:n_interactions", "user_history:mean_rating",
+            "user_history:genre_share", "user_history:last_items", "item_stats:interactions",
+            "item_stats:popularity_7d", "item_stats:last_interaction_ts"]
+    feast = fs.historical_features(repo, repo.store(), rows, refs)
+    ours = fs.point_in_time(repo, rows, refs)
+    assert ours.columns == feast.columns and ours.schema == feast.schema
+    assert ours.to_dicts() == feast.to_dicts()
+    assert ours["item_stats__interactions"].null_count() > 0  # some rows predate their item
 
 
 def test_point_in_time_equals_recomputation(make_repo, synthetic):

@@ -14,6 +14,8 @@ from pathlib import Path
 import duckdb
 import polars as pl
 
+from ranking.features import sql_string
+
 METRICS = ("hr@10", "ndcg@10", "mrr@10", "recall@20", "sampled_hr@10", "sampled_ndcg@10")
 
 METRICS_SQL = """
@@ -47,11 +49,6 @@ FROM per_request
 GROUP BY model, task
 ORDER BY task, model
 """
-
-
-def sql_string(text: str) -> str:
-    """`text` as a SQL string literal (DuckDB cannot take a prepared parameter in a view)."""
-    return "'" + text.replace("'", "''") + "'"
 
 
 def compute_metrics(con: duckdb.DuckDBPyConnection, rankings: str = "rankings",

@@ -144,22 +144,24 @@ def _utc(seconds: pl.Series) -> pl.Series:
         .dt.replace_time_zone("UTC").alias("event_timestamp")
 
 
-def offline_rows(repo: fs.FeatureRepo, store: Any, batch: RequestBatch, item_ids: np.ndarray,
+def offline_rows(repo: fs.FeatureRepo, batch: RequestBatch, item_ids: np.ndarray,
                  columns: tuple[list[str], list[str]] = (USER_COLUMNS, ITEM_COLUMNS),
                  ) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """Point-in-time Feast rows: one per request (user views) and one per (request, candidate)
-    (item views), each as of the request's timestamp. `item_ids` is requests x N;
-    `columns` the (user, item) store columns to read."""
+    """Point-in-time rows of the Feast views: one per request (user views) and one per
+    (request, candidate) (item views), each as of the request's timestamp, read by DuckDB
+    ASOF joins over the views' sources (`fs.point_in_time`, equal to Feast's
+    get_historical_features). `item_ids` is requests x N; `columns` the (user, item) store
+    columns to read."""
     n, k = item_ids.shape
     user_refs, item_refs = ([_ref(c) for c in cols] for cols in columns)
     ts = _utc(batch.requests["timestamp"])
     users = pl.DataFrame({"user_id": batch.requests["user_id"], "event_timestamp": ts})
-    u = fs.historical_features(repo, store, users.unique(maintain_order=True), user_refs)
+    u = fs.point_in_time(repo, users.unique(maintain_order=True), user_refs)
     user_rows = users.join(u, on=["user_id", "event_timestamp"], how="left",
                            maintain_order="left")
     pairs = pl.DataFrame({"item_id": item_ids.ravel().astype(np.int64),
                           "event_timestamp": ts.gather(np.repeat(np.arange(n), k))})
-    it = fs.historical_features(repo, store, pairs.unique(maintain_order=True), item_refs)
+    it = fs.point_in_time(repo, pairs.unique(maintain_order=True), item_refs)
     item_rows = pairs.join(it, on=["item_id", "event_timestamp"], how="left",
                            maintain_order="left")
     return user_rows, item_rows
@@ -239,7 +241,7 @@ class LTRResources:
         gen = self.generator(fit)
         cands = gen.generate(chunk)
         ids = self.catalogue.items["item_id"].to_numpy()[cands.idx]
-        user_rows, item_rows = offline_rows(self.repo, self.store, chunk, ids, self.served)
+        user_rows, item_rows = offline_rows(self.repo, chunk, ids, self.served)
         frame = assemble(chunk, cands, user_rows, item_rows, item_tables(gen, self.context),
                          kg=self.context.kg,
                          anonymous=(chunk.requests["task"] == "search").to_numpy())
