@@ -48,6 +48,10 @@ class KGConfig(BaseModel):
                                   "MRR, each: filtered ranking scores every held-out triple "
                                   "against every entity, which a share of a large graph "
                                   "would turn into the longest part of training")
+    max_eval_scores: float = Field(
+        2e7, gt=0, description="and at most this many (held-out triple, entity) scores "
+                               "each: filtered ranking scores every held-out triple against "
+                               "every entity, 2*10^5 of them at 10^7 interactions")
     max_triples: int | None = Field(
         250_000, ge=10, description="collaborative edges (interacted, liked) are sampled, "
                                     "seeded, down to this many triples in all: 500,000 took "
@@ -148,8 +152,9 @@ def train_kg(triples: pl.DataFrame, cfg: KGConfig, cache_dir: Path, *,
     labeled = triples.select("head", "relation", "tail").to_numpy().astype(str)
     factory = TriplesFactory.from_labeled_triples(labeled)
     n = factory.num_triples
-    val_share = min(cfg.validation_share, cfg.max_eval_triples / n)
-    test_share = min(cfg.test_share, cfg.max_eval_triples / n)
+    held = max(100, min(cfg.max_eval_triples, int(cfg.max_eval_scores / factory.num_entities)))
+    val_share = min(cfg.validation_share, held / n)
+    test_share = min(cfg.test_share, held / n)
     training, validation, testing = factory.split(
         [1 - val_share - test_share, val_share, test_share], random_state=cfg.seed)
     started = time.perf_counter()

@@ -227,13 +227,13 @@ def historical_features(repo: FeatureRepo, store: Any, entity_df: pl.DataFrame,
 
 def point_in_time(repo: FeatureRepo, entity_df: pl.DataFrame,
                   refs: list[str]) -> pl.DataFrame:
-    """What `historical_features` returns for `refs`, computed by DuckDB: one ASOF JOIN per
-    view between the entity rows and that view's parquet source (as declared in the Feast
-    definitions: path, join key, timestamp field, ttl), the source first cut to the entity
-    keys present. Feast's DuckDB offline store scans and sorts every source in full on each
-    call, which made the ranker's training reads at 10^6 interactions take minutes per
-    thousand requests; this takes about a second, and tests check the two agree."""
-    import duckdb
+    """What `historical_features` returns for `refs`, computed in polars: per view, its
+    parquet source (path, join key, timestamp field and ttl as the Feast definitions
+    declare them) is scanned for the entity keys present only, then joined as of each entity
+    row's time (`join_asof`, backward: the latest row at or before it). Feast's DuckDB
+    offline store scans and sorts every source in full on each call, and DuckDB's own
+    ASOF JOIN took 133 s for 200,000 (request, candidate) rows at 10^6 interactions where
+    this takes 0.2 s; tests check it returns exactly what Feast returns."""
     from feast import Entity
 
     if "event_timestamp" not in entity_df.columns:
@@ -251,35 +251,28 @@ def point_in_time(repo: FeatureRepo, entity_df: pl.DataFrame,
             raise UnknownNameError("feature view", view, list(views))
         wanted.setdefault(view, []).append(feature)
     out = rows
-    con = duckdb.connect()
-    try:
-        con.register("entities", rows.to_arrow())
-        for name, features in wanted.items():
-            view = views[name]
-            key = entities[view.entities[0]].join_key
-            ts = view.batch_source.timestamp_field
-            path = repo.source_path(view)
-            if not path.exists():
-                raise FeatureStoreError(f"feature view {name!r}: source {path} does not "
-                                        "exist (run `instructrank features build`)")
-            picked = ", ".join(f's."{f}" AS "{name}__{f}"' for f in features)
-            source = ", ".join(f'"{c}"' for c in [key, ts, *features])
-            part = con.execute(f"""
-                SELECT e.__row, {picked}, s."{ts}" AS __feature_ts
-                FROM entities e ASOF LEFT JOIN (
-                    SELECT {source} FROM read_parquet({sql_string(str(path))})
-                    WHERE "{key}" IN (SELECT DISTINCT "{key}" FROM entities)) s
-                  ON e."{key}" = s."{key}" AND e.event_timestamp >= s."{ts}"
-            """).pl()
-            if view.ttl and view.ttl.total_seconds() > 0:  # older than ttl: no value
-                stale = pl.col("__feature_ts") < rows["event_timestamp"].gather(
-                    part["__row"]) - view.ttl
-                part = part.with_columns(pl.when(stale).then(None).otherwise(pl.col(c))
-                                         .alias(c) for c in part.columns
-                                         if c.startswith(f"{name}__"))
-            out = out.join(part.drop("__feature_ts"), on="__row", how="left")
-    finally:
-        con.close()
+    by_time = rows.sort("event_timestamp")
+    for name, features in wanted.items():
+        view = views[name]
+        key = entities[view.entities[0]].join_key
+        ts = view.batch_source.timestamp_field
+        path = repo.source_path(view)
+        if not path.exists():
+            raise FeatureStoreError(f"feature view {name!r}: source {path} does not exist "
+                                    "(run `instructrank features build`)")
+        source = pl.scan_parquet(path).filter(
+            pl.col(key).is_in(rows[key].unique().implode())).select(
+            key, pl.col(ts).alias("__feature_ts"),
+            *[pl.col(f).alias(f"{name}__{f}") for f in features]).collect()
+        part = by_time.select("__row", key, "event_timestamp").join_asof(
+            source.sort("__feature_ts"), left_on="event_timestamp", right_on="__feature_ts",
+            by=key, strategy="backward", check_sortedness=False)
+        if view.ttl and view.ttl.total_seconds() > 0:  # older than ttl: no value
+            stale = pl.col("__feature_ts") < pl.col("event_timestamp") - view.ttl
+            part = part.with_columns(pl.when(stale).then(None).otherwise(pl.col(c)).alias(c)
+                                     for c in part.columns if c.startswith(f"{name}__"))
+        out = out.join(part.drop(key, "event_timestamp", "__feature_ts"), on="__row",
+                       how="left")
     types = _feature_types(refs)
     return out.with_columns(pl.col(c).cast(t) for c, t in types.items()).sort(
         "__row").drop("__row")

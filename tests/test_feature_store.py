@@ -40,12 +40,12 @@ def test_leak_trap(make_repo, synthetic):
     before = inter.filter((pl.col("user_id") == user) & (pl.col("timestamp") < t)).height
     assert before == 11
     assert got["user_history__n_interactions"].to_list() == [before, 10**9]
-    # the ranker's own reads (DuckDB ASOF joins over the same sources) fall in no trap either
+    # the ranker's own reads (as-of joins over the same sources) fall in no trap either
     pushed = fs.point_in_time(repo, rows, ["user_history:n_interactions"])
     assert pushed["user_history__n_interactions"].to_list() == [before, 10**9]
 
 
-def test_duckdb_point_in_time_equals_feast_historical_features(make_repo, synthetic):
+def test_point_in_time_reads_equal_feast_historical_features(make_repo, synthetic):
     """The ranker reads training rows through `fs.point_in_time`; for any entity rows (known
     and unknown ids, times between, before and after interactions) it returns what Feast's
     get_historical_features returns: same values, same types, same order."""

@@ -148,8 +148,8 @@ def offline_rows(repo: fs.FeatureRepo, batch: RequestBatch, item_ids: np.ndarray
                  columns: tuple[list[str], list[str]] = (USER_COLUMNS, ITEM_COLUMNS),
                  ) -> tuple[pl.DataFrame, pl.DataFrame]:
     """Point-in-time rows of the Feast views: one per request (user views) and one per
-    (request, candidate) (item views), each as of the request's timestamp, read by DuckDB
-    ASOF joins over the views' sources (`fs.point_in_time`, equal to Feast's
+    (request, candidate) (item views), each as of the request's timestamp, read by as-of
+    joins over the views' sources (`fs.point_in_time`, equal to Feast's
     get_historical_features). `item_ids` is requests x N; `columns` the (user, item) store
     columns to read."""
     n, k = item_ids.shape
