@@ -37,13 +37,17 @@ def als_item_factors(fit: FitData, cfg: ALSConfig) -> np.ndarray:
     return np.ascontiguousarray(model.item_factors, dtype=np.float32)
 
 
-def fold_in(history: np.ndarray | object, items: np.ndarray, cfg: ALSConfig) -> np.ndarray:
+def fold_in(history: np.ndarray | object, items: np.ndarray, cfg: ALSConfig,
+            gram: np.ndarray | None = None) -> np.ndarray:
     """Request factors from binary histories (requests x items, sparse): for each request
-    x = (YtY + reg I + (alpha - 1) Yh'Yh)^-1 alpha Yh'1, the ALS user step."""
+    x = (YtY + reg I + (alpha - 1) Yh'Yh)^-1 alpha Yh'1, the ALS user step. `gram` is
+    YtY + reg I when the caller keeps it (it costs items x factors^2 to form)."""
     h = history.tocsr()  # type: ignore[attr-defined]
     f = items.shape[1]
-    y = items.astype(np.float64)
-    a = np.broadcast_to(y.T @ y + cfg.regularization * np.eye(f), (h.shape[0], f, f)).copy()
+    y = items if items.dtype == np.float64 else items.astype(np.float64)
+    if gram is None:
+        gram = y.T @ y + cfg.regularization * np.eye(f)
+    a = np.broadcast_to(gram, (h.shape[0], f, f)).copy()
     rows = np.repeat(np.arange(h.shape[0]), np.diff(h.indptr))
     for lo in range(0, len(rows), FOLD_BLOCK):  # bounded: FOLD_BLOCK x f x f at a time
         r, yh = rows[lo:lo + FOLD_BLOCK], y[h.indices[lo:lo + FOLD_BLOCK]]
@@ -71,10 +75,13 @@ class ALS(Scorer):
         key = ("als", cfg.factors, cfg.regularization, cfg.alpha, cfg.iterations, cfg.seed)
         self.items = self.context.cached(data, key, lambda: als_item_factors(data, cfg),
                                          keep=2)
+        self.items64 = self.items.astype(np.float64)  # formed once, not per request
+        self.items64_t = np.ascontiguousarray(self.items64.T)
+        self.gram = self.items64.T @ self.items64 + cfg.regularization * np.eye(cfg.factors)
 
     def _score(self, batch: RequestBatch) -> np.ndarray:
-        x = fold_in(batch.last_n(self.config.last_n), self.items, self.config)
-        return x @ self.items.T.astype(np.float64)
+        x = fold_in(batch.last_n(self.config.last_n), self.items64, self.config, self.gram)
+        return x @ self.items64_t
 
     def affinity(self, sources: np.ndarray, item: int) -> np.ndarray:
         return self.items[sources] @ self.items[item]

@@ -35,10 +35,11 @@ class FilterPopularity(Scorer):
         self.acclaimed = levels["acclaimed"].to_numpy()
         pop = self._popularity
         self.tiebreak = pop / (pop.max(initial=0.0) + 1.0)
+        self.genre_t = np.ascontiguousarray(self.item_genre.T, dtype=np.float64)  # once
 
     def _score(self, batch: RequestBatch) -> np.ndarray:
         p = parsed_for(self.context, batch, self.genres)
-        matches = p.genre_mask.astype(np.float64) @ self.item_genre.T.astype(np.float64)
+        matches = p.genre_mask.astype(np.float64) @ self.genre_t
         matches += (p.decade[:, None] > 0) & (p.decade[:, None] == self.item_decade[None, :])
         matches += p.popular[:, None] & self.popular[None, :]
         matches += p.obscure[:, None] & self.obscure[None, :]

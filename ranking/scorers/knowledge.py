@@ -37,6 +37,10 @@ class KGNeighbours(Scorer):
         unit = emb.unit_vectors()
         rows = self.context.cached(emb, ("item_rows", id(self.fitted.catalogue)), lambda: (
             entity_rows(emb, "item", self.fitted.catalogue.items["item_id"].to_numpy())))
+        # the catalogue's vectors in catalogue order, laid out for the product, once
+        items_t = self.context.cached(emb, ("item_vectors_t", id(self.fitted.catalogue)),
+                                      lambda: np.ascontiguousarray(
+                                          unit[np.maximum(rows, 0)].T.astype(np.float64)))
         # profile = sum of the unit vectors of the last `recent` items that are in the graph
         h = batch.last_n(self.config.recent).tocoo()
         known = rows[h.col] >= 0
@@ -44,7 +48,7 @@ class KGNeighbours(Scorer):
         np.add.at(profile, h.row[known], unit[rows[h.col[known]]])
         norm = np.linalg.norm(profile, axis=1, keepdims=True)
         profile = profile / np.maximum(norm, 1e-12)
-        scores = profile @ unit[np.maximum(rows, 0)].T.astype(np.float64)
+        scores = profile @ items_t
         scores[:, rows < 0] = -2.0
         scores[norm[:, 0] == 0] = -2.0
         return scores
