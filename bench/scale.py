@@ -26,6 +26,9 @@ import time
 from pathlib import Path
 
 import numpy as np
+import polars as pl
+
+from recdata.dataset import Dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
@@ -71,6 +74,22 @@ def _redis() -> tuple[subprocess.Popen | None, str | None]:
     return None, None
 
 
+def _synthetic(users: int, items: int) -> Dataset:
+    from recdata.synthetic import make_synthetic
+
+    folder = ROOT / "data" / "bench-synthetic" / f"{users}x{items}x{PER_USER}"
+    if not (folder / "items.parquet").exists():
+        ds = make_synthetic(n_users=users, n_items=items, interactions_per_user=PER_USER,
+                            seed=0)
+        folder.mkdir(parents=True, exist_ok=True)
+        ds.interactions.write_parquet(folder / "interactions.parquet")
+        ds.items.write_parquet(folder / "items.parquet")
+        return ds
+    return Dataset(f"synthetic-{users}x{items}", pl.read_parquet(folder / "interactions.parquet"),
+                   pl.read_parquet(folder / "items.parquet"), None, ("title",),
+                   ("title", "pick"))
+
+
 def run_size(interactions: int, work: Path) -> list[dict]:
     """Every stage of the pipeline at one size; returns the stage records (and latency)."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -82,16 +101,14 @@ def run_size(interactions: int, work: Path) -> list[dict]:
     from ranking.features import PACKAGE_REPO
     from ranking.recommend import Recommender, RecommenderConfig
     from recdata.stages import RECORDS, stage
-    from recdata.synthetic import make_synthetic
 
     users, items = shape(interactions)
     data, repo = work / "data", work / "repo"
     repo.mkdir(parents=True)
     for name in ("feature_store.yaml", "feature_store.redis.yaml"):
         shutil.copy(PACKAGE_REPO / name, repo / name)
-    with stage("synthetic data"):
-        ds = make_synthetic(n_users=users, n_items=items, interactions_per_user=PER_USER,
-                            seed=0)
+    with stage("synthetic data"):  # generated once per size, then read back
+        ds = _synthetic(users, items)
     build = FeatureBuildConfig(dataset="synthetic", repo=repo, data_dir=data, embeddings=False)
     built = build_features(build, dataset=ds, progress=False)  # stages: jobs, materialize
     online_rows = sum(n for view, n in built.rows.items() if view != "instruction_embedding")
@@ -104,7 +121,9 @@ def run_size(interactions: int, work: Path) -> list[dict]:
             proc.terminate()
             proc.wait(timeout=30)
     with stage("kg (served graph)"):
-        train_kg(build_triples(ds), KGConfig(), data / "kg", progress=False)
+        kg = KGConfig()
+        train_kg(build_triples(ds, max_edges=kg.max_triples, seed=kg.seed), kg, data / "kg",
+                 progress=False)
     cfg = EvalConfig(dataset="synthetic", models=MODELS, tune=False, eval_users=EVAL_USERS,
                      feature_repo=repo, data_dir=data, results_dir=work / "results")
     with stage("evaluate (fits, ranker, user sample)"):
@@ -141,7 +160,6 @@ def plot(csv: Path, png: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    import polars as pl
 
     data = pl.read_csv(csv).filter(pl.col("seconds").is_not_null())
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
@@ -183,8 +201,6 @@ def main() -> None:
         args.json.write_text(json.dumps(rows, default=str))
         return
     if not args.plot_only:
-        import polars as pl
-
         for size in (float(s) for s in args.sizes.split(",")):
             out = Path(tempfile.mkstemp(suffix=".json")[1])
             started = time.perf_counter()

@@ -24,6 +24,9 @@ def _id_index(emb: KGEmbeddings, kind: str) -> tuple[np.ndarray, np.ndarray]:
         labels = emb.entities.astype(str)
         prefix = f"{kind}:"
         rows = np.flatnonzero(np.char.startswith(labels, prefix))
+        if len(rows) == 0:  # a graph without this kind of entity (no users, say)
+            cache[kind] = (np.zeros(0, np.int64), np.zeros(0, np.int64))
+            return cache[kind]
         tails = np.char.lstrip(np.char.replace(labels[rows], prefix, "", count=1))
         numeric = np.char.isdigit(tails)
         rows, ids = rows[numeric], tails[numeric].astype(np.int64)

@@ -57,7 +57,8 @@ class KGConfig(BaseModel):
                                     "seeded, down to this many triples in all: 500,000 took "
                                     "6 min to train on two cores, and a 10^7-interaction "
                                     "log holds 1.5*10^7. Attribute and external triples are "
-                                    "always kept. None: no cap")
+                                    "always kept, and collaborative edges keep at least half "
+                                    "of the cap however many those are. None: no cap")
     seed: int = 42
 
     def pykeen_name(self) -> str:
@@ -100,13 +101,14 @@ COLLABORATIVE = ("interacted", "liked")
 
 def cap_triples(triples: pl.DataFrame, cfg: KGConfig) -> pl.DataFrame:
     """`triples` with collaborative edges sampled (seeded, uniformly) so that at most
-    `cfg.max_triples` remain; every other triple is kept."""
+    `cfg.max_triples` remain; every other triple is kept, and the edges keep at least half
+    of the cap when the other triples crowd it (10^5 items have 3.4*10^5 of them)."""
     if cfg.max_triples is None or triples.height <= cfg.max_triples:
         return triples
     collab = pl.col("relation").is_in(list(COLLABORATIVE))
     kept = triples.filter(~collab)
     edges = triples.filter(collab)
-    room = max(0, cfg.max_triples - kept.height)
+    room = max(cfg.max_triples // 2, cfg.max_triples - kept.height)
     return pl.concat([kept, edges.sample(n=min(room, edges.height), seed=cfg.seed)]).sort(
         "relation", "head", "tail")
 

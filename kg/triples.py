@@ -75,11 +75,17 @@ def collaborative_triples(train: pl.DataFrame) -> pl.DataFrame:
 
 
 def build_triples(ds: Dataset, external: pl.DataFrame | None = None, *,
-                  hold_out_last: int = 0) -> pl.DataFrame:
+                  hold_out_last: int = 0, max_edges: int | None = None,
+                  seed: int = 42) -> pl.DataFrame:
     """Every triple of the graph (head, relation, tail), unique, in a stable order.
     `hold_out_last` also keeps each user's last training positions out of the graph: the
-    ranker's training requests sit there, and its KG features must not have seen them."""
+    ranker's training requests sit there, and its KG features must not have seen them.
+    `max_edges` samples (seeded) the training interactions that become collaborative edges
+    before any label is formatted: 10^7 interactions as strings took 8 GB, and training
+    keeps a few hundred thousand edges anyway (KGConfig.max_triples)."""
     train = training_targets_removed(temporal_leave_one_out(ds.interactions), hold_out_last)
+    if max_edges is not None and train.height > max_edges:
+        train = train.sample(n=max_edges, seed=seed)
     parts = [item_triples(ds.items, ds.text_columns), user_triples(ds.users),
              collaborative_triples(train)]
     if external is not None:

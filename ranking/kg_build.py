@@ -74,7 +74,8 @@ def build_kg(cfg: KGBuildConfig, *, dataset: Dataset | None = None,
     external = None
     if cfg.external_triples is not None and cfg.entity_map is not None:
         external = load_external(cfg.external_triples, cfg.entity_map, ds.items["item_id"])
-    triples = build_triples(ds, external.triples if external else None)
+    triples = build_triples(ds, external.triples if external else None,
+                            max_edges=cfg.kg.max_triples, seed=cfg.kg.seed)
     result = train_kg(triples, cfg.kg, cfg.data_dir / "kg", progress=progress)
     if cfg.serve:
         serve_embeddings(result, fs.FeatureRepo(cfg.repo), cfg.online, cfg.redis_url)

@@ -156,3 +156,22 @@ def test_embedding_source_through_an_approximate_index(small, encoder, synthetic
                                                          artifacts=tmp_path)).fit(fit)
     assert (again.generate(batch).idx == a.idx).all()
     assert len(list(tmp_path.glob("ann-*"))) == 1
+
+
+def test_kg_cap_keeps_every_attribute_and_samples_collaborative_edges():
+    from kg.train import KGConfig, cap_triples
+
+    attrs = pl.DataFrame({"head": [f"item:{i}" for i in range(300)], "relation": "has_genre",
+                          "tail": "genre:x"})
+    edges = pl.DataFrame({"head": [f"user:{i}" for i in range(1000)],
+                          "relation": ["interacted", "liked"] * 500, "tail": "item:1"})
+    triples = pl.concat([attrs, edges])
+    capped = cap_triples(triples, KGConfig(max_triples=800))
+    assert capped.filter(pl.col("relation") == "has_genre").height == 300
+    assert capped.height == 800  # the cap, attributes first
+    assert capped.equals(cap_triples(triples, KGConfig(max_triples=800)))  # seeded
+    # attributes crowd the cap: collaborative edges still keep half of it
+    crowded = cap_triples(triples, KGConfig(max_triples=400))
+    assert crowded.filter(pl.col("relation") == "has_genre").height == 300
+    assert crowded.filter(pl.col("relation") != "has_genre").height == 200
+    assert cap_triples(triples, KGConfig(max_triples=None)).height == triples.height

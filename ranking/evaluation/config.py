@@ -14,8 +14,8 @@ from ranking.ltr.model import LTRConfig
 from recdata.errors import UnknownNameError
 from recdata.instructions import TASKS, InstructionConfig
 
-BASELINES = ["popularity", "itemknn", "ease", "itemknn_lastn", "ease_lastn", "transition",
-             "filter_popularity", "embedding", "embedding_ease", "kg"]
+BASELINES = ["popularity", "itemknn", "ease", "itemknn_lastn", "ease_lastn", "als_lastn",
+             "transition", "filter_popularity", "embedding", "embedding_ease", "kg"]
 RANKERS = ["ltr_full", "ltr_no_kg", "ltr_no_instruction", "ltr_no_text"]
 TUNED = ["embedding_tuned", "ltr_tuned"]  # read the encoder instruction-tuned in the run
 

@@ -291,7 +291,8 @@ def ltr_kg(cfg: EvalConfig, ds: Dataset, progress: bool) -> KGResult:
     from kg.train import train_kg
     from kg.triples import build_triples
 
-    triples = build_triples(ds, hold_out_last=cfg.instructions.train_requests_per_user)
+    triples = build_triples(ds, hold_out_last=cfg.instructions.train_requests_per_user,
+                            max_edges=cfg.kg.max_triples, seed=cfg.kg.seed)
     return train_kg(triples, cfg.kg, cfg.data_dir / "kg", progress=progress)
 
 
