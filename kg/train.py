@@ -160,7 +160,7 @@ def train_kg(triples: pl.DataFrame, cfg: KGConfig, cache_dir: Path, *,
     training, validation, testing = factory.split(
         [1 - val_share - test_share, val_share, test_share], random_state=cfg.seed)
     started = time.perf_counter()
-    with warnings.catch_warnings(), stage(f"kg training ({triples.height:,} triples)"):
+    with warnings.catch_warnings(), stage("kg training"):
         warnings.simplefilter("ignore")
         result = pipeline(
             training=training, validation=validation, testing=testing, model=name,
