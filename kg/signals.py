@@ -51,7 +51,10 @@ def kg_signals(emb: KGEmbeddings, user_ids: np.ndarray, candidates: np.ndarray,
     Returns arrays of shape (n, k)."""
     users = entity_rows(emb, "user", user_ids)[:, None]
     items = entity_rows(emb, "item", candidates)
-    score = emb.score(np.broadcast_to(users, items.shape), RELATION, items)
+    if RELATION in emb.relations:
+        score = emb.score(np.broadcast_to(users, items.shape), RELATION, items)
+    else:  # a graph without collaborative edges (users with too short a history): unknown
+        score = np.full(items.shape, np.nan)
 
     unit = emb.unit_vectors()
     recent = entity_rows(emb, "item", recent_items)

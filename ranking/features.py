@@ -13,7 +13,7 @@ import contextlib
 import importlib
 import os
 import warnings
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -225,15 +225,19 @@ def historical_features(repo: FeatureRepo, store: Any, entity_df: pl.DataFrame,
     return result.sort("__row").drop("__row")
 
 
-def point_in_time(repo: FeatureRepo, entity_df: pl.DataFrame,
-                  refs: list[str]) -> pl.DataFrame:
+def point_in_time(repo: FeatureRepo, entity_df: pl.DataFrame, refs: list[str],
+                  via_feast: Collection[str] = ()) -> pl.DataFrame:
     """What `historical_features` returns for `refs`, computed in polars: per view, its
     parquet source (path, join key, timestamp field and ttl as the Feast definitions
     declare them) is scanned for the entity keys present only, then joined as of each entity
     row's time (`join_asof`, backward: the latest row at or before it). Feast's DuckDB
     offline store scans and sorts every source in full on each call, and DuckDB's own
     ASOF JOIN took 133 s for 200,000 (request, candidate) rows at 10^6 interactions where
-    this takes 0.2 s; tests check it returns exactly what Feast returns."""
+    this takes 0.2 s; tests check it returns exactly what Feast returns. Views whose
+    source is not a parquet file (a warehouse table) go through the offline store's
+    `get_historical_features`, so the same definitions work on Snowflake, BigQuery, Spark
+    or Postgres stores (`via_feast` names views to send there even when they are files).
+    """
     from feast import Entity
 
     if "event_timestamp" not in entity_df.columns:
@@ -252,8 +256,23 @@ def point_in_time(repo: FeatureRepo, entity_df: pl.DataFrame,
         wanted.setdefault(view, []).append(feature)
     out = rows
     by_time = rows.sort("event_timestamp")
+    from feast import FileSource
+
+    def in_warehouse(name: str) -> bool:
+        return name in via_feast or not isinstance(views[name].batch_source, FileSource)
+
+    elsewhere = [f"{name}:{f}" for name, features in wanted.items() if in_warehouse(name)
+                 for f in features]
+    if elsewhere:  # a warehouse source: the offline store's own point-in-time join runs it
+        found = historical_features(repo, repo.store(), rows.select(
+            pl.exclude("__row")), elsewhere).with_row_index("__row")
+        out = out.join(found.select("__row", *[c for c in found.columns
+                                               if c not in rows.columns]),
+                       on="__row", how="left")
     for name, features in wanted.items():
         view = views[name]
+        if in_warehouse(name):
+            continue
         key = entities[view.entities[0]].join_key
         ts = view.batch_source.timestamp_field
         path = repo.source_path(view)
@@ -274,8 +293,9 @@ def point_in_time(repo: FeatureRepo, entity_df: pl.DataFrame,
         out = out.join(part.drop(key, "event_timestamp", "__feature_ts"), on="__row",
                        how="left")
     types = _feature_types(refs)
+    order = [f"{name}__{f}" for name, features in wanted.items() for f in features]
     return out.with_columns(pl.col(c).cast(t) for c, t in types.items()).sort(
-        "__row").drop("__row")
+        "__row").select(*[c for c in rows.columns if c != "__row"], *order)
 
 
 def sql_string(text: str) -> str:

@@ -182,3 +182,16 @@ def test_kg_train_on_movielens_is_served_by_feast(make_repo, movielens, tmp_path
     assert len(got["item_kg_embedding__embedding"][0]) == 16
     reader = fs.OnlineReader(store, "ranker_online_no_text_v1")
     assert reader.read(42, [50]).user_known
+
+
+def test_signals_of_a_graph_without_collaborative_edges_are_unknown():
+    """Users with 5 interactions lose all of them to the split and the ranker's hold-out, so
+    the ranker's KG has attribute triples only: its scores are unknown, not an error, and
+    the item-space cosine still works."""
+    rng = np.random.default_rng(0)
+    ents = np.array(["item:10", "item:11", "genre:comedy"])
+    emb = KGEmbeddings("transe", ents, rng.normal(size=(3, 4)).astype(np.float32),
+                       np.array(["has_genre"]), rng.normal(size=(1, 4)).astype(np.float32))
+    out = kg_signals(emb, np.array([1]), np.array([[10, 11]]), np.array([[11, -1]]))
+    assert np.isnan(out["kg_score"]).all()
+    assert out["kg_recent_cosine"][0, 1] == pytest.approx(1.0, rel=1e-5)
