@@ -55,6 +55,21 @@ def test_sparse_cosine_table_equals_the_dense_computation(small):
         np.testing.assert_allclose(kept, best[best > 0], atol=1e-12)
 
 
+def test_all_neighbours_table_is_bounded_by_its_memory_cap(small, monkeypatch):
+    """"Every co-occurring item" costs n_items x K up front in implicit; past the cap each
+    item keeps its best cap-many neighbours instead of asking for n_items^2."""
+    from ranking.scorers import history
+
+    _, _, fit = small
+    full = history.cosine_neighbours(fit, None)
+    cap = 5
+    monkeypatch.setattr(history, "NEIGHBOUR_TABLE_BYTES", 16 * fit.n_items * cap)
+    capped = history.cosine_neighbours(fit, None)
+    assert capped.getnnz(axis=1).max() <= cap and full.getnnz(axis=1).max() > cap
+    np.testing.assert_allclose(np.sort(capped.max(axis=1).toarray().ravel()),
+                               np.sort(full.max(axis=1).toarray().ravel()))
+
+
 def test_als_fold_in_is_the_ls_user_step(small):
     from ranking.scorers.factors import ALSConfig, als_item_factors, fold_in
 

@@ -400,6 +400,7 @@ def tuned_context(cfg: EvalConfig, ds: Dataset, prep: Prepared, context: ScorerC
     examples = encoder_examples(cfg, prep, context)
     tuned = tune_encoder(cfg.encoder_tuning, examples, cfg.encoder_path or default_model_path(),
                          cfg.data_dir / "encoders", progress=progress)
+    del examples  # the training pairs: not needed by the feature build that follows
     encoder = TextEncoder(tuned.path, cache_dir=cfg.data_dir / "cache", show_progress=progress)
     out = ScorerContext(encoder=encoder, kg=context.kg, artifacts=context.artifacts,
                         query_titles=prep.catalogue.items["title"].to_numpy())

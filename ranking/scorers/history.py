@@ -47,9 +47,12 @@ def _row_top_k(m: sp.csr_matrix, k: int | None) -> sp.csr_matrix:
     return out
 
 
+NEIGHBOUR_TABLE_BYTES = 512 * 2**20
+
+
 def cosine_neighbours(fit: FitData, neighbours: int | None) -> sp.csr_matrix:
     """Sparse item-item cosine on binary interactions, row j keeping j's top `neighbours`
-    (None: every co-occurring item), self excluded.
+    (None: every co-occurring item, within a 512 MB table), self excluded.
 
     implicit's all-pairs k-nearest-neighbour search (C++, multi-threaded, pruned per row as
     it goes) computes it in float64: memory follows the neighbour table, not the catalogue
@@ -58,12 +61,21 @@ def cosine_neighbours(fit: FitData, neighbours: int | None) -> sp.csr_matrix:
     from implicit.nearest_neighbours import CosineRecommender
     from threadpoolctl import threadpool_limits
 
-    k = fit.n_items if neighbours is None else min(neighbours + 1, fit.n_items)  # + itself
+    x = fit.user_item()
+    # implicit allocates n_items x K entries up front, so "every co-occurring item" cannot
+    # be K = n_items (n_items^2 again). No item has more co-occurring items than the sum of
+    # its users' history lengths: that bound keeps them all; past NEIGHBOUR_TABLE_BYTES the
+    # table keeps each item's best that many instead (ML-100k: every item, as before).
+    degree = np.asarray(x.getnnz(axis=1), dtype=np.int64)
+    bound = int((x.T.tocsr() @ degree).max(initial=0)) if x.nnz else 1
+    k_all = max(1, min(fit.n_items, bound, NEIGHBOUR_TABLE_BYTES // (16 * fit.n_items)))
+    k = k_all if neighbours is None else min(neighbours + 1, fit.n_items)  # + itself
     with threadpool_limits(1, "blas"), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # it transposes to COO itself, then warns about it
         model = CosineRecommender(K=k)
-        model.fit(fit.user_item().astype(np.float64).tocsr(), show_progress=False)
+        model.fit(x.astype(np.float64).tocsr(), show_progress=False)
     sim = model.similarity.tocsr()
+    sim.sort_indices()  # implicit's row order depends on K; sums must not
     sim.setdiag(0.0)
     return _row_top_k(sim, neighbours)
 
@@ -101,10 +113,12 @@ class ItemKNNLastN(ItemKNN):
     grid = {"neighbours": NEIGHBOURS, "last_n": LAST_N}
 
 
-# EASE inverts a dense items x items Gram matrix: 1.2 GB of float64 at this many items, and
-# cubic time. Beyond it the "cf" candidate source switches to ALS (`als_lastn`) and the
-# EASE baselines are left out of an evaluation, with a note saying why.
-EASE_MAX_ITEMS = 12_000
+# EASE inverts a dense items x items Gram matrix: 200 MB of float64 at this many items, and
+# cubic time. An evaluation holds several fitted copies at once (the ranker's training and
+# validation windows, the baselines being tuned), and at 10^4 items each is 800 MB, which
+# alone broke a 4 GB budget. Beyond it the "cf" candidate source switches to ALS
+# (`als_lastn`) and the EASE baselines are left out of an evaluation, with a note saying why.
+EASE_MAX_ITEMS = 5_000
 
 
 def ease_weights(fit: FitData, lam: float) -> np.ndarray:
