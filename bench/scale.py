@@ -161,7 +161,9 @@ PIPELINE = ["feature jobs", "materialize (sqlite)", "kg (served graph)",
             "evaluate (fits, ranker, user sample)", "service load"]
 PLOTTED = ["feature jobs", "materialize (sqlite)", "materialize (redis)", "kg (served graph)",
            "kg (hold-out)", "model embedding", "ltr training examples",
-           "evaluate (fits, ranker, user sample)", "service load", "pipeline (SQLite)"]
+           "evaluate (fits, ranker, user sample)", "service load", "pipeline (SQLite)",
+           # a run stopped part-way leaves lower bounds under these names
+           "ltr training examples (stopped unfinished)", "pipeline (SQLite) so far, unfinished"]
 
 
 def plot(csv: Path, png: Path) -> None:
