@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 import polars as pl
+from latency import redis_server  # bench/ is this script's folder: its private redis-server
 
 from recdata.dataset import Dataset
 
@@ -48,30 +49,6 @@ INSTRUCTIONS = ["something new", "a funny comedy", "a scary horror story from th
 def shape(interactions: int) -> tuple[int, int]:
     users = max(interactions // PER_USER, 10)
     return users, min(MAX_ITEMS, users)
-
-
-def _redis() -> tuple[subprocess.Popen | None, str | None]:
-    binary = shutil.which("redis-server")
-    if binary is None:
-        return None, None
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    proc = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                             "--appendonly", "no"], stdout=subprocess.DEVNULL)
-    import redis
-
-    client = redis.Redis(host="127.0.0.1", port=port)
-    for _ in range(200):
-        try:
-            client.ping()
-            return proc, f"127.0.0.1:{port}"
-        except redis.ConnectionError:
-            time.sleep(0.05)
-    proc.kill()
-    return None, None
 
 
 def _synthetic(users: int, items: int) -> Dataset:
@@ -112,14 +89,10 @@ def run_size(interactions: int, work: Path) -> list[dict]:
     build = FeatureBuildConfig(dataset="synthetic", repo=repo, data_dir=data, embeddings=False)
     built = build_features(build, dataset=ds, progress=False)  # stages: jobs, materialize
     online_rows = sum(n for view, n in built.rows.items() if view != "instruction_embedding")
-    proc, url = _redis()
-    if url is not None:
-        try:
+    with redis_server() as url:  # None where redis-server is not installed: no Redis rows
+        if url is not None:
             build_features(build.model_copy(update={"online": "redis", "redis_url": url}),
                            dataset=ds, progress=False)
-        finally:
-            proc.terminate()
-            proc.wait(timeout=30)
     with stage("kg (served graph)"):
         kg = KGConfig()
         train_kg(build_triples(ds, max_edges=kg.max_triples, seed=kg.seed), kg, data / "kg",

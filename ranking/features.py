@@ -238,7 +238,7 @@ def point_in_time(repo: FeatureRepo, entity_df: pl.DataFrame, refs: list[str],
     `get_historical_features`, so the same definitions work on Snowflake, BigQuery, Spark
     or Postgres stores (`via_feast` names views to send there even when they are files).
     """
-    from feast import Entity
+    from feast import Entity, FileSource
 
     if "event_timestamp" not in entity_df.columns:
         raise FeatureStoreError("entity rows need an 'event_timestamp' column")
@@ -256,7 +256,6 @@ def point_in_time(repo: FeatureRepo, entity_df: pl.DataFrame, refs: list[str],
         wanted.setdefault(view, []).append(feature)
     out = rows
     by_time = rows.sort("event_timestamp")
-    from feast import FileSource
 
     def in_warehouse(name: str) -> bool:
         return name in via_feast or not isinstance(views[name].batch_source, FileSource)
