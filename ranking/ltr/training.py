@@ -196,7 +196,7 @@ class LTRResources:
     models_dir: Path
     kg_key: str | None = None
     progress: bool = True
-    example_budget: int = 512 * 2**20
+    example_budget: int = 256 * 2**20  # each LTR resource of a run has one (tuned, untuned)
     spill_dir: Path | None = None
     _memo: dict = field(default_factory=dict, repr=False)
     _generator: tuple[FitData, CandidateGenerator] | None = field(default=None, repr=False)
