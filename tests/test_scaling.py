@@ -28,6 +28,37 @@ def test_top_k_equals_a_full_stable_sort_ties_included():
     assert top_k(scores[:0], 5).shape == (0, 5)
 
 
+def test_top_k_by_threshold_is_exact_on_tie_blocks_nan_and_mostly_infinite_rows(monkeypatch):
+    """The sampled-threshold path (forced onto small rows by a small sample) against a full
+    stable sort, on the score shapes that made partitions slow: most of a row equal (0 or
+    -inf), repeated values, NaN; a sample that misjudges must fall back, not go wrong."""
+    import ranking.topk as topk
+
+    monkeypatch.setattr(topk, "SAMPLE", 64)
+    rng = np.random.default_rng(1)
+    for trial in range(160):
+        rows, n = int(rng.integers(1, 10)), int(rng.integers(300, 2500))
+        kind = trial % 4
+        if kind == 0:
+            scores = rng.integers(0, rng.integers(1, 8), (rows, n)).astype(float)
+        elif kind == 1:
+            scores = rng.standard_normal((rows, n))
+        elif kind == 2:
+            scores = np.where(rng.random((rows, n)) < 0.05, rng.random((rows, n)), 0.0)
+        else:
+            scores = np.where(rng.random((rows, n)) < 0.3, -3.0, -np.inf)
+        if trial % 5 == 0:
+            scores[rng.random((rows, n)) < 0.1] = np.nan
+        tiebreak = rng.permutation(n) if trial % 2 else None
+        order = np.arange(n) if tiebreak is None else tiebreak
+        layout = np.argsort(order)
+        clean = np.where(np.isnan(scores), -np.inf, scores)
+        full = np.take_along_axis(np.broadcast_to(layout, scores.shape),
+                                  np.argsort(-clean[:, layout], axis=1, kind="stable"), axis=1)
+        for k in (1, 7, n // 9 + 1, n // 3):
+            assert (top_k(scores, k, tiebreak) == full[:, :k]).all(), (trial, kind, k)
+
+
 @pytest.fixture(scope="module")
 def small(synthetic):
     catalogue = Catalogue.from_dataset(synthetic)
