@@ -20,7 +20,8 @@ from __future__ import annotations
 
 import numpy as np
 
-SAMPLE = 4096  # columns sampled per row to place the threshold
+SAMPLE = 4096  # columns sampled per row to place the threshold (at most a quarter of them)
+MIN_COLUMNS = 4096  # rows narrower than this take the partition path
 MARGIN = 1.25  # the threshold aims at this many times k survivors
 
 
@@ -45,10 +46,11 @@ def _by_threshold(scores: np.ndarray, k: int, order_key: np.ndarray,
     """(rows x k best columns in order, or -1 rows; which rows succeeded). `layout` lists
     columns in tie order (None: by index)."""
     rows, n = scores.shape
-    step = n / SAMPLE
-    sample = np.sort(scores[:, (np.arange(SAMPLE) * step).astype(np.int64)], axis=1)
-    q = min(SAMPLE, int(np.ceil(k / step * MARGIN)) + 8)
-    t = sample[:, SAMPLE - q:SAMPLE - q + 1]  # the q-th largest sampled value
+    size = min(SAMPLE, n // 4)
+    step = n / size
+    sample = np.sort(scores[:, (np.arange(size) * step).astype(np.int64)], axis=1)
+    q = min(size, int(np.ceil(k / step * MARGIN)) + 8)
+    t = sample[:, size - q:size - q + 1]  # the q-th largest sampled value
     above = scores > t
     n_above = above.sum(axis=1)
     n_at_least = n_above + (scores == t).sum(axis=1)
@@ -97,7 +99,7 @@ def top_k(scores: np.ndarray, k: int, tiebreak: np.ndarray | None = None) -> np.
             .astype(np.int64, copy=False)
     out = np.empty((rows, k), dtype=np.int64)
     todo = np.ones(rows, dtype=bool)
-    if n >= 4 * SAMPLE and k * 8 <= n:
+    if n >= MIN_COLUMNS and k * 2 <= n:
         layout = None if tiebreak is None else np.argsort(order_key)
         best, ok = _by_threshold(scores, k, order_key, layout)
         out[ok] = best[ok]

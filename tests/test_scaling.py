@@ -35,6 +35,7 @@ def test_top_k_by_threshold_is_exact_on_tie_blocks_nan_and_mostly_infinite_rows(
     import ranking.topk as topk
 
     monkeypatch.setattr(topk, "SAMPLE", 64)
+    monkeypatch.setattr(topk, "MIN_COLUMNS", 256)
     rng = np.random.default_rng(1)
     for trial in range(160):
         rows, n = int(rng.integers(1, 10)), int(rng.integers(300, 2500))
@@ -55,7 +56,7 @@ def test_top_k_by_threshold_is_exact_on_tie_blocks_nan_and_mostly_infinite_rows(
         clean = np.where(np.isnan(scores), -np.inf, scores)
         full = np.take_along_axis(np.broadcast_to(layout, scores.shape),
                                   np.argsort(-clean[:, layout], axis=1, kind="stable"), axis=1)
-        for k in (1, 7, n // 9 + 1, n // 3):
+        for k in (1, 7, n // 9 + 1, n // 3, n // 2):
             assert (top_k(scores, k, tiebreak) == full[:, :k]).all(), (trial, kind, k)
 
 
