@@ -29,6 +29,7 @@ def main() -> None:
     parser.add_argument("--items", type=int, default=10_000)
     parser.add_argument("--per-user", type=int, default=5)
     parser.add_argument("--out", type=Path, default=ROOT / "bench/results/evaluate_memory.csv")
+    parser.add_argument("--models", help="comma-separated models (default: every default one)")
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import polars as pl
@@ -55,7 +56,8 @@ def main() -> None:
         build_features(FeatureBuildConfig(dataset="synthetic", repo=repo, data_dir=data),
                        dataset=ds, progress=False)
         cfg = EvalConfig(dataset="synthetic", feature_repo=repo, data_dir=data,
-                         results_dir=work / "results")
+                         results_dir=work / "results",
+                         **({"models": args.models.split(",")} if args.models else {}))
         with stage("evaluate, every model"):
             result = evaluate(cfg, dataset=ds, progress=False)
         print(result.metrics.select("model", "task", "ndcg@10").sort("task", "model"))

@@ -120,3 +120,18 @@ def test_run_fingerprint_covers_config_grids_and_data(monkeypatch):
     assert base != EvalConfig(models=["ease"], seed=1).fingerprint("data-a")
     monkeypatch.setattr(scorer_class("ease"), "grid", {"lam": [1.0], "last_n": [None]})
     assert base != cfg.fingerprint("data-a")
+
+
+def test_forgetting_a_chunk_also_clears_what_the_tuned_context_memoised():
+    """The evaluation forgets each chunk of requests on the run's context; a tuned model
+    memoises on the tuned one, and what it kept there must go too (else a 10^4-item
+    evaluation keeps every chunk's similarity matrix)."""
+    tuned = ScorerContext()
+    context = ScorerContext(tuned=tuned)
+    chunk, other = object(), object()
+    tuned.cached(chunk, ("similarities",), lambda: np.zeros(3))
+    tuned.cached(other, ("similarities",), lambda: np.zeros(3))
+    context.cached(chunk, ("queries",), lambda: np.zeros(3))
+    context.forget(chunk)
+    assert not context.memo
+    assert [hit[0] for hit in tuned.memo.values()] == [other]

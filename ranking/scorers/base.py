@@ -65,11 +65,15 @@ class ScorerContext:
         return hit[1]
 
     def forget(self, owner: object) -> None:
-        """Drop every memo entry of `owner` (the online path calls this per request, so one
-        batch object per request does not accumulate)."""
+        """Drop every memo entry of `owner`, here and in the tuned context (the online path
+        calls this per request, the evaluation per chunk of requests; a tuned model memoises
+        in the tuned context, and a chunk's similarities left there once grew a 10^4-item
+        evaluation by 10 GB)."""
         for slot, hit in list(self.memo.items()):
             if hit[0] is owner:
                 self.memo.pop(slot, None)
+        if self.tuned is not None and self.tuned is not self:
+            self.tuned.forget(owner)
 
     def require_encoder(self) -> Any:
         if self.encoder is None:
