@@ -350,7 +350,7 @@ def encoder_examples(cfg: EvalConfig, prep: Prepared, context: ScorerContext) ->
     only: the query is the instruction with the titles of the user's recent items, the
     positive the target's text, the hard negative one of the best-ranked other candidates
     (merged sources, fitted without the training targets) drawn with the run's seed."""
-    from ranking.candidates import CandidateGenerator, Candidates
+    from ranking.candidates import CandidateGenerator
     from ranking.queries import query_texts
     from recdata.split import training_targets_removed
 
@@ -364,8 +364,13 @@ def encoder_examples(cfg: EvalConfig, prep: Prepared, context: ScorerContext) ->
         generator = CandidateGenerator(cfg.ltr.candidates, ScorerContext(
             encoder=context.require_encoder(), kg=context.kg)).fit(
                 FitData("encoder_tuning", held, prep.catalogue))
-        cands = Candidates.concat([generator.generate(c) for c in batch.chunks()])
-        idx, valid = cands.idx, cands.valid
+        idx, valid = [], []
+        for chunk in batch.chunks():  # only the indices are kept, and nothing per chunk
+            cands = generator.generate(chunk)
+            idx.append(cands.idx)
+            valid.append(cands.valid)
+            generator.context.forget(chunk)
+        idx, valid = np.concatenate(idx), np.concatenate(valid)
     targets = batch.requests["target_idx"].to_numpy()
     top = idx[:, :HARD_NEGATIVE_POOL + 1]
     noise = np.random.default_rng(cfg.seed).random(top.shape)
