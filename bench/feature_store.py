@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
+from feature_repo.ranker import service_name
 from ranking import features as fs
 from ranking.datasets import load_dataset
 from ranking.feature_build import FeatureBuildConfig, build_features
@@ -122,11 +123,12 @@ def main() -> None:
             store = repo.store(kind, url)
             users = ml.interactions["user_id"].unique().to_numpy()
             items = ml.items["item_id"].to_numpy()
-            reader = fs.OnlineReader(store)
+            service = service_name("full")
+            reader = fs.OnlineReader(store, service)
             for name, call in (
                 ("online_lookup_reader", reader.read),
                 ("online_lookup_feast_api",
-                 lambda u, c, store=store: fs.online_features_api(store, u, c)),
+                 lambda u, c, store=store, svc=service: fs.online_features_api(store, u, c, svc)),
             ):
                 p50, p99 = latency(call, users, items, args.calls)
                 out.append({"benchmark": name, "store": kind, "entities": CANDIDATES + 1,

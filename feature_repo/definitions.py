@@ -1,8 +1,9 @@
 """instructrank's features, read top to bottom: entities, sources, views, services.
 
-Adding a feature = one `Field` in one view here + one column in the job that writes that
-view's source (feature_repo/jobs/). Sources are parquet files under data/sources/, written by
-`instructrank features build`; paths are relative to this folder.
+Adding a ranker feature = one `Field` in one view here + one column in the job that writes
+that view's source (feature_repo/jobs/) + one declaration in feature_repo/ranker.py.
+Sources are parquet files under data/sources/, written by `instructrank features build`;
+paths are relative to this folder.
 
 Time semantics (what makes training sets point-in-time correct):
 - user views hold one row per (user, second with interactions), timestamped one second
@@ -11,10 +12,10 @@ Time semantics (what makes training sets point-in-time correct):
   day: a request sees only days that ended before it;
 - static views (content, text embeddings) are timestamped 1970-01-01 and never expire.
 
-The hot path (`ranker_online_v1`) is one user row plus one compact row per candidate
-(`item_serving`: item_stats packed into one vector, because the online read costs per
-(entity, feature) pair). The 384-d item vectors are static and loaded once into the scoring
-process, so per request only the user's profile vector travels.
+The hot path is one user row plus one compact row per candidate (`item_serving`: every
+item_stats field packed into one vector, in the view's field order, because the online
+read costs per (entity, feature) pair). The 384-d item vectors are static and loaded once
+into the scoring process, so per request only the user's profile vector travels.
 """
 
 from datetime import timedelta
@@ -22,6 +23,8 @@ from datetime import timedelta
 from feast import Entity, FeatureService, FeatureView, Field, FileSource
 from feast.types import Array, Float32, Float64, Int64, String
 from feast.value_type import ValueType
+
+from feature_repo import ranker
 
 FOREVER = timedelta(0)  # Feast: a ttl of 0 means the value never expires
 
@@ -39,6 +42,8 @@ request = Entity(name="request", join_keys=["request_id"], value_type=ValueType.
 user_history_source = FileSource(name="user_history_source",
                                  path="data/sources/user_history.parquet",
                                  timestamp_field="event_timestamp")
+user_seen_source = FileSource(name="user_seen_source", path="data/sources/user_seen.parquet",
+                              timestamp_field="event_timestamp")
 user_profile_source = FileSource(name="user_profile_source",
                                  path="data/sources/user_profile_embedding.parquet",
                                  timestamp_field="event_timestamp")
@@ -76,6 +81,18 @@ user_history = FeatureView(
     ],
 )
 
+user_seen = FeatureView(
+    name="user_seen", entities=[user], ttl=FOREVER, source=user_seen_source,
+    description="Everything the user has interacted with, one row per user as of the last "
+                "interaction: what serving excludes and explains ratings from, read from "
+                "the store so a `features refresh` reaches a running service.",
+    schema=[
+        Field(name="items", dtype=Array(Int64), description="most recent first"),
+        Field(name="ratings", dtype=Array(Float32), description="aligned with items; NaN: "
+                                                                "not rated"),
+    ],
+)
+
 user_profile_embedding = FeatureView(
     name="user_profile_embedding", entities=[user], ttl=FOREVER, source=user_profile_source,
     description="Recency-weighted mean of the history's item text vectors (half-life 20 items).",
@@ -98,10 +115,9 @@ item_stats = FeatureView(
 
 item_serving = FeatureView(
     name="item_serving", entities=[item], ttl=FOREVER, source=item_serving_source,
-    description="item_stats packed into one vector per item for the hot path, in the order "
-                "of feature_repo/jobs/items.py SERVING_FIELDS (interactions, mean_rating, "
-                "popularity_7d, popularity_30d, last_interaction_ts); unpacked by name when read.",
-    schema=[Field(name="vector", dtype=Array(Float64))],
+    description="Every item_stats field packed into one vector per item for the hot path, "
+                "in item_stats' field order; unpacked by name when read.",
+    schema=[Field(name="vector", dtype=Array(Float64))], tags={"packs": "item_stats"},
 )
 
 item_content = FeatureView(
@@ -139,31 +155,27 @@ instruction_embedding = FeatureView(
     schema=[Field(name="embedding", dtype=Array(Float32))],
 )
 
-# --- feature services: one per model version ----------------------------------------------
+# --- feature services: one per ranker version, generated from feature_repo/ranker.py -------
+#
+# A model names the service it was trained from; training reads it point-in-time, serving
+# reads it online (item_stats through its packed twin item_serving), and a model whose
+# service this registry does not hold is refused at load. Feast collects module-level
+# objects, hence the names put into this module's namespace.
 
-ranker_training_v1 = FeatureService(
-    name="ranker_training_v1",
-    features=[user_history, item_stats, item_content],
-    description="Point-in-time features per (request, candidate) for training the ranker; "
-                "vectors are joined per request, not per candidate.",
-)
 
-ranker_online_v1 = FeatureService(
-    name="ranker_online_v1",
-    features=[user_history, user_profile_embedding, item_serving],
-    description="The hot path: one read for the user's views and one per candidate view.",
-)
+def _ranker_service(ablation: str) -> FeatureService:
+    views = {v.name: v for v in globals().values() if isinstance(v, FeatureView)}
+    fields: dict[str, list[str]] = {}
+    for ref in ranker.service_refs(ablation):
+        view, feature = ref.split(":")
+        fields.setdefault(view, []).append(feature)
+    return FeatureService(
+        name=ranker.service_name(ablation),
+        features=[views[view][names] for view, names in fields.items()],
+        tags={"ablation": ablation},
+        description=f"What the ranker's {ablation!r} version reads from the store "
+                    "(generated from feature_repo/ranker.py).")
 
-ranker_online_no_text_v1 = FeatureService(
-    name="ranker_online_no_text_v1",
-    features=[user_history, item_serving],
-    description="The hot path of a ranker without text features (and of builds without "
-                "embeddings).",
-)
 
-ranker_online_kg_v1 = FeatureService(
-    name="ranker_online_kg_v1",
-    features=[user_history, user_profile_embedding, user_kg_embedding, item_serving],
-    description="The hot path with KG features: item KG vectors, like text vectors, are "
-                "static and held in the scoring process.",
-)
+RANKER_SERVICES = {ablation: _ranker_service(ablation) for ablation in ranker.ABLATIONS}
+globals().update({service.name: service for service in RANKER_SERVICES.values()})

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -42,6 +43,8 @@ SCALABLE: dict[str, tuple[str, dict[str, Any]]] = {
     "cf": ("als_lastn", {"last_n": 5}),
 }
 HISTORY_SOURCES = ("transition", "cf", "itemknn", "kg")  # meaningless without a history
+SOURCES_FILE = "sources.pkl"
+SOURCES_VERSION = 1
 
 
 def source_scorer(name: str, n_items: int) -> tuple[str, dict[str, Any]]:
@@ -129,6 +132,42 @@ class CandidateGenerator:
                 data.catalogue, ("ann", self.cfg.ann.model_dump_json()),
                 lambda: index_for(vectors, self.cfg.ann, self.context.artifacts))
         return self
+
+    def save(self, folder: Path) -> Path:
+        """The fitted sources as one artifact (atomic), so serving loads them instead of
+        fitting them on the raw log at start-up. Pickle, as scikit-learn models are saved:
+        each scorer keeps its learned arrays and the catalogue, never the interactions
+        (`Scorer.__getstate__`); the ANN index is saved by `encoders.ann` on its own."""
+        from recdata.atomic_io import write_pickle_atomic
+
+        write_pickle_atomic({"version": SOURCES_VERSION, "config": self.cfg.model_dump(
+            mode="json"), "sources": self.sources}, folder / SOURCES_FILE)
+        return folder
+
+    @classmethod
+    def load(cls, folder: Path, context: ScorerContext) -> CandidateGenerator:
+        """Sources saved by `save`, attached to `context` (encoder, KG, artifacts)."""
+        import pickle
+
+        from recdata.errors import ConfigError
+
+        path = folder / SOURCES_FILE
+        if not path.exists():
+            raise ConfigError(f"no fitted candidate sources at {path}; rerun `instructrank "
+                              "evaluate` (training saves them for serving)")
+        with open(path, "rb") as f:
+            saved = pickle.load(f)  # our own artifact, keyed by its inputs
+        if saved.get("version") != SOURCES_VERSION:
+            raise ConfigError(f"{path} was saved by another version of instructrank; rerun "
+                              "`instructrank evaluate`")
+        gen = cls(CandidateConfig.model_validate(saved["config"]), context)
+        gen.sources = saved["sources"]
+        for scorer in gen.sources.values():
+            scorer.context = context
+        emb = gen.sources.get("embedding")
+        if emb is not None and resolve_backend(emb.fitted.n_items, gen.cfg.ann) != "exact":
+            gen.index = index_for(emb.items, gen.cfg.ann, context.artifacts)  # type: ignore[attr-defined]
+        return gen
 
     def _retrieve(self, name: str, scorer: Scorer, batch: RequestBatch, m: int
                   ) -> tuple[np.ndarray, Callable[[np.ndarray], np.ndarray]]:

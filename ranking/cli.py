@@ -174,12 +174,19 @@ def features_lookup(
     repo: Repo = None,
     online: Online = "sqlite",
     redis_url: RedisUrl = None,
-    service: Annotated[str, typer.Option(help="Feature service to read.")] = "ranker_online_v1",
+    service: Annotated[str | None, typer.Option(
+        help="Feature service to read (default: the full ranker's, or the no-text ranker's "
+             "on a build without embeddings).")] = None,
 ) -> None:
     """Show the online features the ranker would read for a user and candidates."""
+    from feature_repo.ranker import service_name
     from ranking import features as fs
 
     store = fs.FeatureRepo(repo or fs.PACKAGE_REPO).store(online, redis_url)
+    if service is None:
+        applied = {s.name for s in store.list_feature_services()}
+        service = service_name("full") if service_name("full") in applied \
+            else service_name("no_text")
     result = fs.OnlineReader(store, service).read(user, [int(i) for i in _split(items) or []])
     state = "known" if result.user_known else "unknown (cold start: nulls)"
     console.print(f"user {user}: {state}")
@@ -376,6 +383,10 @@ def recommend_cmd(
     llm_top_n: LLMTopN = 20,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
     = False,
+    now: Annotated[str | None, typer.Option(
+        help="The request's time: ISO 8601 or unix seconds, or 'data-end' (the end of the "
+             "data the features were built from, to replay a historical log). Default: "
+             "the clock.")] = None,
 ) -> None:
     """Rank the catalogue for one user and one instruction, with the reasons for each item.
 
@@ -389,7 +400,8 @@ def recommend_cmd(
     rec = Recommender.load(_recommender_config(model, repo, online, redis_url, data_dir,
                                                encoder_path, llm_adapter, llm_model,
                                                llm_weight, llm_top_n))
-    result = rec.recommend(user, instruction, k)
+    result = rec.recommend(user, instruction, k,
+                           now=int(now) if now is not None and now.isdigit() else now)
     if as_json:
         console.print_json(to_response(result).model_dump_json())
         return

@@ -16,22 +16,12 @@ import numpy as np
 import polars as pl
 
 from ranking.intent_parser import ParsedIntents
+from ranking.ltr.features import families
 
 if TYPE_CHECKING:
     from ranking.inputs import RequestBatch
     from ranking.recommend import Recommender
 
-FAMILIES: dict[str, tuple[str, ...]] = {
-    "request_match": ("attr_asked", "attr_genre_asked", "attr_genre_match", "attr_decade_match",
-                      "attr_level_match", "attr_all_match", "src_attribute", "rank_attribute"),
-    "request_meaning": ("src_embedding", "rank_embedding"),
-    "after_last": ("src_transition", "rank_transition"),
-    "similar": ("src_cf", "rank_cf", "src_itemknn", "rank_itemknn"),
-    "taste": ("profile_cosine", "user_genre_affinity"),
-    "kg": ("src_kg", "rank_kg", "kg_user_score"),
-    "item": ("item_interactions", "item_mean_rating", "item_pop_7d", "item_pop_30d",
-             "item_days_since_last", "item_year", "src_popularity", "rank_popularity"),
-}
 MIN_CONTRIBUTION = 0.02
 MAX_REASONS = 3
 
@@ -47,11 +37,17 @@ class Reason:
 class Explainer:
     def __init__(self, rec: Recommender) -> None:
         self.rec = rec
+        # family -> the model's feature positions in it (declared in feature_repo/ranker.py)
+        names = rec.model.features
+        self.members = {family: [j for j, f in enumerate(names) if f in members]
+                        for family, members in families().items()}
 
     def reasons(self, batch: RequestBatch, frame: pl.DataFrame, contrib: np.ndarray,
-                idx: np.ndarray, user_id: int | None,
-                parsed: ParsedIntents) -> list[list[Reason]]:
-        """For each row of `frame` (item `idx[i]`): its top families, best first."""
+                idx: np.ndarray, user_id: int | None, parsed: ParsedIntents,
+                rated: dict[int, float] | None = None) -> list[list[Reason]]:
+        """For each row of `frame` (item `idx[i]`): its top families, best first. `rated`:
+        the user's ratings by catalogue index."""
+        rated = rated or {}
         names = self.rec.model.features
         recent = batch.history.tocoo()
         order = np.argsort(recent.data)
@@ -59,15 +55,14 @@ class Explainer:
         out = []
         for i, item in enumerate(idx):
             per_family = []
-            for family, members in FAMILIES.items():
-                cols = [j for j, f in enumerate(names) if f in members]
+            for family, cols in self.members.items():
                 if not cols:
                     continue
                 total = float(contrib[i, cols].sum())
                 if total < MIN_CONTRIBUTION:
                     continue
                 values = {names[j]: float(frame[names[j]][i]) for j in cols}
-                text = self._say(family, int(item), values, parsed, history, user_id)
+                text = self._say(family, int(item), values, parsed, history, user_id, rated)
                 if text:
                     per_family.append(Reason(family, text, round(total, 4), values))
             per_family.sort(key=lambda r: -r.contribution)
@@ -75,7 +70,8 @@ class Explainer:
         return out
 
     def _say(self, family: str, item: int, values: dict[str, float], parsed: ParsedIntents,
-             history: np.ndarray, user_id: int | None) -> str | None:
+             history: np.ndarray, user_id: int | None,
+             rated: dict[int, float]) -> str | None:
         t = self.rec.items
         title = self.rec.titles
         if family == "request_match":
@@ -102,7 +98,7 @@ class Explainer:
             last = history[:5]
             weights = cf.affinity(last, item) if cf is not None else np.zeros(len(last))
             source = int(last[int(np.argmax(weights))])
-            rating = self.rec.log.rating(user_id, source) if user_id is not None else None
+            rating = rated.get(source)
             said = f"which you rated {rating:g}" if rating is not None else \
                 "which you watched recently"
             return f"similar to {title[source]}, {said}"

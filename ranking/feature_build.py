@@ -99,6 +99,7 @@ def source_parts(ds: Dataset, requests: pl.DataFrame | None, encoder: object | N
     from feature_repo.jobs import users as user_jobs
 
     genres = genre_vocabulary(ds.items)
+    packed = fs.packed_views()["item_serving"][2]
     n = max(1, -(-ds.interactions.height // PART_ROWS))
     ids = vectors = None
     if encoder is not None:
@@ -107,12 +108,13 @@ def source_parts(ds: Dataset, requests: pl.DataFrame | None, encoder: object | N
         yield "item_text_embedding", item_jobs.item_text_embedding(ids, vectors)
     for part in _partitions(ds.interactions, "user_id", n):
         yield "user_history", user_jobs.user_history(part, ds.items, genres)
+        yield "user_seen", user_jobs.user_seen(part)
         if vectors is not None:
             yield "user_profile_embedding", user_jobs.user_profile_embedding(part, ids, vectors)
     for part in _partitions(ds.interactions, "item_id", n):
         stats = item_jobs.item_stats(part)
         yield "item_stats", stats
-        yield "item_serving", item_jobs.item_serving(stats)
+        yield "item_serving", item_jobs.item_serving(stats, packed)
     yield "item_content", item_jobs.item_content(ds.items)
     if encoder is not None and requests is not None:
         texts = requests["instruction"].to_list()

@@ -27,9 +27,6 @@ from recdata.errors import FeatureStoreError, StoreUnavailableError, UnknownName
 
 PACKAGE_REPO = Path(__file__).resolve().parents[1] / "feature_repo"
 ONLINE_STORES = ("sqlite", "redis")
-ONLINE_SERVICE = "ranker_online_v1"
-ONLINE_NO_TEXT_SERVICE = "ranker_online_no_text_v1"  # for rankers that read no embedding view
-TRAINING_SERVICE = "ranker_training_v1"
 BEGINNING = datetime(1900, 1, 1, tzinfo=UTC)  # logs reach back before 1970 (Last.fm: 1956)
 ENTITY_TYPES = {"INT64": pl.Int64(), "STRING": pl.String()}
 
@@ -204,7 +201,7 @@ def service_refs(store: Any, service: str) -> list[str]:
 
 
 def historical_features(repo: FeatureRepo, store: Any, entity_df: pl.DataFrame,
-                        features: str | list[str] = TRAINING_SERVICE) -> pl.DataFrame:
+                        features: str | list[str]) -> pl.DataFrame:
     """Point-in-time features for each entity row (join keys + `event_timestamp`), typed
     from the view schemas, in the entity rows' order. `features` is a service name or a
     list of 'view:feature' references."""
@@ -322,21 +319,32 @@ def _value(v: Any) -> Any:
 
 
 def packed_views() -> dict[str, tuple[str, str, tuple[str, ...]]]:
-    """Serving views that pack another view's fields: view -> (field, source view, names)."""
-    from feature_repo.jobs.items import SERVING_FIELDS
-
-    return {"item_serving": ("vector", "item_stats", SERVING_FIELDS)}
+    """Serving views that pack every field of another view into one vector (tagged
+    `packs` in the definitions): view -> (vector field, packed view, its fields in order).
+    A field added to the packed view is packed, served and unpacked with nothing else
+    edited."""
+    views = feature_views()
+    out = {}
+    for name, view in views.items():
+        packs = view.tags.get("packs")
+        if packs:
+            out[name] = (view.features[0].name, packs,
+                         tuple(f.name for f in views[packs].features))
+    return out
 
 
 class OnlineReader:
     """Reads a feature service for one user and N candidates with one online-store read per
     view: user views with the user's key, item views with the candidates' keys, through
-    Feast's `OnlineStore.online_read`. Everything a request needs (views, names, types,
+    Feast's `OnlineStore.online_read`. A view packed into a serving twin (item_stats into
+    item_serving) is read through the twin, one vector per candidate, and unpacked to the
+    fields the service asks for. Everything a request needs (views, names, types,
     unpacking) is resolved here once, at start-up, so a request does no registry work and
     the user's rows are not copied once per candidate as `get_online_features` does."""
 
-    def __init__(self, store: Any, service: str = ONLINE_SERVICE) -> None:
+    def __init__(self, store: Any, service: str) -> None:
         self.store = store
+        self.service = service
         self.provider = store._get_provider()
         applied = [s.name for s in store.list_feature_services()]
         if service not in applied:
@@ -344,22 +352,26 @@ class OnlineReader:
                                     f"store; applied: {', '.join(sorted(applied)) or 'none'}")
         svc = store.get_feature_service(service)
         entities = {e.name: e for e in store.list_entities()}
+        online = {v.name for v in store.list_feature_views()}
         views = feature_views()
-        packed = packed_views()
-        self.plan: list[tuple[Any, str, list[str]]] = []
+        twin = {source: (name, vector, fields)
+                for name, (vector, source, fields) in packed_views().items() if name in online}
+        # (view, join key, fields read, unpack: (packed view, [(field, position)]))
+        self.plan: list[tuple[Any, str, list[str], tuple[str, list[tuple[str, int]]]
+                              | None]] = []
         self.types: dict[str, pl.DataType] = {}
         for proj in svc.feature_view_projections:
-            view = store.get_feature_view(proj.name)
-            key = entities[view.entities[0]].join_key
             names = [f.name for f in proj.features]
-            self.plan.append((view, key, names))
-            if proj.name in packed:
-                _, source, fields = packed[proj.name]
-                src = {f.name: f.dtype for f in views[source].features}
-                self.types |= {f"{source}__{f}": polars_dtype(src[f]) for f in fields}
+            declared = {f.name: f.dtype for f in views[proj.name].features}
+            self.types |= {f"{proj.name}__{n}": polars_dtype(declared[n]) for n in names}
+            if proj.name in twin:
+                name, vector, fields = twin[proj.name]
+                view = store.get_feature_view(name)
+                self.plan.append((view, entities[view.entities[0]].join_key, [vector],
+                                  (proj.name, [(n, fields.index(n)) for n in names])))
             else:
-                self.types |= {f"{proj.name}__{f.name}": polars_dtype(f.dtype)
-                               for f in proj.features}
+                view = store.get_feature_view(proj.name)
+                self.plan.append((view, entities[view.entities[0]].join_key, names, None))
         self.user_columns = [c for c in self.types if _view_of(c) in _user_views()]
 
     def read(self, user_id: int, item_ids: list[int]) -> OnlineFeatures:
@@ -386,8 +398,7 @@ class OnlineReader:
         keys = [EntityKey(join_keys=[entity], entity_values=[Value(int64_val=int(i))])
                 for i in ids]
         columns: dict[str, list[Any]] = {}
-        packed = packed_views()
-        for view, key, names in self.plan:
+        for view, key, names, unpack in self.plan:
             if key != entity:
                 continue
             try:
@@ -400,18 +411,18 @@ class OnlineReader:
             for name in names:
                 values = [None if d is None or name not in d else _value(d[name])
                           for _, d in rows]
-                if view.name in packed:
-                    _, source, fields = packed[view.name]
-                    for j, f in enumerate(fields):
-                        columns[f"{source}__{f}"] = [None if v is None else v[j]
-                                                     for v in values]
-                else:
+                if unpack is None:
                     columns[f"{view.name}__{name}"] = values
+                    continue
+                source, positions = unpack
+                for f, j in positions:
+                    columns[f"{source}__{f}"] = [
+                        None if v is None or j >= len(v) else v[j] for v in values]
         return columns
 
 
 def online_features_api(store: Any, user_id: int, item_ids: list[int],
-                        service: str = ONLINE_SERVICE) -> dict[str, list[Any]]:
+                        service: str) -> dict[str, list[Any]]:
     """The same lookup through the public `get_online_features` (one call, the user's rows
     repeated per candidate): the reference the reader is tested and benchmarked against."""
     rows = {"user_id": [int(user_id)] * len(item_ids), "item_id": [int(i) for i in item_ids]}

@@ -1,19 +1,21 @@
 """The online path: `Recommender.load()` once, then `recommend(user_id, instruction, k)`.
 
-Per request: clean the instruction; read the user's views from the online store (one read);
-build the request's history from the store's `last_items` (freshest) and the interaction
-log loaded at start-up (for exclusion of everything already seen); generate candidates (the
-instruction is encoded once, inside the embedding source); read the candidates' item views
-(one read); assemble the same features as training; score with LightGBM; explain the top k
-with `pred_contrib`. Everything heavy (model, encoder, item vectors, KG, fitted candidate
-sources, the online-store plan) is loaded in `load()`, never per request.
+Serving reads the feature store and trained artifacts only: the model and the Feast
+feature service it names, the candidate sources training fitted on the whole log and saved
+(`data/serving/<key>`), the encoder, the KG. It reads no raw interactions and fits nothing.
+Per request: clean the instruction; read the user's views from the online store (one read:
+features, and everything the user has seen, so a `features refresh` reaches a running
+service); generate candidates (the instruction is encoded once, inside the embedding
+source); read the candidates' item views (one read); assemble the same features as
+training, at the request's time (the clock, or the caller's `now`); score with LightGBM;
+explain the top k with `pred_contrib`.
 """
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -23,18 +25,16 @@ import scipy.sparse as sp
 from pydantic import BaseModel, ConfigDict, Field
 
 from ranking import features as fs
-from ranking.candidates import CandidateConfig, CandidateGenerator
+from ranking.candidates import CandidateGenerator
 from ranking.explain import Explainer, Reason
-from ranking.inputs import Catalogue, FitData, RequestBatch
+from ranking.inputs import Catalogue, RequestBatch
 from ranking.intent_parser import parsed_for
 from ranking.llm_rerank import LLMRerankConfig
-from ranking.ltr.features import USER_COLUMNS, ItemTables, assemble
+from ranking.ltr.features import ItemTables, assemble
 from ranking.ltr.model import LTRModel
 from ranking.sanitize import MAX_INSTRUCTION_CHARS, clean_instruction
 from ranking.scorers.base import ScorerContext
-from recdata.dataset import Dataset
 from recdata.errors import ConfigError, InvalidRequestError
-from recdata.split import temporal_leave_one_out
 
 MAX_K = 100
 QUERY_MEMORY = 50_000  # instruction vectors kept beyond the item cache (repeat requests)
@@ -79,37 +79,15 @@ class Recommendation:
 
 
 @dataclass(frozen=True)
-class UserLog:
-    """Every user's interactions, most recent first, as flat arrays (CSR by user): memory
-    is three numbers per interaction, not a Python object per user and per rating."""
+class OnlineRequest:
+    """One request on its way through the online path."""
 
-    users: np.ndarray    # sorted user ids
-    indptr: np.ndarray   # user u's rows: indptr[u] .. indptr[u + 1]
-    item_idx: np.ndarray
-    ratings: np.ndarray  # NaN where not rated
-
-    @classmethod
-    def from_interactions(cls, log: pl.DataFrame) -> UserLog:
-        ordered = log.sort("user_id", "seq", descending=[False, True])
-        counts = ordered.group_by("user_id", maintain_order=True).len()
-        return cls(counts["user_id"].to_numpy(), np.r_[0, np.cumsum(counts["len"].to_numpy())],
-                   ordered["item_idx"].to_numpy(),
-                   ordered["rating"].cast(pl.Float64).fill_null(np.nan).to_numpy())
-
-    def _rows(self, user_id: int) -> slice:
-        pos = int(np.searchsorted(self.users, user_id))
-        if pos == len(self.users) or self.users[pos] != user_id:
-            return slice(0, 0)
-        return slice(int(self.indptr[pos]), int(self.indptr[pos + 1]))
-
-    def items(self, user_id: int) -> np.ndarray:
-        return self.item_idx[self._rows(user_id)]
-
-    def rating(self, user_id: int, item_idx: int) -> float | None:
-        rows = self._rows(user_id)
-        hit = np.flatnonzero(self.item_idx[rows] == item_idx)
-        value = self.ratings[rows][hit[0]] if len(hit) else np.nan
-        return None if np.isnan(value) else float(value)
+    batch: RequestBatch
+    known: bool
+    cands: Any  # ranking.candidates.Candidates
+    frame: pl.DataFrame
+    parsed: Any  # ranking.intent_parser.ParsedIntents
+    user: dict[str, Any]  # the user's store values (None where unknown)
 
 
 def latest_model(models_dir: Path, name: str = "ltr_full") -> Path:
@@ -125,16 +103,15 @@ class Recommender:
 
     def __init__(self, cfg: RecommenderConfig, model: LTRModel, reader: fs.OnlineReader,
                  catalogue: Catalogue, generator: CandidateGenerator, items: ItemTables,
-                 context: ScorerContext, log: pl.DataFrame, as_of: int) -> None:
+                 context: ScorerContext) -> None:
         self.cfg, self.model, self.reader = cfg, model, reader
         self.catalogue, self.generator, self.items = catalogue, generator, items
-        self.context, self.as_of = context, as_of
+        self.context = context
         self.item_ids = catalogue.items["item_id"].to_numpy()
         self.titles = catalogue.items["title"].to_list() if "title" in catalogue.items.columns \
             else [str(i) for i in self.item_ids]
         self.title_array = np.asarray(self.titles, dtype=object)
         self.row_of = {int(i): r for r, i in enumerate(self.item_ids)}
-        self.log = UserLog.from_interactions(log)
         self.explainer = Explainer(self)
         self.reranker: Any = None  # ranking.llm_rerank.LLMReranker when configured
 
@@ -150,15 +127,27 @@ class Recommender:
         model = LTRModel.load(model_dir)
         repo = fs.FeatureRepo(cfg.repo)
         store = repo.store(cfg.online, cfg.redis_url)
-        reader = fs.OnlineReader(store, fs.ONLINE_SERVICE if model.needs_text_views
-                                 else fs.ONLINE_NO_TEXT_SERVICE)
+        service = model.feature_service
+        applied = {s.name for s in store.list_feature_services()}
+        if service not in applied:
+            from ranking.ltr.features import store_columns
+
+            views = {v.name: {f.name for f in v.features} for v in store.list_feature_views()}
+            user, item = store_columns(model.features)
+            missing = [c for c in user + item
+                       if c.split("__")[1] not in views.get(c.split("__")[0], set())]
+            raise ConfigError(
+                f"model {model.key} was trained from feature service {service!r}, which the "
+                f"store of {cfg.repo} does not serve"
+                + (f" (it lacks {', '.join(missing)})" if missing else "")
+                + "; rebuild the features (`instructrank features build`) or retrain "
+                  "(`instructrank evaluate`)")
+        reader = fs.OnlineReader(store, service)
         model.check_served(set(reader.types))
-        meta = json.loads((repo.sources / "meta.json").read_text())
-        log = pl.read_parquet(repo.sources / "interactions.parquet")
-        items = pl.read_parquet(repo.sources / "items.parquet")
-        ds = Dataset(meta["dataset"], log, items)
-        catalogue = Catalogue.from_dataset(ds)
-        split = catalogue.index(temporal_leave_one_out(log))
+        serving = model.extra.get("serving_sources")
+        if not serving:
+            raise ConfigError(f"model {model.key} names no saved candidate sources (trained by "
+                              "an older version); retrain it with `instructrank evaluate`")
         encoder = TextEncoder(cfg.encoder_path, cache_dir=cfg.data_dir / "cache",
                               show_progress=False, persist=False,
                               memory_limit=QUERY_MEMORY).warm()
@@ -166,22 +155,23 @@ class Recommender:
         if trained_with and trained_with != encoder.fingerprint:
             raise ConfigError(f"model {model.key} was trained with encoder {trained_with}, "
                               f"but the configured encoder is {encoder.fingerprint}")
+        context = ScorerContext(encoder=encoder, kg=_load_kg(model, cfg.data_dir),
+                                artifacts=cfg.data_dir / "indexes")
+        # fitted by training on the whole log and saved; nothing is fitted here
+        generator = CandidateGenerator.load(cfg.data_dir / "serving" / serving, context)
+        if "attribute" not in generator.sources:
+            raise ConfigError("serving reads the item attribute tables of the 'attribute' "
+                              "candidate source, which this model's candidate config leaves out")
+        catalogue = generator.sources["attribute"].fitted.catalogue
         from encoders.tuning import META_FILE
 
         # an instruction-tuned encoder reads "instruction | recent titles" (ranking.queries)
-        tuned = (encoder.model_path / META_FILE).exists()
-        context = ScorerContext(encoder=encoder, kg=_load_kg(model, cfg.data_dir),
-                                artifacts=cfg.data_dir / "indexes",
-                                query_titles=catalogue.items["title"].to_numpy() if tuned
-                                else None)
-        fit = FitData("serving", split, catalogue)
-        generator = CandidateGenerator(
-            CandidateConfig.model_validate(model.config["candidates"]), context).fit(fit)
+        if (encoder.model_path / META_FILE).exists():
+            context.query_titles = catalogue.items["title"].to_numpy()
         from ranking.ltr.training import item_tables
 
         tables = item_tables(generator, context)
-        as_of = int(pl.Series([meta["as_of"]]).str.to_datetime().dt.epoch("s")[0])
-        rec = cls(cfg, model, reader, catalogue, generator, tables, context, split, as_of)
+        rec = cls(cfg, model, reader, catalogue, generator, tables, context)
         if cfg.llm is not None:
             from ranking.llm_rerank import LLMReranker
 
@@ -189,15 +179,52 @@ class Recommender:
         rec.recommend(None, "warm-up request", 1)  # first-call costs (regex, LightGBM) now
         return rec
 
-    def recommend(self, user_id: int | None, instruction: Any, k: int = 10, *,
-                  now: int | None = None) -> Recommendation:
-        """Top `k` items for this user and instruction, each with its reasons. An unknown
-        user (or None) takes the cold-start path: the instruction and item statistics only."""
+    def request_time(self, now: int | float | datetime | str | None) -> int:
+        """Unix seconds of a request: the wall clock by default; `now` may be unix seconds,
+        a datetime (naive = UTC), an ISO 8601 string, or 'data-end' (the end of the data the
+        store was last built or refreshed from: for replaying a historical log)."""
+        if now is None:
+            return int(time.time())
+        if isinstance(now, str):
+            if now == "data-end":
+                return self.data_end()
+            try:
+                now = datetime.fromisoformat(now)
+            except ValueError:
+                raise InvalidRequestError(
+                    f"now must be unix seconds, an ISO 8601 time or 'data-end', got "
+                    f"{now[:40]!r}") from None
+        if isinstance(now, datetime):
+            return int((now if now.tzinfo else now.replace(tzinfo=UTC)).timestamp())
+        if isinstance(now, bool) or not isinstance(now, int | float) or not np.isfinite(now):
+            raise InvalidRequestError(f"now must be unix seconds, got {now!r}")
+        return int(now)
+
+    def data_end(self) -> int:
+        """Unix seconds up to which the online store is materialized (the end of the data
+        it was last built or refreshed from), read from the Feast registry."""
+        store = self.reader.store
+        store.refresh_registry()  # a refresh by another process moved it
+        view = store.get_feature_view("user_history")
+        end = view.most_recent_end_time
+        if end is None:
+            raise ConfigError("the online store was never materialized; run `instructrank "
+                              "features build`")
+        return int(end.timestamp())
+
+    def feature_frame(self, user_id: int | None, instruction: Any, *,
+                      now: int | float | datetime | str | None = None) -> pl.DataFrame:
+        """The ranker's feature frame for this request, one row per candidate it ranks
+        (with its `item_id` first), exactly as `recommend` scores it: what a data scientist
+        compares against the offline frame of the same request."""
+        req = self._features(user_id, clean_instruction(
+            instruction, self.cfg.max_instruction_chars), self.request_time(now), {})
+        return req.frame.insert_column(0, pl.Series("item_id", self.item_ids[req.cands.idx[0]])
+                                       ).filter(pl.Series(req.cands.valid[0]))
+
+    def _features(self, user_id: int | None, text: str, now: int, timings: dict[str, float],
+                  ) -> OnlineRequest:
         t0 = time.perf_counter()
-        text = clean_instruction(instruction, self.cfg.max_instruction_chars)
-        if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= MAX_K:
-            raise InvalidRequestError(f"k must be an integer from 1 to {MAX_K}, got {k!r}")
-        timings: dict[str, float] = {}
         user = self.reader.read_user(user_id) if user_id is not None else \
             dict.fromkeys(self.reader.user_columns)
         known = any(v is not None for v in user.values())
@@ -211,13 +238,28 @@ class Recommender:
         timings["candidates"] = (t2 - t1) * 1000
         ids = self.item_ids[cands.idx[0]]
         item_rows = self.reader.read_items(ids.tolist())
-        t3 = time.perf_counter()
-        timings["item_read"] = (t3 - t2) * 1000
-        user_rows = pl.DataFrame([{c: user.get(c) for c in USER_COLUMNS}],
-                                 schema={c: self.reader.types.get(c, pl.Float64)
-                                         for c in USER_COLUMNS})
+        timings["item_read"] = (time.perf_counter() - t2) * 1000
+        user_rows = pl.DataFrame([{c: user.get(c) for c in self.reader.user_columns}],
+                                 schema={c: self.reader.types[c]
+                                         for c in self.reader.user_columns})
         frame = assemble(batch, cands, user_rows, item_rows, self.items, kg=self.context.kg,
-                         anonymous=np.array([not known]), parsed=parsed)
+                         anonymous=np.array([not known]), parsed=parsed,
+                         features=self.model.features)
+        return OnlineRequest(batch, known, cands, frame, parsed, user)
+
+    def recommend(self, user_id: int | None, instruction: Any, k: int = 10, *,
+                  now: int | float | datetime | str | None = None) -> Recommendation:
+        """Top `k` items for this user and instruction, each with its reasons, as of `now`
+        (default: the wall clock; see `request_time`). An unknown user (or None) takes the
+        cold-start path: the instruction and item statistics only."""
+        t0 = time.perf_counter()
+        text = clean_instruction(instruction, self.cfg.max_instruction_chars)
+        if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= MAX_K:
+            raise InvalidRequestError(f"k must be an integer from 1 to {MAX_K}, got {k!r}")
+        timings: dict[str, float] = {}
+        req = self._features(user_id, text, self.request_time(now), timings)
+        batch, known, cands, frame = req.batch, req.known, req.cands, req.frame
+        t3 = time.perf_counter()
         scores = self.model.predict(frame, threads=1)
         valid = cands.valid[0]
         top = np.lexsort((cands.idx[0], -scores))
@@ -233,7 +275,7 @@ class Recommender:
         contrib = self.model.contributions(frame[top.tolist()], threads=1)
         reasons = self.explainer.reasons(batch, frame[top.tolist()], contrib,
                                          cands.idx[0][top], user_id if known else None,
-                                         parsed)
+                                         req.parsed, self._ratings(req.user))
         timings["explain"] = (time.perf_counter() - t4) * 1000
         out = [Recommended(int(self.item_ids[cands.idx[0][j]]),
                            self.titles[cands.idx[0][j]], float(scores[j]), reasons[n])
@@ -241,6 +283,16 @@ class Recommender:
         timings["total"] = (time.perf_counter() - t0) * 1000
         return Recommendation(user_id, text, not known, out, int(valid.sum()),
                               {k_: round(v, 2) for k_, v in timings.items()})
+
+    def _ratings(self, user: dict[str, Any]) -> dict[int, float]:
+        """Catalogue index -> the user's rating, from the store (the latest one of an item
+        seen twice)."""
+        items, ratings = user.get("user_seen__items") or [], user.get("user_seen__ratings") or []
+        out: dict[int, float] = {}
+        for i, r in zip(reversed(items), reversed(ratings), strict=False):
+            if i in self.row_of and r is not None and np.isfinite(r):
+                out[self.row_of[i]] = float(r)
+        return out
 
     def _rerank(self, batch: RequestBatch, idx: np.ndarray, top: np.ndarray,
                 scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -258,15 +310,14 @@ class Recommender:
         return reordered, new_scores
 
     def _batch(self, user_id: int | None, user: dict[str, Any], text: str,
-               now: int | None) -> RequestBatch:
-        """A one-request batch whose history has the store's last items first (recency rank
-        1..), then the rest of the start-up log, for exclusion."""
+               now: int) -> RequestBatch:
+        """A one-request batch whose history is everything the store says the user has
+        seen, most recent first (recency rank 1..): what the sources start from and what
+        is excluded."""
         recent: list[int] = []
         if user_id is not None:
-            fresh = [self.row_of[i] for i in (user.get("user_history__last_items") or [])
-                     if i in self.row_of]
-            logged = self.log.items(int(user_id))
-            recent = list(dict.fromkeys([*fresh, *logged.tolist()]))
+            recent = list(dict.fromkeys(self.row_of[i] for i in (
+                user.get("user_seen__items") or []) if i in self.row_of))
         cols = np.array(recent, dtype=np.int64)
         history = sp.csr_matrix((np.arange(1, len(cols) + 1, dtype=np.float32),
                                  (np.zeros(len(cols), dtype=np.int64), cols)),
@@ -274,7 +325,7 @@ class Recommender:
         requests = pl.DataFrame({
             "request_id": ["online"], "user_id": [int(user_id) if user_id is not None else -1],
             "task": ["intent" if user_id is not None else "search"], "instruction": [text],
-            "target_idx": [-1], "timestamp": [int(now if now is not None else self.as_of)],
+            "target_idx": [-1], "timestamp": [now],
         })
         return RequestBatch(requests, history, len(self.item_ids))
 

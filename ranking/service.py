@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from contextlib import asynccontextmanager
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, Field, StrictStr
@@ -31,6 +32,8 @@ class RecommendRequest(BaseModel):
     instruction: StrictStr = Field(..., min_length=1, max_length=MAX_INSTRUCTION_CHARS,
                                    description="What the person wants, in plain language.")
     k: int = Field(10, ge=1, le=MAX_K, description="How many items to return.")
+    now: datetime | None = Field(None, description="The request's time (ISO 8601 or unix "
+                                                   "seconds); default: the server's clock.")
 
 
 class ReasonOut(BaseModel):
@@ -90,7 +93,8 @@ def create_app(load: Callable[[], Recommender]) -> FastAPI:
     @app.post("/recommend", response_model=RecommendResponse)
     def recommend(body: RecommendRequest) -> RecommendResponse:
         try:
-            rec = state["recommender"].recommend(body.user_id, body.instruction, body.k)
+            rec = state["recommender"].recommend(body.user_id, body.instruction, body.k,
+                                                 now=body.now)
         except InvalidRequestError as exc:
             raise HTTPException(status_code=422, detail=str(exc)) from exc
         return to_response(rec)

@@ -28,3 +28,13 @@ def write_parquet_atomic(frame: pl.DataFrame, target: Path) -> None:
     tmp, target = atomic_path(target)
     frame.write_parquet(tmp)
     os.replace(tmp, target)
+
+
+def write_pickle_atomic(obj: object, target: Path) -> None:
+    """Streamed to the temporary file: a large artifact is never held twice in memory."""
+    import pickle
+
+    tmp, target = atomic_path(target)
+    with open(tmp, "wb") as f:
+        pickle.dump(obj, f, protocol=pickle.HIGHEST_PROTOCOL)
+    os.replace(tmp, target)

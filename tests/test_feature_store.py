@@ -7,12 +7,13 @@ import numpy as np
 import polars as pl
 import pytest
 
+from feature_repo.ranker import service_name
 from ranking import features as fs
 from ranking.feature_build import refresh_features
 from recdata.errors import FeatureStoreError
 
 DAY = 86_400
-NO_TEXT = "ranker_online_no_text_v1"  # builds without embeddings serve this one
+NO_TEXT = service_name("no_text")  # builds without embeddings serve this one
 
 
 def at(seconds: int) -> datetime:
@@ -93,7 +94,9 @@ def test_types_survive_nulls(make_repo):
     repo, _ = make_repo()
     rows = pl.DataFrame({"user_id": [1, 999_999], "item_id": [1, 999_999],
                          "event_timestamp": [at(2_000_000_000)] * 2})
-    got = fs.historical_features(repo, repo.store(), rows)
+    got = fs.historical_features(repo, repo.store(), rows, [
+        "user_history:n_interactions", "item_stats:mean_rating", "item_stats:interactions",
+        "user_history:last_items"])
     assert got.schema["user_history__n_interactions"] == pl.Int64
     assert got.schema["item_stats__mean_rating"] == pl.Float32
     assert got.schema["user_history__last_items"] == pl.List(pl.Int64)
@@ -110,11 +113,13 @@ def test_online_reader_matches_public_api_and_offline_rows(make_repo, synthetic)
     api = fs.online_features_api(store, 3, items, NO_TEXT)
     for col, value in got.user.items():
         assert api[col][0] == pytest.approx(value)
-    packed = api["item_serving__vector"]
-    for j, name in enumerate(fs.packed_views()["item_serving"][2]):
-        col = got.items[f"item_stats__{name}"].to_list()
-        assert col[-1] is None and packed[-1] is None  # the unknown item
-        assert col[:-1] == pytest.approx([v[j] for v in packed[:-1]], rel=1e-6)
+    # the reader unpacks item_serving's vectors; the public API reads item_stats itself
+    item_cols = [c for c in got.items.columns if c.startswith("item_stats__")]
+    assert item_cols and all(c in api for c in item_cols)
+    for name in item_cols:
+        col = got.items[name].to_list()
+        assert col[-1] is None and api[name][-1] is None  # the unknown item
+        assert col[:-1] == pytest.approx(api[name][:-1], rel=1e-6)
     # unpacked serving values equal the named offline rows (latest per item)
     latest = pl.read_parquet(repo.source_path(fs.feature_views()["item_stats"])).sort(
         "event_timestamp").group_by("item_id").last()
@@ -126,8 +131,9 @@ def test_online_reader_matches_public_api_and_offline_rows(make_repo, synthetic)
 
 def test_missing_service_is_named(make_repo):
     repo, _ = make_repo()
-    with pytest.raises(FeatureStoreError, match=r"'ranker_online_v1' is not applied.*no_text"):
-        fs.OnlineReader(repo.store())
+    with pytest.raises(FeatureStoreError,
+                       match=rf"'{service_name('full')}' is not applied.*{NO_TEXT}"):
+        fs.OnlineReader(repo.store(), service_name("full"))
 
 
 def test_unknown_entities_are_cold_start(make_repo):
@@ -143,8 +149,8 @@ def test_sqlite_and_redis_serve_identical_values(make_repo, synthetic, redis_url
     sqlite_repo, _ = make_repo(synthetic, embeddings=True, data_dir=data_dir)
     redis_repo, _ = make_repo(synthetic, embeddings=True, online="redis", redis_url=redis_url,
                               repo=tmp_path / "redis_repo", data_dir=data_dir)
-    a = fs.OnlineReader(sqlite_repo.store())
-    b = fs.OnlineReader(redis_repo.store("redis", redis_url))
+    a = fs.OnlineReader(sqlite_repo.store(), service_name("full"))
+    b = fs.OnlineReader(redis_repo.store("redis", redis_url), service_name("full"))
     items = synthetic.items["item_id"].to_list()
     for user in (1, 17, 60, 10**7):
         x, y = a.read(user, items), b.read(user, items)
@@ -175,7 +181,7 @@ def test_incremental_refresh_changes_exactly_the_touched_entities(make_repo, syn
         pl.col("item_stats__interactions") != pl.col("item_stats__interactions_new"))
     assert changed_users == {3, 7}
     assert set(diff["item_id"]) == {5, 9}
-    assert after_users[7]["user_history__last_items"][:2] == [5, 9]
+    assert after_users[7]["user_seen__items"][:2] == [5, 9]  # most recent first
 
 
 def test_refresh_refuses_interactions_older_than_the_store(make_repo):
@@ -214,7 +220,8 @@ def test_movielens_build_and_lookup(make_repo, movielens, tmp_path):
     assert got.user_known and got.user["user_history__n_interactions"] == 183
     when = [at(880_000_000), at(881_108_000)]
     hist = fs.historical_features(repo, repo.store(), pl.DataFrame(
-        {"user_id": [42, 42], "item_id": [50, 50], "event_timestamp": when}))
+        {"user_id": [42, 42], "item_id": [50, 50], "event_timestamp": when}),
+        ["user_history:n_interactions"])
     counts = [movielens.interactions.filter(
         (pl.col("user_id") == 42) & (pl.col("timestamp") < int(w.timestamp()))).height
         for w in when]
@@ -253,9 +260,9 @@ def test_cli_build_and_lookup(tmp_path):
     assert out.exit_code == 0, out.output
     assert "user_history" in out.output
     out = runner.invoke(app, ["features", "lookup", "--user", "1", "--items", "1,2",
-                              "--repo", str(repo)])
-    assert out.exit_code == 1 and "ranker_online_no_text_v1" in out.output
+                              "--repo", str(repo), "--service", "ranker_nope"])
+    assert out.exit_code == 1 and NO_TEXT in out.output
     out = runner.invoke(app, ["features", "lookup", "--user", "1", "--items", "1,2",
-                              "--repo", str(repo), "--service", NO_TEXT])
+                              "--repo", str(repo)])  # no embeddings: the no-text service
     assert out.exit_code == 0, out.output
     assert "user 1: known" in out.output and "popularity_7d" in out.output

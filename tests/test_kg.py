@@ -6,6 +6,7 @@ import numpy as np
 import polars as pl
 import pytest
 
+from feature_repo.ranker import service_name
 from kg.embeddings import KGEmbeddings
 from kg.external import load_external
 from kg.signals import kg_signals
@@ -180,7 +181,7 @@ def test_kg_train_on_movielens_is_served_by_feast(make_repo, movielens, tmp_path
             entity_rows=[{"user_id": 42, "item_id": 50}], full_feature_names=True).to_dict()
     assert len(got["user_kg_embedding__embedding"][0]) == 16
     assert len(got["item_kg_embedding__embedding"][0]) == 16
-    reader = fs.OnlineReader(store, "ranker_online_no_text_v1")
+    reader = fs.OnlineReader(store, service_name("no_text"))
     assert reader.read(42, [50]).user_known
 
 

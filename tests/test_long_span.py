@@ -9,6 +9,7 @@ import numpy as np
 import polars as pl
 import pytest
 
+from feature_repo.ranker import service_name
 from ranking import features as fs
 from recdata.dataset import Dataset
 from recdata.synthetic import make_synthetic
@@ -37,7 +38,7 @@ def test_sixty_year_log_builds_and_serves_rows_from_before_1970(make_repo, decad
     last = stats.group_by("item_id").agg(pl.col("event_timestamp").max())
     old = last.filter(pl.col("event_timestamp").dt.year() < 1970)["item_id"].to_list()
     store = repo.store()
-    reader = fs.OnlineReader(store, "ranker_online_no_text_v1")
+    reader = fs.OnlineReader(store, service_name("no_text"))
     ids = old[:3] or last["item_id"].head(3).to_list()
     got = reader.read_items(ids)
     assert got["item_stats__interactions"].is_not_null().all()

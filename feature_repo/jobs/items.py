@@ -10,10 +10,6 @@ from feature_repo.jobs.decay import decayed_cumsum
 from feature_repo.jobs.users import vectors_column
 
 HALF_LIVES = {"popularity_7d": 7, "popularity_30d": 30}  # days
-# item_serving packs these item_stats fields, in this order, into one vector per item: one
-# row per candidate instead of five keeps the hot-path lookup inside its latency budget.
-SERVING_FIELDS = ("interactions", "mean_rating", "popularity_7d", "popularity_30d",
-                  "last_interaction_ts")
 
 
 def item_stats(interactions: pl.DataFrame) -> pl.DataFrame:
@@ -44,12 +40,13 @@ def item_stats(interactions: pl.DataFrame) -> pl.DataFrame:
              utc_seconds((pl.col("day") + 1) * DAY))
 
 
-def item_serving(stats: pl.DataFrame) -> pl.DataFrame:
-    """item_stats rows packed into `vector` (SERVING_FIELDS order; float64 so timestamps
-    survive exactly)."""
+def item_serving(stats: pl.DataFrame, fields: tuple[str, ...]) -> pl.DataFrame:
+    """item_stats rows packed into `vector`, `fields` in order (the view's field order, see
+    `ranking.features.packed_views`: one row per candidate instead of one per field keeps
+    the hot-path lookup inside its latency budget; float64 so timestamps survive exactly)."""
     return stats.select(
         "item_id",
-        pl.concat_list([pl.col(f).cast(pl.Float64) for f in SERVING_FIELDS]).alias("vector"),
+        pl.concat_list([pl.col(f).cast(pl.Float64) for f in fields]).alias("vector"),
         "event_timestamp",
     )
 

@@ -64,6 +64,21 @@ def user_history(interactions: pl.DataFrame, items: pl.DataFrame,
     )
 
 
+def user_seen(interactions: pl.DataFrame) -> pl.DataFrame:
+    """One row per user: every item interacted with, most recent first (ties by descending
+    item id, the reverse of the protocol's order), and its rating (NaN: not rated),
+    timestamped one second after the last interaction. Serving excludes these and says
+    "which you rated 4"; one row per user keeps it O(interactions), where a row per
+    interaction would be quadratic in a history. A point-in-time read before the user's
+    last interaction finds no row (null), never a later one."""
+    x = _ordered(interactions).reverse()
+    return x.group_by("user_id", maintain_order=True).agg(
+        pl.col("item_id").alias("items"),
+        pl.col("rating").cast(pl.Float32).fill_null(float("nan")).alias("ratings"),
+        pl.col("timestamp").max().alias("_last"),
+    ).sort("user_id").select("user_id", "items", "ratings", utc_seconds(pl.col("_last") + 1))
+
+
 def user_profile_embedding(interactions: pl.DataFrame, item_ids: np.ndarray,
                            item_vectors: np.ndarray) -> pl.DataFrame:
     """Recency-weighted mean of history item vectors (weight halves every 20 items back),

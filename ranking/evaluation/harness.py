@@ -323,7 +323,7 @@ def ltr_resources(cfg: EvalConfig, ds: Dataset, prep: Prepared, context: ScorerC
     return LTRResources(
         cfg=cfg.ltr, context=context, catalogue=prep.catalogue, repo=repo,
         store=repo.store(), ltr_fit=FitData("ltr", held, prep.catalogue),
-        val_fit=prep.fits["val"],
+        val_fit=prep.fits["val"], serving_fit=FitData("serving", prep.split, prep.catalogue),
         train_batch=request_batch(train_requests, prep.split, prep.catalogue),
         val_batches=[prep.batches[("val", t)] for t in cfg.tasks],
         data_fingerprint=cfg.fingerprint(ds.fingerprint()),

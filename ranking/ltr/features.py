@@ -1,96 +1,147 @@
 """The ranker's features for (request, candidate) pairs, offline and online alike.
 
-One function, `assemble()`, turns a request batch, its candidates, the feature store's rows
-and the in-process vectors into the feature frame, so training and serving cannot drift
-apart: the offline path feeds it Feast point-in-time rows, the online path Feast online rows,
-with the same column names (`user_history__n_interactions`, `item_stats__popularity_7d`, ...).
+The features are declared once, in `feature_repo/ranker.py`; this module binds each
+declaration's `compute` name to a function and turns a request batch, its candidates, the
+feature store's rows and the in-process item tables into the feature frame. Training and
+serving cannot drift apart: the offline path feeds `assemble()` Feast point-in-time rows,
+the online path Feast online rows, with the same column names
+(`user_history__n_interactions`, `item_stats__popularity_7d`, ...).
 
-Each feature carries tags; an ablation drops every feature with a tag:
-- `instruction`: reads the request text (attribute match, instruction-item similarity);
-- `text`: comes from sentence-transformer vectors;
-- `kg`: comes from the knowledge-graph embeddings;
-- `history`, `item`: the user's history and the item's statistics.
-Anonymous requests (search, unknown users) get nulls for every user feature.
+A feature whose inputs are missing (a store column not read, a candidate source not
+configured, no KG, no item vectors) raises `FeatureContractError` naming it: a column of
+NaN would train and serve silently. Anonymous requests (search, unknown users) get nulls for
+every user feature: that is a value, not a missing input.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import cache
 from typing import Any
 
 import numpy as np
 import polars as pl
 
+from feature_repo import ranker as declared
+from feature_repo.ranker import RankerFeature
 from kg.signals import kg_signals
 from ranking.candidates import Candidates
 from ranking.inputs import RequestBatch
 from ranking.intent_parser import ParsedIntents, parse_instructions
 from ranking.scorers.knowledge import recent_item_ids
+from recdata.errors import FeatureStoreError, UnknownNameError
 
 SECONDS_PER_DAY = 86_400.0
 
-FEATURES: dict[str, frozenset[str]] = {name: frozenset(tags.split()) for name, tags in {
-    # candidate sources: score and rank in the whole catalogue
-    "src_transition": "history", "rank_transition": "history",
-    "src_cf": "history", "rank_cf": "history",
-    "src_itemknn": "history", "rank_itemknn": "history",
-    "src_popularity": "item", "rank_popularity": "item",
-    "src_attribute": "instruction", "rank_attribute": "instruction",
-    "src_embedding": "instruction text", "rank_embedding": "instruction text",
-    "src_kg": "kg history", "rank_kg": "kg history",
-    # attribute match between the parsed instruction and the item
-    "attr_asked": "instruction", "attr_genre_asked": "instruction",
-    "attr_genre_match": "instruction", "attr_decade_match": "instruction",
-    "attr_level_match": "instruction", "attr_all_match": "instruction",
-    # user (Feast: user_history, user_profile_embedding)
-    "user_interactions": "history", "user_mean_rating": "history",
-    "user_days_since_last": "history", "user_genre_affinity": "history",
-    "profile_cosine": "text history", "kg_user_score": "kg history",
-    # item (Feast: item_stats; catalogue)
-    "item_interactions": "item", "item_mean_rating": "item", "item_pop_7d": "item",
-    "item_pop_30d": "item", "item_days_since_last": "item", "item_year": "item",
-}.items()}
+ABLATIONS = declared.ABLATIONS
+FEATURES: list[str] = [f.name for f in declared.FEATURES]  # the frame's column order
 
-ABLATIONS: dict[str, frozenset[str]] = {
-    "full": frozenset(), "no_kg": frozenset({"kg"}),
-    "no_instruction": frozenset({"instruction"}), "no_text": frozenset({"text"}),
-}
 
-USER_COLUMNS = ["user_history__n_interactions", "user_history__mean_rating",
-                "user_history__last_interaction_ts", "user_history__genre_share",
-                "user_profile_embedding__embedding"]
-ITEM_COLUMNS = ["item_stats__interactions", "item_stats__mean_rating",
-                "item_stats__popularity_7d", "item_stats__popularity_30d",
-                "item_stats__last_interaction_ts"]
-# the feature-store columns each stored feature is computed from; a model reads the union
-# of its features' columns, so a ranker without text features needs no embedding view
-STORE_COLUMNS: dict[str, tuple[str, ...]] = {
-    "user_interactions": ("user_history__n_interactions",),
-    "user_mean_rating": ("user_history__mean_rating",),
-    "user_days_since_last": ("user_history__last_interaction_ts",),
-    "user_genre_affinity": ("user_history__genre_share",),
-    "profile_cosine": ("user_profile_embedding__embedding",),
-    "item_interactions": ("item_stats__interactions",),
-    "item_mean_rating": ("item_stats__mean_rating",),
-    "item_pop_7d": ("item_stats__popularity_7d",),
-    "item_pop_30d": ("item_stats__popularity_30d",),
-    "item_days_since_last": ("item_stats__last_interaction_ts",),
-}
+class FeatureContractError(FeatureStoreError):
+    """A declared feature that cannot be computed from what is there."""
+
+
+def column(ref: str) -> str:
+    """The frame column of a Feast reference: `view:feature` -> `view__feature`."""
+    return ref.replace(":", "__", 1)
+
+
+@cache
+def _ref_entities() -> dict[str, str]:
+    """Every declared store reference -> the entity of its view ('user' or 'item'); an
+    unknown view or field is an error naming the feature that reads it."""
+    from ranking.features import feature_views
+
+    views = feature_views()
+    out = {}
+    for f in declared.FEATURES:
+        for ref in f.reads:
+            view, _, name = ref.partition(":")
+            if view not in views or name not in {x.name for x in views[view].features}:
+                raise FeatureContractError(
+                    f"ranker feature {f.name!r} reads {ref!r}, which feature_repo/"
+                    f"definitions.py does not declare")
+            out[ref] = views[view].entities[0]
+    return out
+
+
+def check_contract() -> None:
+    """Each declaration reads declared Feast features and computes with a registered
+    function; raises naming the first that does not."""
+    _ref_entities()
+    for f in declared.FEATURES:
+        if f.compute not in COMPUTE:
+            raise FeatureContractError(
+                f"ranker feature {f.name!r} is computed by {f.compute!r}, which is not "
+                f"registered; registered: {', '.join(sorted(COMPUTE))}")
 
 
 def store_columns(features: list[str]) -> tuple[list[str], list[str]]:
     """(user columns, item columns) of the feature store that `features` read."""
-    needed = {c for f in features for c in STORE_COLUMNS.get(f, ())}
-    return ([c for c in USER_COLUMNS if c in needed], [c for c in ITEM_COLUMNS if c in needed])
+    entity = _ref_entities()
+    specs = declared.by_name()
+    refs = declared.store_refs([specs[f] for f in features])
+    return ([column(r) for r in refs if entity[r] == "user"],
+            [column(r) for r in refs if entity[r] != "user"])
 
 
 def feature_names(ablation: str = "full") -> list[str]:
-    from recdata.errors import UnknownNameError
-
     if ablation not in ABLATIONS:
         raise UnknownNameError("ablation", ablation, list(ABLATIONS))
-    drop = ABLATIONS[ablation]
-    return [f for f, tags in FEATURES.items() if not tags & drop]
+    return [f.name for f in declared.ablation_features(ablation)]
+
+
+def families() -> dict[str, tuple[str, ...]]:
+    """Explanation family -> its features, in declaration order."""
+    out: dict[str, list[str]] = {}
+    for f in declared.FEATURES:
+        if f.family is not None:
+            out.setdefault(f.family, []).append(f.name)
+    return {k: tuple(v) for k, v in out.items()}
+
+
+@dataclass(frozen=True)
+class Available:
+    """What a run or a service has to compute features from."""
+
+    sources: frozenset[str]
+    served: frozenset[str]   # store columns (`view__feature`)
+    kg: bool
+    vectors: bool
+
+
+def missing_input(f: RankerFeature, have: Available) -> str | None:
+    """Why `f` cannot be computed from `have` (None: it can)."""
+    unserved = [r for r in f.reads if column(r) not in have.served]
+    if unserved:
+        return f"the feature store does not serve {', '.join(unserved)}"
+    if f.compute in ("source_score", "source_rank") and f.arg not in have.sources:
+        return f"candidate source {f.arg!r} is not configured"
+    if f.compute == "kg_user_score" and not have.kg:
+        return "no knowledge-graph embeddings were loaded"
+    if f.compute == "vector_cosine" and not have.vectors:
+        return "no item text vectors were loaded"
+    return None
+
+
+def available_features(have: Available) -> list[str]:
+    """The declared features computable from `have`, in frame order."""
+    return [f.name for f in declared.FEATURES if missing_input(f, have) is None]
+
+
+def require(features: list[str], have: Available, what: str) -> None:
+    """Raise naming every feature of `features` that `have` cannot compute."""
+    specs = declared.by_name()
+    unknown = [f for f in features if f not in specs]
+    if unknown:
+        raise FeatureContractError(f"{what} expects features feature_repo/ranker.py does not "
+                                   f"declare: {', '.join(unknown)}")
+    problems = [f"{f} ({why})" for f in features
+                if (why := missing_input(specs[f], have)) is not None]
+    if problems:
+        raise FeatureContractError(f"{what} needs features that cannot be computed: "
+                                   + "; ".join(problems))
 
 
 @dataclass(frozen=True)
@@ -136,16 +187,6 @@ def _attribute_match(p: ParsedIntents, t: ItemTables, idx: np.ndarray) -> dict[s
     }
 
 
-def _array_column(frame: pl.DataFrame, name: str, width: int) -> np.ndarray:
-    """A list column as a float matrix, NaN rows where null."""
-    col = frame[name]
-    out = np.full((frame.height, width), np.nan)
-    ok = col.is_not_null().to_numpy()
-    if ok.any():
-        out[ok] = np.array(col.filter(col.is_not_null()).to_list(), dtype=np.float64)
-    return out
-
-
 def _gather_dot(rows: np.ndarray, items: np.ndarray, idx: np.ndarray) -> np.ndarray:
     """rows[r] . items[idx[r, j]] for every (r, j). A (requests x items) product would be
     cheaper per value on a small catalogue but grows with the catalogue; this gathers each
@@ -164,68 +205,133 @@ def _gather_dot(rows: np.ndarray, items: np.ndarray, idx: np.ndarray) -> np.ndar
 GATHER_BLOCK = 4_000_000
 
 
+@dataclass
+class Inputs:
+    """What one assembly reads; request-time functions take it with their declaration."""
+
+    batch: RequestBatch
+    cands: Candidates
+    user_rows: pl.DataFrame
+    item_rows: pl.DataFrame
+    items: ItemTables
+    kg: Any
+    anon: np.ndarray
+    parsed: ParsedIntents | None
+    memo: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.cands.idx.shape
+
+    @property
+    def now(self) -> np.ndarray:
+        return self.batch.requests["timestamp"].cast(pl.Float64).to_numpy()[:, None]
+
+    def store_value(self, ref: str) -> np.ndarray:
+        """A store column as (requests x candidates) floats, NaN where null."""
+        n, k = self.shape
+        name = column(ref)
+        if _ref_entities()[ref] == "user":
+            values = self.user_rows[name].cast(pl.Float64).fill_null(np.nan).to_numpy()
+            return np.broadcast_to(np.where(self.anon, np.nan, values)[:, None], (n, k))
+        return self.item_rows[name].cast(pl.Float64).fill_null(np.nan).to_numpy().reshape(n, k)
+
+    def user_array(self, ref: str, width: int) -> np.ndarray:
+        """A user list column as a (requests x width) matrix, NaN rows where null or
+        anonymous."""
+        col = self.user_rows[column(ref)]
+        out = np.full((len(col), width), np.nan)
+        ok = col.is_not_null().to_numpy() & ~self.anon
+        if ok.any():
+            out[ok] = np.array(col.filter(pl.Series(ok)).to_list(), dtype=np.float64)
+        return out
+
+
+Compute = Callable[[Inputs, RankerFeature], np.ndarray]
+COMPUTE: dict[str, Compute] = {}
+
+
+def computes(name: str) -> Callable[[Compute], Compute]:
+    """Register a request-time function under the name declarations use in `compute`."""
+    def register(fn: Compute) -> Compute:
+        COMPUTE[name] = fn
+        return fn
+    return register
+
+
+@computes("value")
+def _value(x: Inputs, f: RankerFeature) -> np.ndarray:
+    return x.store_value(f.reads[0])
+
+
+@computes("days_since")
+def _days_since(x: Inputs, f: RankerFeature) -> np.ndarray:
+    return (x.now - x.store_value(f.reads[0])) / SECONDS_PER_DAY
+
+
+@computes("genre_affinity")
+def _genre_affinity(x: Inputs, f: RankerFeature) -> np.ndarray:
+    share = x.user_array(f.reads[0], len(x.items.genres))
+    return _gather_dot(share, x.items.genre, x.cands.idx)
+
+
+@computes("vector_cosine")
+def _vector_cosine(x: Inputs, f: RankerFeature) -> np.ndarray:
+    vectors = x.items.vectors
+    assert vectors is not None  # `missing_input` refuses the feature first
+    return _gather_dot(x.user_array(f.reads[0], vectors.shape[1]), vectors, x.cands.idx)
+
+
+@computes("source_score")
+def _source_score(x: Inputs, f: RankerFeature) -> np.ndarray:
+    return x.cands.scores[str(f.arg)]
+
+
+@computes("source_rank")
+def _source_rank(x: Inputs, f: RankerFeature) -> np.ndarray:
+    return x.cands.ranks[str(f.arg)]
+
+
+@computes("attribute_match")
+def _attribute(x: Inputs, f: RankerFeature) -> np.ndarray:
+    if "attribute_match" not in x.memo:
+        parsed = x.parsed if x.parsed is not None else \
+            parse_instructions(x.batch.instructions, x.items.genres)
+        x.memo["attribute_match"] = _attribute_match(parsed, x.items, x.cands.idx)
+    return x.memo["attribute_match"][f"attr_{f.arg}"]
+
+
+@computes("kg_user_score")
+def _kg_user_score(x: Inputs, f: RankerFeature) -> np.ndarray:
+    users = np.where(x.anon, -1, x.batch.requests["user_id"].to_numpy())
+    sig = kg_signals(x.kg, users, x.items.item_ids[x.cands.idx],
+                     recent_item_ids(x.batch, x.items.item_ids, 1))
+    return np.where(x.anon[:, None], np.nan, sig["kg_score"])
+
+
+@computes("catalogue")
+def _catalogue(x: Inputs, f: RankerFeature) -> np.ndarray:
+    return getattr(x.items, str(f.arg))[x.cands.idx]
+
+
 def assemble(batch: RequestBatch, cands: Candidates, user_rows: pl.DataFrame,
              item_rows: pl.DataFrame, items: ItemTables, *, kg: Any = None,
-             anonymous: np.ndarray | None = None,
-             parsed: ParsedIntents | None = None) -> pl.DataFrame:
-    """The feature frame, one row per (request, candidate) in row-major order.
+             anonymous: np.ndarray | None = None, parsed: ParsedIntents | None = None,
+             features: list[str] | None = None) -> pl.DataFrame:
+    """The frame of `features` (default: every declared one), one row per (request,
+    candidate) in row-major order.
 
-    `user_rows`: one row per request with USER_COLUMNS (null for unknown users);
-    `item_rows`: one row per (request, candidate) with ITEM_COLUMNS, as of the request time.
+    `user_rows`: one row per request with the user store columns the features read (null
+    for unknown users); `item_rows`: one row per (request, candidate) with the item store
+    columns, as of the request time.
     """
-    n, k = cands.idx.shape
-    idx = cands.idx
-    # columns the model does not read may be absent: their features come out NaN
-    user_rows = user_rows.with_columns(pl.lit(None).alias(c) for c in USER_COLUMNS
-                                       if c not in user_rows.columns)
-    item_rows = item_rows.with_columns(pl.lit(None).alias(c) for c in ITEM_COLUMNS
-                                       if c not in item_rows.columns)
-    anon = np.zeros(n, dtype=bool) if anonymous is None else anonymous
-    now = batch.requests["timestamp"].cast(pl.Float64).to_numpy()[:, None]
-    cols: dict[str, np.ndarray] = {}
-    for source in ("transition", "cf", "itemknn", "popularity", "attribute", "embedding",
-                   "kg"):
-        if source in cands.scores:
-            cols[f"src_{source}"] = cands.scores[source]
-            cols[f"rank_{source}"] = cands.ranks[source]
-    if parsed is None:
-        parsed = parse_instructions(batch.instructions, items.genres)
-    cols |= _attribute_match(parsed, items, idx)
-
-    u = user_rows.with_columns(pl.when(pl.Series(anon)).then(None).otherwise(pl.col(c))
-                               .alias(c) for c in USER_COLUMNS)
-    cols["user_interactions"] = np.broadcast_to(
-        u["user_history__n_interactions"].cast(pl.Float64).to_numpy()[:, None], (n, k))
-    cols["user_mean_rating"] = np.broadcast_to(
-        u["user_history__mean_rating"].cast(pl.Float64).to_numpy()[:, None], (n, k))
-    last_ts = u["user_history__last_interaction_ts"].cast(pl.Float64).to_numpy()[:, None]
-    cols["user_days_since_last"] = np.broadcast_to((now - last_ts) / SECONDS_PER_DAY, (n, k))
-    share = _array_column(u, "user_history__genre_share", len(items.genres))
-    cols["user_genre_affinity"] = _gather_dot(share, items.genre, idx)
-    if items.vectors is not None:
-        profile = _array_column(u, "user_profile_embedding__embedding", items.vectors.shape[1])
-        cols["profile_cosine"] = _gather_dot(profile, items.vectors, idx)
-    else:
-        cols["profile_cosine"] = np.full((n, k), np.nan)
-    if kg is not None:
-        users = np.where(anon, -1, batch.requests["user_id"].to_numpy())
-        sig = kg_signals(kg, users, items.item_ids[idx],
-                         recent_item_ids(batch, items.item_ids, 1))
-        cols["kg_user_score"] = np.where(anon[:, None], np.nan, sig["kg_score"])
-    else:
-        cols["kg_user_score"] = np.full((n, k), np.nan)
-
-    def item(name: str) -> np.ndarray:
-        return item_rows[name].cast(pl.Float64).fill_null(np.nan).to_numpy().reshape(n, k)
-
-    cols["item_interactions"] = item("item_stats__interactions")
-    cols["item_mean_rating"] = item("item_stats__mean_rating")
-    cols["item_pop_7d"] = item("item_stats__popularity_7d")
-    cols["item_pop_30d"] = item("item_stats__popularity_30d")
-    cols["item_days_since_last"] = (now - item("item_stats__last_interaction_ts")) \
-        / SECONDS_PER_DAY
-    cols["item_year"] = items.year[idx]
-    missing = [f for f in FEATURES if f not in cols]
-    for f in missing:  # a source left out of the candidate config: the feature is unknown
-        cols[f] = np.full((n, k), np.nan)
-    return pl.DataFrame({f: np.asarray(cols[f], dtype=np.float32).ravel() for f in FEATURES})
+    features = FEATURES if features is None else features
+    n = cands.idx.shape[0]
+    anon = np.zeros(n, dtype=bool) if anonymous is None else np.asarray(anonymous, bool)
+    have = Available(frozenset(cands.scores), frozenset(user_rows.columns)
+                     | frozenset(item_rows.columns), kg is not None, items.vectors is not None)
+    require(features, have, "assembling the ranker's features")
+    x = Inputs(batch, cands, user_rows, item_rows, items, kg, anon, parsed)
+    specs = declared.by_name()
+    return pl.DataFrame({f: np.asarray(COMPUTE[specs[f].compute](x, specs[f]),
+                                       dtype=np.float32).ravel() for f in features})

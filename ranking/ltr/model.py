@@ -17,15 +17,10 @@ import numpy as np
 import polars as pl
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from feature_repo.ranker import service_name
 from ranking.candidates import CandidateConfig
 from ranking.ltr.dask_fit import DaskConfig
-from ranking.ltr.features import (
-    FEATURES,
-    ITEM_COLUMNS,
-    USER_COLUMNS,
-    feature_names,
-    store_columns,
-)
+from ranking.ltr.features import FEATURES, feature_names, store_columns
 from recdata.errors import ConfigError, UnknownNameError
 
 ENGINES = ("local", "dask")
@@ -132,16 +127,18 @@ class LTRModel:
                    {k: v for k, v in meta.items() if k not in known})
 
     @property
-    def needs_text_views(self) -> bool:
-        """Whether the model reads the store's embedding views (user profile vectors)."""
-        return any(c.startswith("user_profile_embedding__") for c in self.extra.get(
-            "user_columns", USER_COLUMNS))
+    def feature_service(self) -> str:
+        """The Feast feature service this model was trained from and is served through."""
+        name = self.extra.get("feature_service")
+        if not name:
+            raise ConfigError(f"model {self.key} names no feature service (trained by an "
+                              "older version); retrain it with `instructrank evaluate`")
+        return str(name)
 
     def check_served(self, served_columns: set[str]) -> None:
         """Raise if the feature store no longer serves a column this model's features read."""
-        needed = list(self.extra.get("user_columns", USER_COLUMNS)) + list(
-            self.extra.get("item_columns", ITEM_COLUMNS))
-        missing = [c for c in needed if c not in served_columns]
+        user, item = store_columns(self.features)
+        missing = [c for c in user + item if c not in served_columns]
         if missing:
             raise ConfigError(
                 f"model {self.key} was trained on features the online store does not serve: "
@@ -151,7 +148,8 @@ class LTRModel:
 
 def training_key(cfg: LTRConfig, ablation: str, data_fingerprint: str) -> str:
     text = json.dumps({"config": cfg.model_dump(mode="json"), "ablation": ablation,
-                       "features": feature_names(ablation)}, sort_keys=True)
+                       "features": feature_names(ablation),
+                       "service": service_name(ablation)}, sort_keys=True)
     return hashlib.sha1((text + data_fingerprint).encode()).hexdigest()[:12]
 
 

@@ -26,16 +26,18 @@ import numpy as np
 import polars as pl
 from tqdm.auto import tqdm
 
+from feature_repo.ranker import service_name
+from feature_repo.ranker import service_refs as ranker_service_refs
 from ranking import features as fs
-from ranking.candidates import CandidateGenerator, Candidates
+from ranking.candidates import SOURCES_FILE, SOURCES_VERSION, CandidateGenerator, Candidates
 from ranking.inputs import EXAMPLE_ROWS, Catalogue, FitData, RequestBatch
 from ranking.ltr.features import (
-    FEATURES,
-    ITEM_COLUMNS,
-    USER_COLUMNS,
+    Available,
     ItemTables,
     assemble,
+    available_features,
     feature_names,
+    require,
     store_columns,
 )
 from ranking.ltr.model import LTRConfig, LTRModel, fit_lambdarank, training_key
@@ -76,8 +78,9 @@ class ExampleStore:
     memory up to `budget` bytes, then as uncompressed npz files in a private temporary
     folder (removed by `close`)."""
 
-    def __init__(self, budget: int, spill_root: Path | None = None) -> None:
-        self.budget, self.spill_root = budget, spill_root
+    def __init__(self, budget: int, features: list[str],
+                 spill_root: Path | None = None) -> None:
+        self.budget, self.features, self.spill_root = budget, features, spill_root
         self.memory: dict[tuple, Examples] = {}
         self.disk: dict[tuple, Path] = {}
         self.used = 0
@@ -88,7 +91,7 @@ class ExampleStore:
             return self.memory[key]
         if key in self.disk:
             with np.load(self.disk[key]) as z:
-                frame = pl.DataFrame(z["frame"], schema=list(FEATURES))
+                frame = pl.DataFrame(z["frame"], schema=self.features)
                 cands = Candidates(z["idx"], {}, {}, z["valid"])
                 return Examples(cands, frame, z["labels"])
         return None
@@ -105,7 +108,7 @@ class ExampleStore:
             self._folder = Path(tempfile.mkdtemp(prefix="examples-", dir=self.spill_root))
         path = self._folder / f"{len(self.disk)}.npz"
         with open(path, "wb") as f:
-            np.savez(f, frame=ex.frame.select(list(FEATURES)).to_numpy(), idx=ex.cands.idx,
+            np.savez(f, frame=ex.frame.select(self.features).to_numpy(), idx=ex.cands.idx,
                      valid=ex.cands.valid, labels=ex.labels)
         self.disk[key] = path
 
@@ -133,10 +136,10 @@ class TrainingSet:
     train_batch: RequestBatch
     train_idx: np.ndarray  # requests x N candidates of train_batch
     train_valid: np.ndarray
+    features: list[str]    # the columns of x and vx
 
     def columns(self, features: list[str]) -> list[int]:
-        names = list(FEATURES)
-        return [names.index(f) for f in features]
+        return [self.features.index(f) for f in features]
 
 
 def _utc(seconds: pl.Series) -> pl.Series:
@@ -145,8 +148,7 @@ def _utc(seconds: pl.Series) -> pl.Series:
 
 
 def offline_rows(repo: fs.FeatureRepo, batch: RequestBatch, item_ids: np.ndarray,
-                 columns: tuple[list[str], list[str]] = (USER_COLUMNS, ITEM_COLUMNS),
-                 ) -> tuple[pl.DataFrame, pl.DataFrame]:
+                 columns: tuple[list[str], list[str]]) -> tuple[pl.DataFrame, pl.DataFrame]:
     """Point-in-time rows of the Feast views: one per request (user views) and one per
     (request, candidate) (item views), each as of the request's timestamp, read by as-of
     joins over the views' sources (`fs.point_in_time`, equal to Feast's
@@ -194,6 +196,7 @@ class LTRResources:
     val_batches: list[RequestBatch]
     data_fingerprint: str
     models_dir: Path
+    serving_fit: FitData | None = None  # the whole log: what serving's sources are fitted on
     kg_key: str | None = None
     progress: bool = True
     example_budget: int = 256 * 2**20  # each LTR resource of a run has one (tuned, untuned)
@@ -224,27 +227,41 @@ class LTRResources:
     @property
     def example_store(self) -> ExampleStore:
         if self._store is None:
-            self._store = ExampleStore(self.example_budget, self.spill_dir)
+            self._store = ExampleStore(self.example_budget, self.features, self.spill_dir)
         return self._store
 
     @property
-    def served(self) -> tuple[list[str], list[str]]:
-        """The (user, item) store columns this repo has sources for: a build without
-        embeddings has no profile view, and the rankers that read none train on it."""
-        if "served" not in self._memo:
+    def available(self) -> Available:
+        """What this run computes features from: the configured candidate sources, the
+        store columns this repo has sources for (a build without embeddings has no
+        profile view, and the rankers that read none train on it), the KG if one was
+        trained, the item vectors if the embedding source is configured."""
+        key = ("available", self.context.kg is not None)
+        if key not in self._memo:
             built = set(fs.built_views(self.repo))
-            self._memo["served"] = tuple([c for c in cols if c.split("__")[0] in built]
-                                         for cols in (USER_COLUMNS, ITEM_COLUMNS))
-        return self._memo["served"]
+            every = store_columns(feature_names("full"))
+            served = frozenset(c for c in every[0] + every[1] if c.split("__")[0] in built)
+            sources = frozenset(self.cfg.candidates.weights)
+            self._memo[key] = Available(sources, served, self.context.kg is not None,
+                                        "embedding" in sources)
+        return self._memo[key]
+
+    @property
+    def features(self) -> list[str]:
+        """Every declared feature this run can compute: the examples' columns, which each
+        ablation selects from."""
+        return available_features(self.available)
 
     def _compute(self, fit: FitData, chunk: RequestBatch) -> Examples:
         gen = self.generator(fit)
         cands = gen.generate(chunk)
         ids = self.catalogue.items["item_id"].to_numpy()[cands.idx]
-        user_rows, item_rows = offline_rows(self.repo, chunk, ids, self.served)
+        user_rows, item_rows = offline_rows(self.repo, chunk, ids,
+                                            store_columns(self.features))
         frame = assemble(chunk, cands, user_rows, item_rows, item_tables(gen, self.context),
                          kg=self.context.kg,
-                         anonymous=(chunk.requests["task"] == "search").to_numpy())
+                         anonymous=(chunk.requests["task"] == "search").to_numpy(),
+                         features=self.features)
         self.context.forget(chunk)
         labels = (cands.idx == chunk.requests["target_idx"].to_numpy()[:, None])
         return Examples(cands, frame, labels.astype(np.int32))
@@ -296,11 +313,13 @@ class LTRResources:
                 vparts += [_groups(ex, None, None)
                            for ex in self.iter_examples(self.val_fit, sampled, keep=keep)]
         self.release()
-        x, y, g = _stack(parts)
-        vx, vy, vg = _stack(vparts)
+        width = len(self.features)
+        x, y, g = _stack(parts, width)
+        vx, vy, vg = _stack(vparts, width)
         return TrainingSet(x, y, g, vx, vy, vg, train_batch,
                            np.concatenate(idx) if idx else np.zeros((0, 0), np.int64),
-                           np.concatenate(valid) if valid else np.zeros((0, 0), bool))
+                           np.concatenate(valid) if valid else np.zeros((0, 0), bool),
+                           self.features)
 
     def train(self, ablation: str, name: str | None = None) -> LTRModel:
         """Train (once per ablation) on the training requests, stopping early on validation;
@@ -313,13 +332,14 @@ class LTRResources:
         from recdata.stages import stage
 
         features = feature_names(ablation)
-        user_cols, item_cols = store_columns(features)
-        missing = sorted(set(user_cols + item_cols) - set(self.served[0] + self.served[1]))
-        if missing:
+        try:
+            require(features, self.available, name)
+        except FeatureStoreError as exc:
             raise FeatureStoreError(
-                f"{name} reads {', '.join(missing)}, which the feature repo {self.repo.path} "
-                "does not serve (built without embeddings?); rebuild it with `instructrank "
-                "features build`, or evaluate a ranker that reads none (ltr_no_text)")
+                f"{exc} (feature repo {self.repo.path}; built without embeddings? rebuild it "
+                "with `instructrank features build`, or evaluate a ranker that reads none, "
+                "such as ltr_no_text)") from None
+        service = self._service(ablation)
         encoder = getattr(self.context.encoder, "fingerprint", None)
         key = training_key(self.cfg, ablation, f"{self.data_fingerprint}:{encoder}")
         done = self.models_dir / f"{name}-{key}"
@@ -335,8 +355,10 @@ class LTRResources:
             booster, best, ndcg = fit_lambdarank(
                 self.cfg, (ts.x[:, cols], ts.y, ts.groups), (ts.vx[:, cols], ts.vy, ts.vgroups),
                 features)
+        serving = self.save_serving_sources(encoder)
         model = LTRModel(booster, features, ablation, self.cfg.model_dump(mode="json"), key,
                          best, ndcg, extra={
+                             "feature_service": service, "serving_sources": serving,
                              "kg_key": self.kg_key, "encoder": encoder,
                              "data_fingerprint": self.data_fingerprint,
                              "train_requests": len(ts.groups), "valid_requests": len(ts.vgroups),
@@ -344,6 +366,51 @@ class LTRResources:
         folder = model.save(self.models_dir / f"{name}-{key}")
         write_text_atomic(self.models_dir / f"{name}.latest", folder.name)
         return model
+
+
+    def save_serving_sources(self, encoder: str | None) -> str | None:
+        """Fit the candidate sources on the whole log and save them under
+        `<data>/serving/<key>`, the key hashing everything they depend on (candidate
+        config, data, encoder, KG): serving loads them and fits nothing. Done once per key;
+        the run's other generator is released first (one fitted set alive at a time)."""
+        import hashlib
+        import json
+
+        from recdata.stages import stage
+
+        if self.serving_fit is None:
+            return None
+        key = hashlib.sha1(json.dumps({
+            "candidates": self.cfg.candidates.model_dump(mode="json"),
+            "data": self.data_fingerprint, "encoder": encoder, "kg": self.kg_key,
+            "version": SOURCES_VERSION}, sort_keys=True).encode()).hexdigest()[:12]
+        folder = self.models_dir.parent / "serving" / key
+        if not (folder / SOURCES_FILE).exists():
+            self.release()
+            with stage("serving sources (fit on the whole log, saved)"):
+                CandidateGenerator(self.cfg.candidates, self.context).fit(
+                    self.serving_fit).save(folder)
+            self.context.forget(self.serving_fit)  # its memoised arrays (EASE: items^2)
+        return key
+
+    def _service(self, ablation: str) -> str:
+        """The Feast feature service the `ablation` version is trained from: it must be
+        applied in this repo's registry and hold exactly the references its features read
+        (the examples are read point-in-time for the union of the run's services)."""
+        name = service_name(ablation)
+        applied = {s.name: s for s in self.store.list_feature_services()}
+        if name not in applied:
+            raise FeatureStoreError(
+                f"feature service {name!r} (the {ablation!r} ranker's) is not applied in "
+                f"{self.repo.path}; run `instructrank features build` to apply the current "
+                "declarations")
+        refs = fs.service_refs(self.store, name)
+        wanted = ranker_service_refs(ablation)
+        if sorted(refs) != sorted(wanted):
+            raise FeatureStoreError(
+                f"feature service {name!r} in {self.repo.path} serves {refs}, the "
+                f"declarations read {wanted}; run `instructrank features build`")
+        return name
 
 
 def _sample(batch: RequestBatch, limit: int | None, seed: int) -> RequestBatch:
@@ -371,15 +438,15 @@ def _groups(ex: Examples, negatives: int | None, rng: np.random.Generator | None
         cut = np.sort(noise, axis=1)[:, negatives][:, None]
         keep &= noise <= cut
     mask = keep.ravel()
-    x = ex.frame.select(list(FEATURES)).to_numpy()[mask]
+    x = ex.frame.to_numpy()[mask]
     y = ex.labels.ravel()[mask]
     return x, y, keep.sum(axis=1)[has]
 
 
-def _stack(parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]]
+def _stack(parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]], width: int
            ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     if not parts:
-        return (np.zeros((0, len(FEATURES)), np.float32), np.zeros(0, np.int32),
+        return (np.zeros((0, width), np.float32), np.zeros(0, np.int32),
                 np.zeros(0, np.int64))
     return (np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]),
             np.concatenate([p[2] for p in parts]))

@@ -128,6 +128,21 @@ class Scorer(ABC):
         self._fit_model(data)
         return self
 
+    def __getstate__(self) -> dict[str, Any]:
+        """What a fitted scorer saves (`CandidateGenerator.save`): its learned arrays and
+        the catalogue, not the interactions it was fitted on, nor the shared context (the
+        encoder and KG are artifacts of their own, attached again at load)."""
+        state = dict(self.__dict__)
+        state.pop("context", None)
+        if self._fit is not None:
+            state["_fit"] = FitData(self._fit.name, self._fit.interactions.head(0),
+                                    self._fit.catalogue)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self.context = ScorerContext()
+
     def _fit_model(self, data: FitData) -> None:  # noqa: B027 - optional hook
         """Learn from `data`; scorers without a learned part leave it as is."""
 

@@ -1,0 +1,123 @@
+"""Training-serving parity and time: the online feature frame of a request equals the offline
+(point-in-time) frame of the same (user, instruction, time, candidates), before and after a
+`features refresh` reaches a running recommender."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from datetime import datetime
+
+import numpy as np
+import polars as pl
+import pytest
+
+from ranking import features as fs
+from ranking.feature_build import refresh_features
+from ranking.ltr.features import assemble, store_columns
+from ranking.ltr.training import offline_rows
+from ranking.recommend import Recommender, RecommenderConfig
+
+DAY = 86_400
+
+
+def _offline_frame(rec: Recommender, repo: fs.FeatureRepo, user_id, now: int):
+    """The same request's frame through the offline path: point-in-time rows of the Feast
+    sources as of `now`, the same candidates, the same assembly."""
+    req = rec._features(user_id, "a light comedy", now, {})
+    batch, known, cands, online = req.batch, req.known, req.cands, req.frame
+    user_rows, item_rows = offline_rows(repo, batch, rec.item_ids[cands.idx],
+                                        store_columns(rec.model.features))
+    offline = assemble(batch, cands, user_rows, item_rows, rec.items, kg=rec.context.kg,
+                       anonymous=np.array([not known]), features=rec.model.features)
+    return online, offline, cands
+
+
+def _assert_equal_frames(online: pl.DataFrame, offline: pl.DataFrame) -> None:
+    assert online.columns == offline.columns
+    for name in online.columns:
+        a, b = online[name].to_numpy(), offline[name].to_numpy()
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6, equal_nan=True,
+                                   err_msg=f"feature {name} differs online and offline")
+
+
+@pytest.fixture
+def served(trained, tmp_path):
+    """A private copy of the trained repo and models (refresh writes to them)."""
+    repo, data = tmp_path / "repo", tmp_path / "data"
+    shutil.copytree(trained["repo"], repo)
+    shutil.copytree(trained["data"], data, symlinks=True)
+    return repo, data
+
+
+@pytest.mark.slow
+def test_online_equals_offline_and_a_refresh_reaches_the_running_recommender(served,
+                                                                               synthetic):
+    repo_path, data = served
+    repo = fs.FeatureRepo(repo_path)
+    rec = Recommender.load(RecommenderConfig(repo=repo_path, data_dir=data))
+    as_of = int(datetime.fromisoformat(
+        json.loads((repo.sources / "meta.json").read_text())["as_of"]).timestamp())
+    log = synthetic.interactions
+    user = int(log["user_id"].value_counts().sort("count")["user_id"][-1])
+    now = as_of + 2 * DAY
+    # a known user, an id the store has never seen (cold), and an anonymous request
+    for user_id in (user, 10**9, None):
+        online, offline, _ = _offline_frame(rec, repo, user_id, now)
+        _assert_equal_frames(online, offline)
+    before = rec.feature_frame(user, "a light comedy", now=now)
+
+    # the user interacts with an item that was a candidate, after the build; refresh
+    new_item = int(before["item_id"][0])
+    t = as_of + 3600
+    refresh_features(repo_path, pl.DataFrame({"user_id": [user], "item_id": [new_item],
+                                              "timestamp": [t], "rating": [5.0]}),
+                     data_dir=data)
+    # the same running recommender, no restart: the new interaction is excluded...
+    after = rec.feature_frame(user, "a light comedy", now=now)
+    assert new_item not in after["item_id"].to_list()
+    # ...and its features are the refreshed ones: day counts from the new last interaction
+    assert after["user_days_since_last"].to_list() == pytest.approx([(now - t) / DAY]
+                                                                    * after.height)
+    assert (after["user_days_since_last"] >= 0).all() and (after["item_days_since_last"]
+                                                           .drop_nans() >= 0).all()
+    assert after["user_interactions"][0] == before["user_interactions"][0] + 1
+    # and still equal to the offline path over the refreshed sources
+    for user_id in (user, 10**9, None):
+        online, offline, _ = _offline_frame(rec, repo, user_id, now)
+        _assert_equal_frames(online, offline)
+
+
+@pytest.mark.slow
+def test_request_time_is_the_clock_unless_given(recommender):
+    import time
+
+    before = int(time.time())
+    frame = recommender.feature_frame(None, "a comedy")
+    assert recommender.request_time(None) >= before
+    assert recommender.request_time("data-end") == recommender.data_end() > 0
+    assert recommender.request_time("2001-09-09T01:46:40+00:00") == 1_000_000_000
+    assert recommender.request_time(1_000_000_000) == 1_000_000_000
+    # the clock is long after the synthetic log: day counts are large and never negative
+    assert (frame["item_days_since_last"].drop_nans() > 0).all()
+    from recdata.errors import InvalidRequestError
+
+    with pytest.raises(InvalidRequestError, match="ISO 8601"):
+        recommender.request_time("yesterday-ish")
+
+
+@pytest.mark.slow
+def test_serving_starts_and_answers_without_the_raw_sources(served, synthetic):
+    """Start-up reads the store and artifacts only: with the feature repo's `sources/`
+    moved away (raw interactions, items, offline sources), the recommender loads, and a
+    known user still gets history-based candidates with their seen items excluded."""
+    repo_path, data = served
+    sources = repo_path / "data" / "sources"
+    sources.rename(repo_path / "data" / "moved-away")
+    rec = Recommender.load(RecommenderConfig(repo=repo_path, data_dir=data))
+    user = int(synthetic.interactions["user_id"][0])
+    seen = set(synthetic.interactions.filter(pl.col("user_id") == user)["item_id"].to_list())
+    got = rec.recommend(user, "a light comedy", 10, now="data-end")
+    assert len(got.items) == 10 and not got.cold_start
+    assert not {i.item_id for i in got.items} & seen
+    assert not sources.exists()
