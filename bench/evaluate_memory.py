@@ -34,10 +34,10 @@ def main() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import polars as pl
 
+    from featurestore.build import FeatureBuildConfig, build_features
+    from featurestore.store import PACKAGE_REPO
     from ranking.evaluation.config import EvalConfig
     from ranking.evaluation.harness import evaluate
-    from ranking.feature_build import FeatureBuildConfig, build_features
-    from ranking.features import PACKAGE_REPO
     from recdata.stages import RECORDS, stage
     from recdata.synthetic import make_synthetic
 

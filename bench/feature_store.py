@@ -28,9 +28,9 @@ import numpy as np
 import polars as pl
 
 from feature_repo.ranker import service_name
-from ranking import features as fs
-from ranking.datasets import load_dataset
-from ranking.feature_build import FeatureBuildConfig, build_features
+from featurestore import store as fs
+from featurestore.build import FeatureBuildConfig, build_features
+from recdata.datasets import load_dataset
 from recdata.synthetic import make_synthetic
 
 COLUMNS = ["benchmark", "store", "entities", "rows", "p50_ms", "p99_ms", "rows_per_s"]

@@ -17,7 +17,7 @@ import polars as pl
 
 from kg.train import PYKEEN_MODELS, KGConfig, train_kg
 from kg.triples import build_triples
-from ranking.datasets import load_dataset
+from recdata.datasets import load_dataset
 
 COLUMNS = ["dataset", "model", "dim", "triples", "entities", "relations", "epochs", "train_s",
            "mrr", "hits_at_10"]

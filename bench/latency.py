@@ -403,7 +403,7 @@ def redis_server() -> Iterator[str | None]:
 
 
 def cli(*args: str) -> list[str]:
-    return [sys.executable, "-m", "ranking.cli", *args]
+    return [sys.executable, "-m", "serve.cli", *args]
 
 
 def store_args(args: argparse.Namespace, store: str, redis_url: str | None) -> list[str]:
@@ -498,8 +498,8 @@ def bench_llm(stream: RequestStream, args: argparse.Namespace, rows: list[dict],
               stages: list[dict]) -> None:
     """`inprocess_llm`: the same in-process path with the LLM reranker on (SQLite, 1 client,
     torch on every core: one request at a time is what a reranker this slow can serve)."""
-    from ranking.llm_rerank import LLMRerankConfig
     from ranking.recommend import Recommender, RecommenderConfig
+    from ranking.rerank.llm import LLMRerankConfig
 
     llm = LLMRerankConfig(model_path=args.llm_model, adapter_path=args.llm_adapter,
                           data_dir=args.data_dir, weight=args.llm_weight, top_n=args.llm_top_n)

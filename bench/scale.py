@@ -70,12 +70,12 @@ def _synthetic(users: int, items: int) -> Dataset:
 def run_size(interactions: int, work: Path) -> list[dict]:
     """Every stage of the pipeline at one size; returns the stage records (and latency)."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from featurestore.build import FeatureBuildConfig, build_features
+    from featurestore.store import PACKAGE_REPO
     from kg.train import KGConfig, train_kg
     from kg.triples import build_triples
     from ranking.evaluation.config import EvalConfig
     from ranking.evaluation.harness import evaluate
-    from ranking.feature_build import FeatureBuildConfig, build_features
-    from ranking.features import PACKAGE_REPO
     from ranking.recommend import Recommender, RecommenderConfig
     from recdata.stages import RECORDS, stage
 

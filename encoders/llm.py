@@ -127,7 +127,7 @@ def default_model_dir(data_dir: Path = Path("data")) -> Path:
 def load_causal_lm(path: Path, adapter: Path | None = None, *,
                    merge: bool = True) -> tuple[Any, Any]:
     """(model, tokenizer) from a local Hugging Face causal-LM folder, fp32, eval mode, never
-    touching the hub. With `adapter` (a folder written by `encoders.llm_tune.tune_lora`) the
+    touching the hub. With `adapter` (a folder written by `ranking.rerank.llm_tune.tune_lora`) the
     LoRA weights are applied; `merge` folds them into the base weights so inference costs
     the same as the untuned model."""
     path = Path(path)

@@ -24,14 +24,14 @@ import polars as pl
 import scipy.sparse as sp
 from pydantic import BaseModel, ConfigDict, Field
 
-from ranking import features as fs
+from featurestore import store as fs
 from ranking.candidates import CandidateGenerator
 from ranking.explain import Explainer, Reason
 from ranking.inputs import Catalogue, RequestBatch
 from ranking.intent_parser import parsed_for
-from ranking.llm_rerank import LLMRerankConfig
 from ranking.ltr.features import ItemTables, assemble
 from ranking.ltr.model import LTRModel
+from ranking.rerank.llm import LLMRerankConfig
 from ranking.sanitize import MAX_INSTRUCTION_CHARS, clean_instruction
 from ranking.scorers.base import ScorerContext
 from recdata.errors import ConfigError, InvalidRequestError
@@ -113,7 +113,7 @@ class Recommender:
         self.title_array = np.asarray(self.titles, dtype=object)
         self.row_of = {int(i): r for r, i in enumerate(self.item_ids)}
         self.explainer = Explainer(self)
-        self.reranker: Any = None  # ranking.llm_rerank.LLMReranker when configured
+        self.reranker: Any = None  # ranking.rerank.llm.LLMReranker when configured
 
     @classmethod
     def load(cls, cfg: RecommenderConfig) -> Recommender:
@@ -173,7 +173,7 @@ class Recommender:
         tables = item_tables(generator, context)
         rec = cls(cfg, model, reader, catalogue, generator, tables, context)
         if cfg.llm is not None:
-            from ranking.llm_rerank import LLMReranker
+            from ranking.rerank.llm import LLMReranker
 
             rec.reranker = LLMReranker.load(cfg.llm)
         rec.recommend(None, "warm-up request", 1)  # first-call costs (regex, LightGBM) now

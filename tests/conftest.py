@@ -88,8 +88,8 @@ def make_repo(tmp_path, synthetic):
     """Build a feature repo (SQLite, or Redis with a URL) in a fresh folder."""
     import shutil
 
-    from ranking.feature_build import FeatureBuildConfig, build_features
-    from ranking.features import PACKAGE_REPO, FeatureRepo
+    from featurestore.build import FeatureBuildConfig, build_features
+    from featurestore.store import PACKAGE_REPO, FeatureRepo
     from recdata.instructions import InstructionConfig
 
     def make(dataset=None, *, embeddings=False, online="sqlite", redis_url=None, repo=None,
@@ -113,11 +113,11 @@ def trained(tmp_path_factory, synthetic):
     """A feature repo built for the synthetic set and one evaluation run that trains the
     full ranker and its no-KG ablation (small KG and few trees: this is about behaviour)."""
     from encoders.tuning import EncoderTuneConfig
+    from featurestore.build import FeatureBuildConfig, build_features
+    from featurestore.store import PACKAGE_REPO
     from kg.train import KGConfig
     from ranking.evaluation.config import EvalConfig
     from ranking.evaluation.harness import evaluate
-    from ranking.feature_build import FeatureBuildConfig, build_features
-    from ranking.features import PACKAGE_REPO
     from ranking.ltr.model import LTRConfig
 
     root = tmp_path_factory.mktemp("ranker")

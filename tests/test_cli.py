@@ -1,6 +1,6 @@
 from typer.testing import CliRunner
 
-from ranking.cli import app
+from serve.cli import app
 
 runner = CliRunner()
 

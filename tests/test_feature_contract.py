@@ -37,7 +37,7 @@ def test_the_declarations_are_consistent_and_derive_everything():
 
 
 def test_the_definitions_generate_one_service_per_ranker_version():
-    from ranking.features import definitions
+    from featurestore.store import definitions
 
     services = definitions().RANKER_SERVICES
     assert set(services) == set(declared.ABLATIONS)
@@ -139,8 +139,8 @@ import numpy as np
 
 from ranking.evaluation.config import EvalConfig
 from ranking.evaluation.harness import evaluate
-from ranking.feature_build import FeatureBuildConfig, build_features
-from ranking.features import PACKAGE_REPO, FeatureRepo
+from featurestore.build import FeatureBuildConfig, build_features
+from featurestore.store import PACKAGE_REPO, FeatureRepo
 from ranking.ltr.model import LTRConfig
 from ranking.recommend import Recommender, RecommenderConfig, latest_model
 from recdata.synthetic import make_synthetic

@@ -8,8 +8,8 @@ import polars as pl
 import pytest
 
 from feature_repo.ranker import service_name
-from ranking import features as fs
-from ranking.feature_build import refresh_features
+from featurestore import store as fs
+from featurestore.build import refresh_features
 from recdata.errors import FeatureStoreError
 
 DAY = 86_400
@@ -250,7 +250,7 @@ def test_feast_cli_applies_the_repo_from_its_folder(make_repo, tmp_path):
 def test_cli_build_and_lookup(tmp_path):
     from typer.testing import CliRunner
 
-    from ranking.cli import app
+    from serve.cli import app
 
     repo = tmp_path / "repo"
     repo.mkdir()

@@ -165,8 +165,8 @@ def test_signals_match_scores_and_mark_unknowns():
 def test_kg_train_on_movielens_is_served_by_feast(make_repo, movielens, tmp_path):
     from typer.testing import CliRunner
 
-    from ranking import features as fs
-    from ranking.cli import app
+    from featurestore import store as fs
+    from serve.cli import app
 
     repo, _ = make_repo(movielens)
     out = CliRunner().invoke(app, ["kg", "train", "--epochs", "3", "--dim", "16",

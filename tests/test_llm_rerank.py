@@ -15,7 +15,7 @@ import pytest
 from tiny_llm import WORDS, make_model, make_tokenizer
 
 from encoders.llm import load_causal_lm
-from ranking.llm_rerank import (
+from ranking.rerank.llm import (
     LLMRerankConfig,
     LLMReranker,
     answer_token_ids,
@@ -157,7 +157,7 @@ def _examples(n: int = 24) -> pl.DataFrame:
 
 def test_tune_save_load_round_trip(tiny_models, tmp_path):
     pytest.importorskip("peft", reason=NEEDS_PEFT)
-    from encoders.llm_tune import LoRATuneConfig, TuneResult, tune_lora
+    from ranking.rerank.llm_tune import LoRATuneConfig, TuneResult, tune_lora
 
     base = tiny_models["llama"]
     cfg = LoRATuneConfig(max_steps=3, checkpoint_every=2, lr=5e-2, seed=1)
@@ -182,7 +182,7 @@ def test_tune_save_load_round_trip(tiny_models, tmp_path):
 
 def test_resume_continues_from_the_last_checkpoint(tiny_models, tmp_path):
     pytest.importorskip("peft", reason=NEEDS_PEFT)
-    from encoders.llm_tune import LoRATuneConfig, tune_lora
+    from ranking.rerank.llm_tune import LoRATuneConfig, tune_lora
 
     base, cfg = tiny_models["llama"], LoRATuneConfig(max_steps=5, checkpoint_every=2, lr=1e-2)
     straight = tune_lora(cfg, _examples(), base, tmp_path / "a", progress=False, device="cpu")
@@ -206,7 +206,7 @@ def test_resume_continues_from_the_last_checkpoint(tiny_models, tmp_path):
 
 def test_bad_examples_name_the_column(tiny_models, tmp_path):
     pytest.importorskip("peft", reason=NEEDS_PEFT)
-    from encoders.llm_tune import LoRATuneConfig, tune_lora
+    from ranking.rerank.llm_tune import LoRATuneConfig, tune_lora
 
     bad = _examples().with_columns(label=pl.Series([2] * 24))
     with pytest.raises(ConfigError, match="'label' must be 0 or 1"):
@@ -220,7 +220,7 @@ def test_cli_tune_and_help(tiny_models, tmp_path):
     pytest.importorskip("peft", reason=NEEDS_PEFT)
     from typer.testing import CliRunner
 
-    from ranking.cli_llm import llm_app
+    from serve.cli_llm import llm_app
 
     runner = CliRunner()
     out = runner.invoke(llm_app, ["tune", "--help"])
@@ -252,7 +252,7 @@ def test_missing_extra_is_a_clear_error(monkeypatch):
 
 
 def test_importing_the_modules_loads_no_model_library():
-    code = ("import sys, encoders.llm, encoders.llm_tune, ranking.llm_rerank, ranking.cli_llm; "
+    code = ("import sys, encoders.llm, ranking.rerank.llm_tune, ranking.rerank.llm, serve.cli_llm; "
             "print(sorted({'torch', 'transformers', 'peft'} & set(sys.modules)))")
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
                          text=True, check=True)

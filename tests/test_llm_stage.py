@@ -11,7 +11,7 @@ import polars as pl
 import pytest
 from tiny_llm import make_model, make_tokenizer
 
-from ranking.llm_rerank import LLMRerankConfig, LLMReranker
+from ranking.rerank.llm import LLMRerankConfig, LLMReranker
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ import polars as pl
 import pytest
 
 from feature_repo.ranker import service_name
-from ranking import features as fs
+from featurestore import store as fs
 from recdata.dataset import Dataset
 from recdata.synthetic import make_synthetic
 

@@ -12,8 +12,8 @@ import numpy as np
 import polars as pl
 import pytest
 
-from ranking import features as fs
-from ranking.feature_build import refresh_features
+from featurestore import store as fs
+from featurestore.build import refresh_features
 from ranking.ltr.features import assemble, store_columns
 from ranking.ltr.training import offline_rows
 from ranking.recommend import Recommender, RecommenderConfig

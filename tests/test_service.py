@@ -17,7 +17,7 @@ def client(trained):
     from fastapi.testclient import TestClient
 
     from ranking.recommend import Recommender, RecommenderConfig
-    from ranking.service import create_app
+    from serve.http import create_app
 
     cfg = RecommenderConfig(repo=trained["repo"], data_dir=trained["data"])
     with TestClient(create_app(lambda: Recommender.load(cfg))) as c:
@@ -83,9 +83,9 @@ def test_store_outage_gives_503_and_the_service_recovers(trained, synthetic, tmp
     200, without restarting the service. (`redis_url` only asserts a server can run here.)"""
     from fastapi.testclient import TestClient
 
-    from ranking.feature_build import FeatureBuildConfig, build_features
+    from featurestore.build import FeatureBuildConfig, build_features
     from ranking.recommend import Recommender, RecommenderConfig
-    from ranking.service import create_app
+    from serve.http import create_app
     from tests.conftest import _free_port
 
     binary = shutil.which("redis-server")

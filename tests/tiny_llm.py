@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ranking.llm_rerank import build_prompt
+from ranking.rerank.llm import build_prompt
 
 WORDS = [
     "movie", "film", "comedy", "drama", "thriller", "horror", "romance", "action", "classic",

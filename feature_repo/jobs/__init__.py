@@ -1,5 +1,5 @@
 """Polars jobs that turn the interaction log and catalogue into Feast sources. Pure
-computation: frames in, frames out; `ranking.features` writes them and runs Feast."""
+computation: frames in, frames out; `featurestore.store` writes them and runs Feast."""
 
 from datetime import UTC, datetime
 

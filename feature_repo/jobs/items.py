@@ -42,7 +42,7 @@ def item_stats(interactions: pl.DataFrame) -> pl.DataFrame:
 
 def item_serving(stats: pl.DataFrame, fields: tuple[str, ...]) -> pl.DataFrame:
     """item_stats rows packed into `vector`, `fields` in order (the view's field order, see
-    `ranking.features.packed_views`: one row per candidate instead of one per field keeps
+    `featurestore.store.packed_views`: one row per candidate instead of one per field keeps
     the hot-path lookup inside its latency budget; float64 so timestamps survive exactly)."""
     return stats.select(
         "item_id",

@@ -17,7 +17,6 @@ import polars as pl
 import scipy.sparse as sp
 from tqdm.auto import tqdm
 
-from ranking.datasets import load_dataset
 from ranking.evaluation.config import EvalConfig
 from ranking.evaluation.metrics import metrics_of
 from ranking.evaluation.rankings import (
@@ -39,6 +38,7 @@ from ranking.inputs import (
 )
 from ranking.scorers.base import Scorer, ScorerConfig, ScorerContext, scorer_class
 from recdata.dataset import Dataset
+from recdata.datasets import load_dataset
 from recdata.instructions import generate_requests
 from recdata.logged import LOGGED_TASK, load_logged_requests
 
@@ -300,7 +300,7 @@ def ltr_resources(cfg: EvalConfig, ds: Dataset, prep: Prepared, context: ScorerC
                   progress: bool) -> LTRResources:
     import json as _json
 
-    from ranking import features as fs
+    from featurestore import store as fs
     from ranking.ltr.training import LTRResources
     from recdata.errors import FeatureStoreError
     from recdata.split import training_targets_removed
@@ -399,8 +399,8 @@ def tuned_context(cfg: EvalConfig, ds: Dataset, prep: Prepared, context: ScorerC
 
     from encoders.text import TextEncoder, default_model_path
     from encoders.tuning import tune_encoder
-    from ranking import features as fs
-    from ranking.feature_build import FeatureBuildConfig, build_features
+    from featurestore import store as fs
+    from featurestore.build import FeatureBuildConfig, build_features
 
     examples = encoder_examples(cfg, prep, context)
     tuned = tune_encoder(cfg.encoder_tuning, examples, cfg.encoder_path or default_model_path(),

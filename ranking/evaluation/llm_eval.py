@@ -24,8 +24,8 @@ from tqdm.auto import tqdm
 
 from ranking.evaluation.config import EvalConfig
 from ranking.inputs import RequestBatch
-from ranking.llm_rerank import LLMRerankConfig, fuse, order_by
 from ranking.queries import prompt_history
+from ranking.rerank.llm import LLMRerankConfig, fuse, order_by
 from recdata.atomic_io import write_text_atomic
 
 BELOW = -1e9
@@ -185,7 +185,7 @@ def evaluate_llm(cfg: LLMEvalConfig, reranker: Any | None = None, *, dataset: An
     """The paired evaluation described in the module docstring. `reranker` (an
     `LLMReranker`) defaults to `LLMReranker.load(cfg.rerank)`."""
     from ranking.evaluation.metrics import metrics_of
-    from ranking.llm_rerank import LLMReranker
+    from ranking.rerank.llm import LLMReranker
     started = time.perf_counter()
     run = _prepare(cfg.evaluation, progress, dataset)
     reranker = reranker or LLMReranker.load(cfg.rerank)

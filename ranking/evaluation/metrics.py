@@ -14,7 +14,7 @@ from pathlib import Path
 import duckdb
 import polars as pl
 
-from ranking.features import sql_string
+from featurestore.store import sql_string
 
 METRICS = ("hr@10", "ndcg@10", "mrr@10", "recall@20", "sampled_hr@10", "sampled_ndcg@10")
 

@@ -19,9 +19,9 @@ from typing import Any
 import duckdb
 import polars as pl
 
+from featurestore.store import sql_string
 from ranking.evaluation.config import EvalConfig
 from ranking.evaluation.metrics import METRICS
-from ranking.features import sql_string
 from recdata.atomic_io import atomic_path, write_parquet_atomic, write_text_atomic
 
 LIBRARIES = ("polars", "duckdb", "numpy", "scipy", "sentence-transformers", "torch",

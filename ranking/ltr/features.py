@@ -51,7 +51,7 @@ def column(ref: str) -> str:
 def _ref_entities() -> dict[str, str]:
     """Every declared store reference -> the entity of its view ('user' or 'item'); an
     unknown view or field is an error naming the feature that reads it."""
-    from ranking.features import feature_views
+    from featurestore.store import feature_views
 
     views = feature_views()
     out = {}

@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 
 from feature_repo.ranker import service_name
 from feature_repo.ranker import service_refs as ranker_service_refs
-from ranking import features as fs
+from featurestore import store as fs
 from ranking.candidates import SOURCES_FILE, SOURCES_VERSION, CandidateGenerator, Candidates
 from ranking.inputs import EXAMPLE_ROWS, Catalogue, FitData, RequestBatch
 from ranking.ltr.features import (

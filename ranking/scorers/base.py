@@ -41,7 +41,7 @@ class ScorerContext:
     # (ranking.queries), so its query text needs the catalogue's titles
     query_titles: np.ndarray | None = None
     tuned: ScorerContext | None = None  # the same resources with the tuned encoder
-    llm: Any = None  # ranking.llm_rerank.LLMReranker, for the reranked LTR scorer
+    llm: Any = None  # ranking.rerank.llm.LLMReranker, for the reranked LTR scorer
     artifacts: Path | None = None  # where artifacts built once are kept (ANN indexes)
     memo: dict = field(default_factory=dict)
 

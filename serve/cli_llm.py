@@ -1,7 +1,7 @@
 """`instructrank llm ...`: convert the packaged GGUF model and LoRA-tune it. Thin: parse,
-call one entry, print. Registered in ranking/cli.py with `app.add_typer(llm_app, name="llm")`.
+call one entry, print. Registered in serve/cli.py with `app.add_typer(llm_app, name="llm")`.
 
-Errors are reported as in every other command (ranking.cli_errors).
+Errors are reported as in every other command (serve.errors).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
-from ranking.cli_errors import user_errors
+from serve.errors import user_errors
 
 llm_app = typer.Typer(
     help="Optional LLM reranker (needs `pip install '.[llm]'`): convert the packaged "
@@ -72,7 +72,7 @@ def tune(
     import polars as pl
 
     from encoders.llm import default_model_dir
-    from encoders.llm_tune import LoRATuneConfig, tune_lora
+    from ranking.rerank.llm_tune import LoRATuneConfig, tune_lora
     from recdata.errors import ConfigError
 
     if not examples.is_file():
@@ -152,7 +152,7 @@ def evaluate_cmd(
     from rich.table import Table
 
     from ranking.evaluation.llm_eval import LLMEvalConfig, evaluate_llm
-    from ranking.llm_rerank import LLMRerankConfig
+    from ranking.rerank.llm import LLMRerankConfig
 
     cfg = LLMEvalConfig(
         evaluation=_eval_config(config, data_dir),

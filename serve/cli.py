@@ -8,8 +8,8 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
-from ranking.cli_errors import user_errors
-from ranking.cli_llm import llm_app
+from serve.cli_llm import llm_app
+from serve.errors import user_errors
 
 app = typer.Typer(
     help="Instruction-following recommender: fetch data, evaluate models, inspect results.",
@@ -98,8 +98,8 @@ def data_requests(
     data_dir: DataDir = Path("data"),
 ) -> None:
     """Generate instruction requests (history, intent, search) and write them as parquet."""
-    from ranking.datasets import load_dataset
     from recdata.atomic_io import write_parquet_atomic
+    from recdata.datasets import load_dataset
     from recdata.instructions import InstructionConfig, generate_requests
 
     ds = load_dataset(dataset, data_dir, interactions=interactions, items=items)
@@ -127,8 +127,8 @@ def features_build(
     Sources are rebuilt only when the data, the jobs or the encoder changed; embeddings are
     cached by content, so a rebuild re-encodes nothing that did not change.
     """
-    from ranking import features as fs
-    from ranking.feature_build import FeatureBuildConfig, build_features
+    from featurestore import store as fs
+    from featurestore.build import FeatureBuildConfig, build_features
 
     cfg = FeatureBuildConfig(dataset=dataset, interactions=interactions, items=items,
                              repo=repo or fs.PACKAGE_REPO, online=online, redis_url=redis_url,
@@ -156,8 +156,8 @@ def features_refresh(
     """Append new interactions and materialize incrementally (only touched entities change)."""
     import polars as pl
 
-    from ranking import features as fs
-    from ranking.feature_build import refresh_features
+    from featurestore import store as fs
+    from featurestore.build import refresh_features
 
     new = (pl.read_parquet(interactions) if interactions.suffix == ".parquet"
            else pl.read_csv(interactions))
@@ -180,7 +180,7 @@ def features_lookup(
 ) -> None:
     """Show the online features the ranker would read for a user and candidates."""
     from feature_repo.ranker import service_name
-    from ranking import features as fs
+    from featurestore import store as fs
 
     store = fs.FeatureRepo(repo or fs.PACKAGE_REPO).store(online, redis_url)
     if service is None:
@@ -228,9 +228,9 @@ def kg_train(
     """
     from rich.table import Table
 
+    from featurestore import store as fs
+    from kg.build import KGBuildConfig, build_kg
     from kg.train import KGConfig
-    from ranking import features as fs
-    from ranking.kg_build import KGBuildConfig, build_kg
 
     cfg = KGBuildConfig(dataset=dataset, interactions=interactions, items=items,
                         external_triples=external_triples, entity_map=entity_map,
@@ -351,9 +351,9 @@ def _recommender_config(model: Path | None, repo: Path | None, online: str,
                         redis_url: str | None, data_dir: Path, encoder_path: Path | None = None,
                         llm_adapter: Path | None = None, llm_model: Path | None = None,
                         llm_weight: float = 0.5, llm_top_n: int = 20) -> Any:
-    from ranking import features as fs
-    from ranking.llm_rerank import LLMRerankConfig
+    from featurestore import store as fs
     from ranking.recommend import RecommenderConfig
+    from ranking.rerank.llm import LLMRerankConfig
 
     llm = None
     if llm_adapter is not None or llm_model is not None:
@@ -395,7 +395,7 @@ def recommend_cmd(
     from rich.table import Table
 
     from ranking.recommend import Recommender
-    from ranking.service import to_response
+    from serve.http import to_response
 
     rec = Recommender.load(_recommender_config(model, repo, online, redis_url, data_dir,
                                                encoder_path, llm_adapter, llm_model,
@@ -445,7 +445,7 @@ def serve_cmd(
     import uvicorn
 
     from ranking.recommend import Recommender
-    from ranking.service import create_app
+    from serve.http import create_app
 
     cfg = _recommender_config(model, repo, online, redis_url, data_dir, encoder_path,
                               llm_adapter, llm_model, llm_weight, llm_top_n)

@@ -43,7 +43,7 @@ ANSWERS = (" Yes", " No")
 class LLMRerankConfig(BaseModel):
     """Settings of the reranker stage. `model_path` None means the packaged Gemma 3 270M,
     converted once under `data_dir/llm`. The text limits must match the ones an adapter was
-    tuned with (see `encoders.llm_tune.LoRATuneConfig`)."""
+    tuned with (see `ranking.rerank.llm_tune.LoRATuneConfig`)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 

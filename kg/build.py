@@ -13,10 +13,10 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from featurestore import store as fs
 from kg.external import ExternalKG, load_external
 from kg.train import KGConfig, KGResult, train_kg
 from kg.triples import build_triples
-from ranking import features as fs
 from recdata.atomic_io import write_parquet_atomic
 from recdata.dataset import Dataset
 from recdata.errors import ConfigError
@@ -65,7 +65,7 @@ def serve_embeddings(result: KGResult, repo: fs.FeatureRepo, online: str = "sqli
 
 def build_kg(cfg: KGBuildConfig, *, dataset: Dataset | None = None,
              progress: bool = True) -> KGBuildReport:
-    from ranking.datasets import load_dataset
+    from recdata.datasets import load_dataset
 
     ds = dataset or load_dataset(cfg.dataset, cfg.data_dir, interactions=cfg.interactions,
                                  items=cfg.items)

@@ -1,7 +1,7 @@
 """LoRA instruction tuning of the reranker's causal LM: teach it to answer " Yes" for a
 candidate the user went on to watch and " No" for one they did not.
 
-The prompts are exactly the reranker's (`ranking.llm_rerank.build_prompt`), and the loss is
+The prompts are exactly the reranker's (`ranking.rerank.llm.build_prompt`), and the loss is
 the cross-entropy of the answer token only, read at the last position (logits_to_keep=1), so
 the model learns the one decision the reranker asks of it and nothing about the prompt text.
 Only the LoRA matrices (r=8 on q_proj/v_proj by default) train; the base stays frozen.
@@ -31,7 +31,7 @@ import polars as pl
 from pydantic import BaseModel, ConfigDict, Field
 
 from encoders.llm import load_causal_lm, model_identity, set_default_mode
-from ranking.llm_rerank import (
+from ranking.rerank.llm import (
     answer_token_ids,
     build_prompt,
     fit_prefix,

@@ -24,7 +24,7 @@ import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, Field
 from tqdm.auto import tqdm
 
-from ranking import features as fs
+from featurestore import store as fs
 from recdata.atomic_io import atomic_path, write_parquet_atomic, write_text_atomic
 from recdata.dataset import INTERACTION_SCHEMA, Dataset, item_text
 from recdata.errors import FeatureStoreError
@@ -180,7 +180,7 @@ def _encoder(cfg: FeatureBuildConfig, progress: bool) -> object | None:
 def build_features(cfg: FeatureBuildConfig, *, dataset: Dataset | None = None,
                    progress: bool = True) -> FeatureBuildResult:
     """Build every source, apply the definitions and backfill the online store."""
-    from ranking.datasets import load_dataset
+    from recdata.datasets import load_dataset
 
     seconds: dict[str, float] = {}
     repo = fs.FeatureRepo(cfg.repo)
