@@ -76,6 +76,7 @@ class Recommendation:
     items: list[Recommended]
     candidates: int
     timings_ms: dict[str, float] = field(default_factory=dict)
+    now: int = 0  # the request's time (unix seconds) its features were taken at
 
 
 @dataclass(frozen=True)
@@ -257,7 +258,8 @@ class Recommender:
         if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= MAX_K:
             raise InvalidRequestError(f"k must be an integer from 1 to {MAX_K}, got {k!r}")
         timings: dict[str, float] = {}
-        req = self._features(user_id, text, self.request_time(now), timings)
+        at = self.request_time(now)
+        req = self._features(user_id, text, at, timings)
         batch, known, cands, frame = req.batch, req.known, req.cands, req.frame
         t3 = time.perf_counter()
         scores = self.model.predict(frame, threads=1)
@@ -282,7 +284,7 @@ class Recommender:
                for n, j in enumerate(top)]
         timings["total"] = (time.perf_counter() - t0) * 1000
         return Recommendation(user_id, text, not known, out, int(valid.sum()),
-                              {k_: round(v, 2) for k_, v in timings.items()})
+                              {k_: round(v, 2) for k_, v in timings.items()}, at)
 
     def _ratings(self, user: dict[str, Any]) -> dict[int, float]:
         """Catalogue index -> the user's rating, from the store (the latest one of an item

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from contextlib import asynccontextmanager
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, Field, StrictStr
@@ -56,12 +56,14 @@ class RecommendResponse(BaseModel):
     candidates: int
     items: list[ItemOut]
     timings_ms: dict[str, float]
+    now: datetime = Field(description="The request's time, which its features were taken at.")
 
 
 def to_response(rec: Recommendation) -> RecommendResponse:
     return RecommendResponse(
         user_id=rec.user_id, instruction=rec.instruction, cold_start=rec.cold_start,
         candidates=rec.candidates, timings_ms=rec.timings_ms,
+        now=datetime.fromtimestamp(rec.now, UTC),
         items=[ItemOut(item_id=i.item_id, title=i.title, score=round(i.score, 6),
                        reasons=[ReasonOut(text=r.text, family=r.family,
                                           contribution=r.contribution) for r in i.reasons])

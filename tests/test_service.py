@@ -47,11 +47,30 @@ def test_recommend_and_health(client):
     ({**GOOD, "k": 0}, "k"),
     ({**GOOD, "k": 101}, "k"),
     ({**GOOD, "user_id": "someone"}, "user_id"),
+    ({**GOOD, "now": "last tuesday"}, "now"),
 ])
 def test_bad_bodies_get_422_naming_the_field(client, body, field):
     r = client.post("/recommend", json=body)
     assert r.status_code == 422
     assert field in r.text
+
+
+def test_the_request_time_is_the_callers_when_given(client):
+    """`now` (ISO 8601 or unix seconds) is the request's time, echoed in the answer; the
+    same time given both ways scores the same; without it, the server's clock."""
+    import time as clock
+
+    iso = client.post("/recommend", json={**GOOD, "now": "2003-04-24T00:00:00Z"})
+    unix = client.post("/recommend", json={**GOOD, "now": 1_051_142_400})
+    before = clock.time()
+    default = client.post("/recommend", json=GOOD)
+    assert iso.status_code == unix.status_code == default.status_code == 200, iso.text
+    assert iso.json()["now"] == unix.json()["now"] == "2003-04-24T00:00:00Z"
+    assert iso.json()["items"] == unix.json()["items"]
+    from datetime import datetime
+
+    served_at = datetime.fromisoformat(default.json()["now"]).timestamp()
+    assert before - 1 <= served_at <= clock.time() + 1
 
 
 def test_whitespace_only_instruction_gets_422_with_the_reason(client):
