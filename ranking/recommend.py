@@ -37,6 +37,7 @@ from ranking.scorers.base import ScorerContext
 from recdata.errors import ConfigError, InvalidRequestError
 
 MAX_K = 100
+DATA_END_TTL = 10.0  # seconds between registry reads for 'data-end'
 QUERY_MEMORY = 50_000  # instruction vectors kept beyond the item cache (repeat requests)
 
 
@@ -115,6 +116,7 @@ class Recommender:
         self.row_of = {int(i): r for r, i in enumerate(self.item_ids)}
         self.explainer = Explainer(self)
         self.reranker: Any = None  # ranking.rerank.llm.LLMReranker when configured
+        self._data_end: tuple[float, int] = (-float("inf"), 0)
 
     @classmethod
     def load(cls, cfg: RecommenderConfig) -> Recommender:
@@ -203,15 +205,20 @@ class Recommender:
 
     def data_end(self) -> int:
         """Unix seconds up to which the online store is materialized (the end of the data
-        it was last built or refreshed from), read from the Feast registry."""
-        store = self.reader.store
-        store.refresh_registry()  # a refresh by another process moved it
-        view = store.get_feature_view("user_history")
-        end = view.most_recent_end_time
-        if end is None:
-            raise ConfigError("the online store was never materialized; run `instructrank "
-                              "features build`")
-        return int(end.timestamp())
+        it was last built or refreshed from), read from the Feast registry at most every
+        DATA_END_TTL seconds: a refresh by another process moves it, and replaying requests
+        at 'data-end' must not read the registry file once per request."""
+        read_at, end = self._data_end
+        if time.monotonic() - read_at > DATA_END_TTL:
+            store = self.reader.store
+            store.refresh_registry()
+            view = store.get_feature_view("user_history")
+            if view.most_recent_end_time is None:
+                raise ConfigError("the online store was never materialized; run "
+                                  "`instructrank features build`")
+            end = int(view.most_recent_end_time.timestamp())
+            self._data_end = (time.monotonic(), end)
+        return end
 
     def feature_frame(self, user_id: int | None, instruction: Any, *,
                       now: int | float | datetime | str | None = None) -> pl.DataFrame:
