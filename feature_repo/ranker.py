@@ -113,7 +113,13 @@ def store_refs(features: list[RankerFeature]) -> list[str]:
 def service_refs(ablation: str) -> list[str]:
     """What the `ablation` version's feature service holds: its features' references and
     the request inputs."""
-    return list(dict.fromkeys([*store_refs(ablation_features(ablation)), *REQUEST_INPUTS]))
+    return refs_of([f.name for f in ablation_features(ablation)])
+
+
+def refs_of(names: list[str]) -> list[str]:
+    """The references a service for the features `names` holds (a trained model's list)."""
+    specs = by_name()
+    return list(dict.fromkeys([*store_refs([specs[n] for n in names]), *REQUEST_INPUTS]))
 
 
 def service_name(ablation: str) -> str:

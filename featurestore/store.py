@@ -200,6 +200,26 @@ def service_refs(store: Any, service: str) -> list[str]:
     return [f"{p.name}:{f.name}" for p in svc.feature_view_projections for f in p.features]
 
 
+def require_service(store: Any, name: str, refs: list[str], what: str) -> None:
+    """Raise unless `store` has feature service `name` applied holding exactly `refs`; the
+    error names what differs (the references the store lacks) and what to run. Training
+    checks the service it reads, serving the one its model was trained from."""
+    applied = {s.name for s in store.list_feature_services()}
+    if name in applied:
+        held = service_refs(store, name)
+        if sorted(held) == sorted(refs):
+            return
+        problem = f"holds {held}, {what} reads {refs}"
+    else:
+        fields = {f"{v.name}:{f.name}" for v in store.list_feature_views() for f in v.features}
+        missing = [r for r in refs if r not in fields]
+        problem = "is not applied" + (f"; the store lacks {', '.join(missing)}" if missing
+                                      else "")
+    raise FeatureStoreError(
+        f"feature service {name!r} ({what}'s) {problem}; apply the current declarations "
+        "with `instructrank features build`, or retrain with `instructrank evaluate`")
+
+
 def historical_features(repo: FeatureRepo, store: Any, entity_df: pl.DataFrame,
                         features: str | list[str]) -> pl.DataFrame:
     """Point-in-time features for each entity row (join keys + `event_timestamp`), typed

@@ -24,11 +24,12 @@ import polars as pl
 import scipy.sparse as sp
 from pydantic import BaseModel, ConfigDict, Field
 
+from feature_repo.ranker import refs_of
 from featurestore import store as fs
-from ranking.candidates import CandidateGenerator
+from ranking.candidates import CandidateGenerator, Candidates
 from ranking.explain import Explainer, Reason
 from ranking.inputs import Catalogue, RequestBatch
-from ranking.intent_parser import parsed_for
+from ranking.intent_parser import ParsedIntents, parsed_for
 from ranking.ltr.features import ItemTables, assemble
 from ranking.ltr.model import LTRModel
 from ranking.rerank.llm import LLMRerankConfig
@@ -86,10 +87,10 @@ class OnlineRequest:
 
     batch: RequestBatch
     known: bool
-    cands: Any  # ranking.candidates.Candidates
+    cands: Candidates
     frame: pl.DataFrame
-    parsed: Any  # ranking.intent_parser.ParsedIntents
-    user: dict[str, Any]  # the user's store values (None where unknown)
+    parsed: ParsedIntents
+    rated: dict[int, float]  # the user's ratings by catalogue row, for the explanations
 
 
 def latest_model(models_dir: Path, name: str = "ltr_full") -> Path:
@@ -113,7 +114,7 @@ class Recommender:
         self.titles = catalogue.items["title"].to_list() if "title" in catalogue.items.columns \
             else [str(i) for i in self.item_ids]
         self.title_array = np.asarray(self.titles, dtype=object)
-        self.row_of = {int(i): r for r, i in enumerate(self.item_ids)}
+        self._by_id = np.argsort(self.item_ids, kind="stable")  # id -> row, by searchsorted
         self.explainer = Explainer(self)
         self.reranker: Any = None  # ranking.rerank.llm.LLMReranker when configured
         self._data_end: tuple[float, int] = (-float("inf"), 0)
@@ -131,20 +132,7 @@ class Recommender:
         repo = fs.FeatureRepo(cfg.repo)
         store = repo.store(cfg.online, cfg.redis_url)
         service = model.feature_service
-        applied = {s.name for s in store.list_feature_services()}
-        if service not in applied:
-            from ranking.ltr.features import store_columns
-
-            views = {v.name: {f.name for f in v.features} for v in store.list_feature_views()}
-            user, item = store_columns(model.features)
-            missing = [c for c in user + item
-                       if c.split("__")[1] not in views.get(c.split("__")[0], set())]
-            raise ConfigError(
-                f"model {model.key} was trained from feature service {service!r}, which the "
-                f"store of {cfg.repo} does not serve"
-                + (f" (it lacks {', '.join(missing)})" if missing else "")
-                + "; rebuild the features (`instructrank features build`) or retrain "
-                  "(`instructrank evaluate`)")
+        fs.require_service(store, service, refs_of(model.features), f"model {model.key}")
         reader = fs.OnlineReader(store, service)
         model.check_served(set(reader.types))
         serving = model.extra.get("serving_sources")
@@ -238,7 +226,8 @@ class Recommender:
         known = any(v is not None for v in user.values())
         t1 = time.perf_counter()
         timings["user_read"] = (t1 - t0) * 1000
-        batch = self._batch(user_id if known else None, user, text, now)
+        seen, rated = self._seen(user) if known else (np.zeros(0, np.int64), {})
+        batch = self._batch(user_id if known else None, seen, text, now)
         cands = self.generator.generate(batch)
         parsed = parsed_for(self.context, batch, self.items.genres)
         self.context.forget(batch)
@@ -253,7 +242,7 @@ class Recommender:
         frame = assemble(batch, cands, user_rows, item_rows, self.items, kg=self.context.kg,
                          anonymous=np.array([not known]), parsed=parsed,
                          features=self.model.features)
-        return OnlineRequest(batch, known, cands, frame, parsed, user)
+        return OnlineRequest(batch, known, cands, frame, parsed, rated)
 
     def recommend(self, user_id: int | None, instruction: Any, k: int = 10, *,
                   now: int | float | datetime | str | None = None) -> Recommendation:
@@ -284,7 +273,7 @@ class Recommender:
         contrib = self.model.contributions(frame[top.tolist()], threads=1)
         reasons = self.explainer.reasons(batch, frame[top.tolist()], contrib,
                                          cands.idx[0][top], user_id if known else None,
-                                         req.parsed, self._ratings(req.user))
+                                         req.parsed, req.rated)
         timings["explain"] = (time.perf_counter() - t4) * 1000
         out = [Recommended(int(self.item_ids[cands.idx[0][j]]),
                            self.titles[cands.idx[0][j]], float(scores[j]), reasons[n])
@@ -293,15 +282,24 @@ class Recommender:
         return Recommendation(user_id, text, not known, out, int(valid.sum()),
                               {k_: round(v, 2) for k_, v in timings.items()}, at)
 
-    def _ratings(self, user: dict[str, Any]) -> dict[int, float]:
-        """Catalogue index -> the user's rating, from the store (the latest one of an item
-        seen twice)."""
-        items, ratings = user.get("user_seen__items") or [], user.get("user_seen__ratings") or []
-        out: dict[int, float] = {}
-        for i, r in zip(reversed(items), reversed(ratings), strict=False):
-            if i in self.row_of and r is not None and np.isfinite(r):
-                out[self.row_of[i]] = float(r)
-        return out
+    def _seen(self, user: dict[str, Any]) -> tuple[np.ndarray, dict[int, float]]:
+        """From the store's `user_seen` row: the catalogue rows the user has seen, most
+        recent first, each once; and their ratings by row (the latest of an item seen
+        twice). Array work, whatever the history's length."""
+        ids = np.asarray(user.get("user_seen__items") or [], dtype=np.int64)
+        ratings = np.asarray([np.nan if r is None else r for r in
+                              user.get("user_seen__ratings") or []], dtype=np.float64)
+        if len(ratings) != len(ids):
+            ratings = np.full(len(ids), np.nan)
+        sorted_ids = self.item_ids[self._by_id]
+        pos = np.clip(np.searchsorted(sorted_ids, ids), 0, max(len(sorted_ids) - 1, 0))
+        known = sorted_ids[pos] == ids if len(sorted_ids) else np.zeros(len(ids), bool)
+        rows, ratings = self._by_id[pos[known]], ratings[known]
+        _, first = np.unique(rows, return_index=True)
+        first = np.sort(first)  # the most recent occurrence of each item, in recency order
+        rows, ratings = rows[first], ratings[first]
+        rated = np.isfinite(ratings)
+        return rows, dict(zip(rows[rated].tolist(), ratings[rated].tolist(), strict=True))
 
     def _rerank(self, batch: RequestBatch, idx: np.ndarray, top: np.ndarray,
                 scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -318,16 +316,11 @@ class Recommender:
         new_scores[reordered] = fused
         return reordered, new_scores
 
-    def _batch(self, user_id: int | None, user: dict[str, Any], text: str,
+    def _batch(self, user_id: int | None, seen: np.ndarray, text: str,
                now: int) -> RequestBatch:
-        """A one-request batch whose history is everything the store says the user has
-        seen, most recent first (recency rank 1..): what the sources start from and what
-        is excluded."""
-        recent: list[int] = []
-        if user_id is not None:
-            recent = list(dict.fromkeys(self.row_of[i] for i in (
-                user.get("user_seen__items") or []) if i in self.row_of))
-        cols = np.array(recent, dtype=np.int64)
+        """A one-request batch whose history is `seen` (catalogue rows, most recent first:
+        recency rank 1..): what the sources start from and what is excluded."""
+        cols = seen.astype(np.int64) if user_id is not None else np.zeros(0, np.int64)
         history = sp.csr_matrix((np.arange(1, len(cols) + 1, dtype=np.float32),
                                  (np.zeros(len(cols), dtype=np.int64), cols)),
                                 shape=(1, len(self.item_ids)))

@@ -66,6 +66,12 @@ def _ref_entities() -> dict[str, str]:
     return out
 
 
+@cache
+def _specs() -> dict[str, RankerFeature]:
+    """Declarations by name, built once: `assemble` runs on the request path."""
+    return declared.by_name()
+
+
 def check_contract() -> None:
     """Each declaration reads declared Feast features and computes with a registered
     function; raises naming the first that does not."""
@@ -80,7 +86,7 @@ def check_contract() -> None:
 def store_columns(features: list[str]) -> tuple[list[str], list[str]]:
     """(user columns, item columns) of the feature store that `features` read."""
     entity = _ref_entities()
-    specs = declared.by_name()
+    specs = _specs()
     refs = declared.store_refs([specs[f] for f in features])
     return ([column(r) for r in refs if entity[r] == "user"],
             [column(r) for r in refs if entity[r] != "user"])
@@ -132,7 +138,7 @@ def available_features(have: Available) -> list[str]:
 
 def require(features: list[str], have: Available, what: str) -> None:
     """Raise naming every feature of `features` that `have` cannot compute."""
-    specs = declared.by_name()
+    specs = _specs()
     unknown = [f for f in features if f not in specs]
     if unknown:
         raise FeatureContractError(f"{what} expects features feature_repo/ranker.py does not "
@@ -332,6 +338,6 @@ def assemble(batch: RequestBatch, cands: Candidates, user_rows: pl.DataFrame,
                      | frozenset(item_rows.columns), kg is not None, items.vectors is not None)
     require(features, have, "assembling the ranker's features")
     x = Inputs(batch, cands, user_rows, item_rows, items, kg, anon, parsed)
-    specs = declared.by_name()
+    specs = _specs()
     return pl.DataFrame({f: np.asarray(COMPUTE[specs[f].compute](x, specs[f]),
                                        dtype=np.float32).ravel() for f in features})

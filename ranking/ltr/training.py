@@ -394,22 +394,12 @@ class LTRResources:
         return key
 
     def _service(self, ablation: str) -> str:
-        """The Feast feature service the `ablation` version is trained from: it must be
-        applied in this repo's registry and hold exactly the references its features read
-        (the examples are read point-in-time for the union of the run's services)."""
+        """The Feast feature service the `ablation` version is trained from: applied in this
+        repo's registry, holding exactly the references its features read (the examples
+        are read point-in-time for the union of the run's services)."""
         name = service_name(ablation)
-        applied = {s.name: s for s in self.store.list_feature_services()}
-        if name not in applied:
-            raise FeatureStoreError(
-                f"feature service {name!r} (the {ablation!r} ranker's) is not applied in "
-                f"{self.repo.path}; run `instructrank features build` to apply the current "
-                "declarations")
-        refs = fs.service_refs(self.store, name)
-        wanted = ranker_service_refs(ablation)
-        if sorted(refs) != sorted(wanted):
-            raise FeatureStoreError(
-                f"feature service {name!r} in {self.repo.path} serves {refs}, the "
-                f"declarations read {wanted}; run `instructrank features build`")
+        fs.require_service(self.store, name, ranker_service_refs(ablation),
+                           f"the {ablation!r} ranker")
         return name
 
 
