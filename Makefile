@@ -22,6 +22,7 @@ run: $(STAMP)
 	$(VENV)/bin/instructrank data fetch movielens-100k
 	$(VENV)/bin/instructrank features build --dataset movielens-100k
 	$(VENV)/bin/instructrank kg train --dataset movielens-100k
+	$(VENV)/bin/instructrank train --dataset movielens-100k
 	$(VENV)/bin/instructrank evaluate --dataset movielens-100k
 	$(VENV)/bin/instructrank recommend --user 42 -k 5 --now data-end "a light 90s comedy"
 	$(VENV)/bin/instructrank recommend --user 7 -k 5 --now data-end "something scary from the eighties"

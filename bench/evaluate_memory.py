@@ -38,6 +38,7 @@ def main() -> None:
     from featurestore.store import PACKAGE_REPO
     from ranking.evaluation.config import EvalConfig
     from ranking.evaluation.harness import evaluate
+    from ranking.train import train
     from recdata.stages import RECORDS, stage
     from recdata.synthetic import make_synthetic
 
@@ -58,6 +59,8 @@ def main() -> None:
         cfg = EvalConfig(dataset="synthetic", feature_repo=repo, data_dir=data,
                          results_dir=work / "results",
                          **({"models": args.models.split(",")} if args.models else {}))
+        with stage("train, every model"):
+            train(cfg, dataset=ds, progress=False)
         with stage("evaluate, every model"):
             result = evaluate(cfg, dataset=ds, progress=False)
         print(result.metrics.select("model", "task", "ndcg@10").sort("task", "model"))

@@ -77,6 +77,7 @@ def run_size(interactions: int, work: Path) -> list[dict]:
     from ranking.evaluation.config import EvalConfig
     from ranking.evaluation.harness import evaluate
     from ranking.recommend import Recommender, RecommenderConfig
+    from ranking.train import train
     from recdata.stages import RECORDS, stage
 
     users, items = shape(interactions)
@@ -99,6 +100,8 @@ def run_size(interactions: int, work: Path) -> list[dict]:
                  progress=False)
     cfg = EvalConfig(dataset="synthetic", models=MODELS, tune=False, eval_users=EVAL_USERS,
                      feature_repo=repo, data_dir=data, results_dir=work / "results")
+    with stage("train (hold-out KG, ranker)"):
+        train(cfg, dataset=ds, progress=False)
     with stage("evaluate (fits, ranker, user sample)"):
         result = evaluate(cfg, dataset=ds, progress=False)
     quality = result.metrics.select("model", "task", "ndcg@10").to_dicts()

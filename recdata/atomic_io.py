@@ -19,6 +19,12 @@ def atomic_path(target: Path) -> tuple[Path, Path]:
 
 
 def write_text_atomic(target: Path, text: str) -> None:
+    """Replace `target` with `text` in one step; a file that already says exactly that is
+    left untouched (a rerun with nothing changed changes nothing, modification times
+    included)."""
+    target = Path(target)
+    if target.is_file() and target.read_text() == text:
+        return
     tmp, target = atomic_path(target)
     tmp.write_text(text)
     os.replace(tmp, target)

@@ -61,6 +61,11 @@ class DataValidationError(InstructRankError):
         super().__init__(f"{len(problems)} problem(s) in the input data:\n{shown}{tail}")
 
 
+class ArtifactMissingError(InstructRankError):
+    """A stage needs an artifact an earlier stage has not made (the message names the
+    command that makes it)."""
+
+
 class FeatureStoreError(InstructRankError):
     """The feature store is misconfigured, or a source no longer matches its view."""
 

@@ -271,23 +271,89 @@ def models() -> None:
         console.print(f"[bold]{name}[/bold] (reads {', '.join(reads) or 'nothing'}): {doc}")
 
 
+ModelList = Annotated[str | None, typer.Option(
+    help="Comma-separated model names (default: every model; see `instructrank models`).")]
+TaskList = Annotated[str | None, typer.Option(
+    help="Comma-separated tasks: history, intent, search (default: all).")]
+ConfigFile = Annotated[Path | None, typer.Option(
+    help="JSON experiment config (see configs/); flags given here override it.")]
+SampleUsers = Annotated[int | None, typer.Option(
+    help="Restrict the whole dataset to this many random users (quick runs).")]
+Seed = Annotated[int | None, typer.Option(help="Seed for requests, ties and sampling.")]
+Quiet = Annotated[bool, typer.Option(help="No progress bars.")]
+
+
+def _run_config(config: Path | None, **overrides: Any) -> Any:
+    """The run's EvalConfig: the config file, then the flags given (train and evaluate read
+    the same options, so the same flags find the same trained artifacts)."""
+    import json
+
+    from ranking.evaluation.config import EvalConfig
+
+    base: dict[str, Any] = json.loads(config.read_text()) if config else {}
+    for name in ("models", "tasks"):
+        overrides[name] = _split(overrides.get(name))
+    base.update({k: v for k, v in overrides.items() if v is not None})
+    return EvalConfig.model_validate(base)
+
+
+@app.command("train")
+@user_errors
+def train_cmd(
+    dataset: DatasetName = "movielens-100k",
+    models: ModelList = None,
+    tasks: TaskList = None,
+    config: ConfigFile = None,
+    interactions: Interactions = None,
+    items: Items = None,
+    sample_users: SampleUsers = None,
+    seed: Seed = None,
+    repo: Repo = None,
+    data_dir: DataDir = Path("data"),
+    quiet: Quiet = False,
+) -> None:
+    """Train what the models read: the hold-out KG, each ranker version (with the candidate
+    sources serving loads) and the instruction-tuned encoder.
+
+    Each artifact is cached by a hash of its inputs: with nothing changed, nothing trains.
+    The manifest naming them goes to DATA_DIR/trained/<hash>.json, where `instructrank
+    evaluate` with the same options reads them. Run `instructrank features build` first.
+    """
+    from rich.table import Table
+
+    from ranking.train import train
+
+    cfg = _run_config(config, dataset=dataset, models=models, tasks=tasks,
+                      interactions=interactions, items=items, sample_users=sample_users,
+                      seed=seed, data_dir=data_dir, feature_repo=repo)
+    result = train(cfg, progress=not quiet)
+    m = result.manifest
+    table = Table(title=f"trained for {cfg.dataset} ({m.fingerprint})")
+    table.add_column("artifact")
+    table.add_column("where")
+    if m.kg:
+        table.add_row("hold-out KG", str(cfg.data_dir / "kg" / m.kg))
+    for name, folder in sorted(m.models.items()):
+        table.add_row(name, str(cfg.data_dir / "models" / folder))
+    if m.encoder:
+        table.add_row("tuned encoder", m.encoder)
+    if m.tuned_repo:
+        table.add_row("tuned feature repo", m.tuned_repo)
+    console.print(table)
+    console.print(f"manifest: {m.path}  took {result.seconds:.0f} s")
+
+
 @app.command("evaluate")
 @user_errors
 def evaluate_cmd(
     dataset: DatasetName = "movielens-100k",
-    models: Annotated[str | None, typer.Option(
-        help="Comma-separated model names (default: every baseline; see `instructrank "
-             "models`).")] = None,
-    tasks: Annotated[str | None, typer.Option(
-        help="Comma-separated tasks: history, intent, search (default: all).")] = None,
-    config: Annotated[Path | None, typer.Option(
-        help="JSON experiment config (see configs/); flags given here override it.")] = None,
+    models: ModelList = None,
+    tasks: TaskList = None,
+    config: ConfigFile = None,
     interactions: Interactions = None,
     items: Items = None,
-    sample_users: Annotated[int | None, typer.Option(
-        help="Evaluate on this many random users only (quick runs).")] = None,
-    seed: Annotated[int | None, typer.Option(help="Seed for requests, ties and sampling.")]
-    = None,
+    sample_users: SampleUsers = None,
+    seed: Seed = None,
     requests: Annotated[Path | None, typer.Option(
         "--requests", help="Your logged requests (CSV/parquet: user_id, instruction, "
                            "timestamp, target_item_id), scored as task 'logged'.")] = None,
@@ -295,29 +361,25 @@ def evaluate_cmd(
     data_dir: DataDir = Path("data"),
     results_dir: Annotated[Path, typer.Option(help="Where quality.csv and the plot go.")]
     = Path("bench/results"),
-    quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
+    quiet: Quiet = False,
 ) -> None:
     """Tune every model on validation, score test requests, print and save the metrics.
 
-    The ranker (ltr_*) reads the Feast repo: run `instructrank features build` first. With
-    --requests, your own logged requests are scored too, as task 'logged'.
+    The KG, the rankers (ltr_*) and the tuned encoder are read from `instructrank train`
+    with the same options (run it first); the baselines are fitted here, their grids
+    searched on validation. With --requests, your own logged requests are scored too, as
+    task 'logged'.
 
     Writes bench/results/quality.csv (dataset,task,model,metric,value), quality.png, and a
     DuckDB file with the rankings behind every figure under DATA_DIR/runs/<hash>/.
     """
-    import json
-
-    from ranking.evaluation.config import EvalConfig
     from ranking.evaluation.harness import evaluate
     from ranking.evaluation.report import print_metrics, print_samples, sample_recommendations
 
-    base: dict[str, Any] = json.loads(config.read_text()) if config else {}
-    overrides = {"dataset": dataset, "models": _split(models), "tasks": _split(tasks),
-                 "interactions": interactions, "items": items, "sample_users": sample_users,
-                 "seed": seed, "data_dir": data_dir, "results_dir": results_dir,
-                 "requests_file": requests, "feature_repo": repo}
-    base.update({k: v for k, v in overrides.items() if v is not None})
-    cfg = EvalConfig.model_validate(base)
+    cfg = _run_config(config, dataset=dataset, models=models, tasks=tasks,
+                      interactions=interactions, items=items, sample_users=sample_users,
+                      seed=seed, data_dir=data_dir, results_dir=results_dir,
+                      requests_file=requests, feature_repo=repo)
     result = evaluate(cfg, progress=not quiet)
     paths = result.save()
     print_metrics(result.metrics, result.dataset, console)

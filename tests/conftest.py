@@ -119,6 +119,7 @@ def trained(tmp_path_factory, synthetic):
     from ranking.evaluation.config import EvalConfig
     from ranking.evaluation.harness import evaluate
     from ranking.ltr.model import LTRConfig
+    from ranking.train import train
 
     root = tmp_path_factory.mktemp("ranker")
     repo, data = root / "repo", root / "data"
@@ -135,8 +136,20 @@ def trained(tmp_path_factory, synthetic):
                      # used by the runs that tune the encoder (cached by its inputs)
                      encoder_tuning=EncoderTuneConfig(max_examples=400, batch_size=16,
                                                       max_seq_length=32))
+    trained_run = train(cfg, dataset=synthetic, progress=False)
+    made = _artifact_files(data)
     result = evaluate(cfg, dataset=synthetic, progress=False)
-    return {"repo": repo, "data": data, "result": result, "cfg": cfg}
+    return {"repo": repo, "data": data, "result": result, "cfg": cfg, "train": trained_run,
+            "artifacts_after_train": made, "artifacts_after_evaluate": _artifact_files(data)}
+
+
+TRAINED_ARTIFACTS = ("kg", "models", "serving", "encoders", "repos", "trained")
+
+
+def _artifact_files(data):
+    """Every file `train()` may write, with its size and modification time."""
+    return {str(p.relative_to(data)): (p.stat().st_size, p.stat().st_mtime_ns)
+            for sub in TRAINED_ARTIFACTS for p in (data / sub).rglob("*") if p.is_file()}
 
 
 @pytest.fixture(scope="session")

@@ -42,3 +42,23 @@ def test_evaluate_synthetic_writes_table(tmp_path):
 def test_models_lists_registry():
     out = runner.invoke(app, ["models"])
     assert out.exit_code == 0 and "embedding_ease" in out.output
+
+
+def test_train_then_evaluate_reads_what_train_made(tmp_path):
+    """`evaluate` of a model that reads a trained artifact (the hold-out KG) refuses to run
+    before `train` with the same options, naming the command; after it, it reads it."""
+    import json
+
+    config = tmp_path / "run.json"
+    config.write_text(json.dumps({"kg": {"epochs": 4, "eval_every": 2, "dim": 16}}))
+    common = ["--dataset", "synthetic", "--models", "kg", "--tasks", "history", "--quiet",
+              "--config", str(config), "--data-dir", str(tmp_path)]
+    out = runner.invoke(app, ["evaluate", *common, "--results-dir", str(tmp_path)])
+    assert out.exit_code == 1 and "instructrank train" in out.output
+    assert "Traceback" not in out.output
+    out = runner.invoke(app, ["train", *common])
+    assert out.exit_code == 0, out.output
+    assert "hold-out KG" in out.output and "manifest" in out.output
+    out = runner.invoke(app, ["evaluate", *common, "--results-dir", str(tmp_path)])
+    assert out.exit_code == 0, out.output
+    assert (tmp_path / "quality.csv").exists()

@@ -8,6 +8,7 @@ import pytest
 from ranking.evaluation.config import BASELINES, EvalConfig
 from ranking.evaluation.harness import evaluate
 from ranking.evaluation.metrics import METRICS, compute_metrics
+from ranking.train import train
 
 
 @pytest.mark.slow
@@ -15,6 +16,7 @@ def test_movielens_sample_end_to_end(movielens, data_dir, tmp_path):
     # the baselines: the ranker needs a feature repo built for this sample (test_ranker.py)
     cfg = EvalConfig(sample_users=80, models=BASELINES, data_dir=data_dir,
                      results_dir=tmp_path)
+    train(cfg, dataset=movielens, progress=False)  # the hold-out KG the `kg` baseline reads
     result = evaluate(cfg, dataset=movielens, progress=False)
     paths = result.save()
 

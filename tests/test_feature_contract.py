@@ -139,6 +139,7 @@ import numpy as np
 
 from ranking.evaluation.config import EvalConfig
 from ranking.evaluation.harness import evaluate
+from ranking.train import train
 from featurestore.build import FeatureBuildConfig, build_features
 from featurestore.store import PACKAGE_REPO, FeatureRepo
 from ranking.ltr.model import LTRConfig
@@ -155,10 +156,11 @@ for name in ("feature_store.yaml", "feature_store.redis.yaml"):
 ds = make_synthetic(n_users=120, n_items=150, interactions_per_user=25, seed=7)
 build_features(FeatureBuildConfig(dataset="synthetic", repo=repo, data_dir=data), dataset=ds,
                progress=False)
-evaluate(EvalConfig(dataset="synthetic", models=["ltr_no_kg"], feature_repo=repo,
-                    data_dir=data, results_dir=work / "results",
-                    ltr=LTRConfig(n_estimators=60, early_stopping_rounds=20)),
-         dataset=ds, progress=False)
+cfg = EvalConfig(dataset="synthetic", models=["ltr_no_kg"], feature_repo=repo, data_dir=data,
+                 results_dir=work / "results",
+                 ltr=LTRConfig(n_estimators=60, early_stopping_rounds=20))
+train(cfg, dataset=ds, progress=False)
+evaluate(cfg, dataset=ds, progress=False)
 model_dir = latest_model(data / "models", "ltr_no_kg")
 rec = Recommender.load(RecommenderConfig(model=model_dir, repo=repo, data_dir=data))
 gain = dict(zip(rec.model.booster.feature_name(),

@@ -22,7 +22,7 @@ def prep(synthetic):
 def context(encoder, trained, synthetic, prep):
     """With the KG and the ranker's resources, so the KG and LTR scorers meet the same
     contract (built from the feature repo of the session's `trained` fixture)."""
-    from ranking.evaluation.harness import ltr_kg, ltr_resources, tuned_context
+    from ranking.train import ltr_kg, ltr_resources, tuned_context
 
     cfg = trained["cfg"]
     context = ScorerContext(encoder=encoder)

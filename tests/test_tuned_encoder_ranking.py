@@ -13,9 +13,11 @@ import pytest
 @pytest.fixture(scope="module")
 def tuned_run(trained, synthetic):
     from ranking.evaluation.harness import evaluate
+    from ranking.train import train
 
     cfg = trained["cfg"].model_copy(update={
         "models": ["embedding", "embedding_tuned", "ltr_tuned"]})
+    train(cfg, dataset=synthetic, progress=False)
     return cfg, evaluate(cfg, dataset=synthetic, progress=False)
 
 
@@ -32,8 +34,9 @@ def test_tuned_models_are_evaluated_on_every_task(tuned_run):
 
 
 def test_encoder_examples_come_from_training_requests_only(tuned_run, trained, synthetic):
-    from ranking.evaluation.harness import encoder_examples, ltr_kg, prepare
+    from ranking.prepare import prepare
     from ranking.scorers.base import ScorerContext
+    from ranking.train import encoder_examples, ltr_kg
 
     cfg, _ = tuned_run
     prep = prepare(cfg, synthetic)

@@ -18,6 +18,9 @@ BASELINES = ["popularity", "itemknn", "ease", "itemknn_lastn", "ease_lastn", "al
              "transition", "filter_popularity", "embedding", "embedding_ease", "kg"]
 RANKERS = ["ltr_full", "ltr_no_kg", "ltr_no_instruction", "ltr_no_text"]
 TUNED = ["embedding_tuned", "ltr_tuned"]  # read the encoder instruction-tuned in the run
+# fields that change what is scored, never what is trained
+EVALUATION_ONLY = {"models", "tune", "sampled_negatives", "top_k", "requests_file", "data_dir",
+                   "results_dir", "feature_repo"}
 
 
 class EvalConfig(BaseModel):
@@ -87,6 +90,15 @@ class EvalConfig(BaseModel):
         if self.requests_file is not None and Path(self.requests_file).exists():
             payload["requests_file"] = hashlib.sha1(
                 Path(self.requests_file).read_bytes()).hexdigest()
+        text = json.dumps(payload, sort_keys=True, default=str) + data_fingerprint
+        return hashlib.sha1(text.encode()).hexdigest()[:12]
+
+    def training_fingerprint(self, data_fingerprint: str) -> str:
+        """Hash of what determines the trained artifacts (`instructrank train`): the
+        evaluation-only fields (which models are scored, their grids, the metrics' cut-offs,
+        logged requests) are left out, so evaluating another model list or cut-off reads the
+        same trained models."""
+        payload = self.model_dump(mode="json", exclude=EVALUATION_ONLY)
         text = json.dumps(payload, sort_keys=True, default=str) + data_fingerprint
         return hashlib.sha1(text.encode()).hexdigest()[:12]
 

@@ -62,19 +62,15 @@ class _Run:
 
 
 def _prepare(cfg: EvalConfig, progress: bool, dataset: Any = None) -> _Run:
-    from encoders.text import TextEncoder
-    from ranking.evaluation.harness import ltr_kg, ltr_resources, prepare, run_dataset
-    from ranking.scorers.base import ScorerContext
+    """The ranker `ltr_full` and its inputs, read from `train()`'s manifest (nothing fitted)."""
+    from ranking.prepare import prepare, run_dataset
+    from ranking.train import require_manifest, run_context
 
     ds = run_dataset(cfg, dataset)
     prep = prepare(cfg, ds)
-    encoder = TextEncoder(cfg.encoder_path, cache_dir=cfg.data_dir / "cache",
-                          show_progress=progress)
-    kg = ltr_kg(cfg, ds, progress)
-    context = ScorerContext(encoder=encoder, kg=kg.embeddings)
-    res = ltr_resources(cfg, ds, prep, context, progress)
-    res.kg_key = kg.key
-    return _Run(cfg, prep, res, prep.catalogue.items["title"].to_numpy().astype(str))
+    context, _ = run_context(cfg, ds, prep, ["ltr_full"], progress=progress,
+                             trained=require_manifest(cfg, ds))
+    return _Run(cfg, prep, context.ltr, prep.catalogue.items["title"].to_numpy().astype(str))
 
 
 def _subset(batch: RequestBatch, rows: np.ndarray) -> RequestBatch:

@@ -70,6 +70,7 @@ class EvalResult:
     candidate_recall: pl.DataFrame | None = None  # task, candidates, recall, requests
     skipped: dict[str, str] = field(default_factory=dict)  # model -> why it was left out
     stages: list[dict[str, Any]] = field(default_factory=list)  # stage, seconds, peak RSS
+    trained: str | None = None  # the manifest of train() whose artifacts were read
 
     @property
     def dataset(self) -> str:
@@ -111,6 +112,7 @@ class EvalResult:
             "versions": library_versions(),
             "seconds": round(self.seconds, 1),
             "stages": self.stages,
+            "trained": self.trained,
         }, indent=2))
         if update_quality:
             from ranking.evaluation.report import plot_ndcg

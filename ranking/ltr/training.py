@@ -43,7 +43,7 @@ from ranking.ltr.features import (
 from ranking.ltr.model import LTRConfig, LTRModel, fit_lambdarank, training_key
 from ranking.scorers.base import ScorerContext
 from recdata.atomic_io import write_text_atomic
-from recdata.errors import FeatureStoreError
+from recdata.errors import ArtifactMissingError, FeatureStoreError
 
 
 def _ref(column: str) -> str:
@@ -201,6 +201,8 @@ class LTRResources:
     progress: bool = True
     example_budget: int = 256 * 2**20  # each LTR resource of a run has one (tuned, untuned)
     spill_dir: Path | None = None
+    # model name -> saved folder (from train()'s manifest): the versions are loaded, never fitted
+    trained: dict[str, Path] | None = None
     _memo: dict = field(default_factory=dict, repr=False)
     _generator: tuple[FitData, CandidateGenerator] | None = field(default=None, repr=False)
     _store: ExampleStore | None = field(default=None, repr=False)
@@ -325,8 +327,22 @@ class LTRResources:
         """Train (once per ablation) on the training requests, stopping early on validation;
         saved as `name` (default `ltr_<ablation>`)."""
         name = name or f"ltr_{ablation}"
+        if self.trained is not None:
+            return self.context.cached(self, ("ltr_model", ablation, name),
+                                       lambda: self._load(name))
         return self.context.cached(self, ("ltr_model", ablation, name),
                                    lambda: self._train(ablation, name))
+
+    def _load(self, name: str) -> LTRModel:
+        assert self.trained is not None
+        folder = self.trained.get(name)
+        if folder is None or not (folder / "meta.json").exists():
+            raise ArtifactMissingError(
+                f"the ranker {name!r} was not trained for this run"
+                + (f" ({folder} is gone)" if folder is not None else "")
+                + f"; run `instructrank train` with the same options and --models "
+                  f"including {name}")
+        return LTRModel.load(folder)
 
     def _train(self, ablation: str, name: str) -> LTRModel:
         from recdata.stages import stage

@@ -1,0 +1,108 @@
+"""The inputs every stage of a run shares: the dataset, its generated requests, the split,
+the fits of each cut and the request batches, built once from the same config and seed so
+that `train()` and `evaluate()` see exactly the same requests."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import polars as pl
+import scipy.sparse as sp
+
+from ranking.evaluation.config import EvalConfig
+from ranking.evaluation.rankings import sample_negatives, tie_permutation
+from ranking.inputs import (
+    Catalogue,
+    FitData,
+    RequestBatch,
+    fit_data,
+    request_batch,
+    split_interactions,
+)
+from ranking.scorers.base import scorer_class
+from recdata.dataset import Dataset
+from recdata.datasets import load_dataset
+from recdata.instructions import generate_requests
+from recdata.logged import LOGGED_TASK
+
+
+@dataclass
+class Prepared:
+    """Everything shared by all models of a run, built once."""
+
+    dataset: Dataset
+    catalogue: Catalogue
+    requests: pl.DataFrame
+    split: pl.DataFrame
+    fits: dict[str, FitData]
+    batches: dict[tuple[str, str], RequestBatch]
+    negatives: dict[str, np.ndarray]  # task -> test requests x n_negatives
+    tiebreak: np.ndarray
+    # test task -> (task whose tuned config scores it, cut its models are fitted on)
+    test_tasks: dict[str, tuple[str, str]]
+
+
+def prepare(cfg: EvalConfig, ds: Dataset, logged: pl.DataFrame | None = None) -> Prepared:
+    """Requests, fits and batches of a run. `logged` (see recdata.logged) adds test requests
+    of task `logged`, scored with the configuration tuned for `intent` by models fitted on
+    everything before the earliest logged request."""
+    requests = generate_requests(ds, cfg.instructions)
+    if cfg.eval_users is not None:
+        users = requests.select(pl.col("user_id").unique().sort()).sample(
+            n=min(cfg.eval_users, requests["user_id"].n_unique()), seed=cfg.seed)
+        requests = requests.filter((pl.col("split") == "train")
+                                   | pl.col("user_id").is_in(users["user_id"].implode()))
+    catalogue = Catalogue.from_dataset(ds)
+    split = split_interactions(ds, catalogue)
+    fits = {cut: fit_data(split, catalogue, cut) for cut in ("val", "test")}
+    batches = {
+        (cut, task): request_batch(
+            requests.filter((pl.col("split") == cut) & (pl.col("task") == task)),
+            split, catalogue)
+        for cut in ("val", "test") for task in cfg.tasks
+    }
+    test_tasks = {t: (t, "test") for t in cfg.tasks}
+    if logged is not None:
+        requests = pl.concat([requests, logged.select(requests.columns)], how="vertical_relaxed")
+        start = logged["timestamp"].min()
+        fits["logged"] = FitData("logged", split.filter(pl.col("timestamp") < start), catalogue)
+        batches[("test", LOGGED_TASK)] = request_batch(logged, split, catalogue)
+        tuned = "intent" if "intent" in cfg.tasks else cfg.tasks[0]
+        test_tasks[LOGGED_TASK] = (tuned, "logged")
+    negatives = {}
+    for task in test_tasks:
+        batch = batches[("test", task)]
+        ever = batch.requests.select("user_id").with_row_index("row").join(
+            split.select("user_id", "item_idx"), on="user_id")
+        seen = sp.csr_matrix(
+            (np.ones(ever.height), (ever["row"].to_numpy(), ever["item_idx"].to_numpy())),
+            shape=(len(batch), catalogue.n_items))
+        negatives[task] = sample_negatives(
+            seen, batch.requests["target_idx"].to_numpy(), cfg.sampled_negatives, cfg.seed)
+    return Prepared(ds, catalogue, requests, split, fits, batches, negatives,
+                    tie_permutation(catalogue.n_items, cfg.seed), test_tasks)
+
+
+def run_dataset(cfg: EvalConfig, dataset: Dataset | None = None) -> Dataset:
+    """The dataset a run evaluates: `dataset` or the one `cfg` names, user-sampled as
+    configured."""
+    ds = dataset or load_dataset(cfg.dataset, cfg.data_dir, interactions=cfg.interactions,
+                                 items=cfg.items, text_columns=tuple(cfg.text_columns))
+    return ds.sample_users(cfg.sample_users, cfg.seed) if cfg.sample_users else ds
+
+
+def runnable_models(models: list[str], n_items: int) -> tuple[list[str], dict[str, str]]:
+    """The models that can be fitted on a catalogue of `n_items`, and why the others
+    cannot (EASE's dense inverse has a size limit; see ranking.scorers.history)."""
+    keep, skipped = [], {}
+    for m in models:
+        limit = scorer_class(m).max_items
+        if limit is not None and n_items > limit:
+            skipped[m] = (f"{n_items:,} items exceed its limit of {limit:,} (a dense "
+                          "items x items matrix); als_lastn and itemknn_lastn scale")
+        else:
+            keep.append(m)
+    return keep, skipped
+
+
