@@ -52,7 +52,7 @@ def shape(interactions: int) -> tuple[int, int]:
 
 
 def _synthetic(users: int, items: int) -> Dataset:
-    from recdata.synthetic import make_synthetic
+    from recdata.synthetic import make_synthetic, synthetic_schema
 
     folder = ROOT / "data" / "bench-synthetic" / f"{users}x{items}x{PER_USER}"
     if not (folder / "items.parquet").exists():
@@ -64,7 +64,7 @@ def _synthetic(users: int, items: int) -> Dataset:
         return ds
     return Dataset(f"synthetic-{users}x{items}", pl.read_parquet(folder / "interactions.parquet"),
                    pl.read_parquet(folder / "items.parquet"), None, ("title",),
-                   ("title", "pick"))
+                   synthetic_schema(f"synthetic-{users}x{items}"))
 
 
 def run_size(interactions: int, work: Path) -> list[dict]:

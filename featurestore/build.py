@@ -37,6 +37,8 @@ class FeatureBuildConfig(BaseModel):
     dataset: str = "movielens-100k"
     interactions: Path | None = None
     items: Path | None = None
+    schema_file: Path | None = Field(None, description="the dataset's domain schema (default: "
+                                                       "its committed or inferred one)")
     repo: Path = fs.PACKAGE_REPO
     online: str = "sqlite"
     redis_url: str | None = None
@@ -67,6 +69,7 @@ def _fingerprint(ds: Dataset, cfg: FeatureBuildConfig, encoder_id: str) -> str:
     h.update(ds.fingerprint().encode())
     h.update(cfg.instructions.model_dump_json().encode())
     h.update(f"{encoder_id}:{cfg.embeddings}".encode())
+    h.update(ds.domain.to_json().encode())  # its text columns are what the encoder reads
     for job in sorted((fs.PACKAGE_REPO / "jobs").glob("*.py")):
         h.update(job.read_bytes())
     return h.hexdigest()[:12]
@@ -187,7 +190,7 @@ def build_features(cfg: FeatureBuildConfig, *, dataset: Dataset | None = None,
     steps = tqdm(total=4, desc="features", disable=not progress)
     t = time.perf_counter()
     ds = dataset or load_dataset(cfg.dataset, cfg.data_dir, interactions=cfg.interactions,
-                                 items=cfg.items)
+                                 items=cfg.items, schema=cfg.schema_file)
     encoder = _encoder(cfg, progress)
     fingerprint = _fingerprint(ds, cfg, getattr(encoder, "fingerprint", "none"))
     meta_file = repo.sources / "meta.json"

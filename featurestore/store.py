@@ -217,7 +217,7 @@ def require_service(store: Any, name: str, refs: list[str], what: str) -> None:
                                       else "")
     raise FeatureStoreError(
         f"feature service {name!r} ({what}'s) {problem}; apply the current declarations "
-        "with `instructrank features build`, or retrain with `instructrank evaluate`")
+        "with `instructrank features build`, or retrain with `instructrank train`")
 
 
 def historical_features(repo: FeatureRepo, store: Any, entity_df: pl.DataFrame,

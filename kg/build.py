@@ -29,6 +29,8 @@ class KGBuildConfig(BaseModel):
     dataset: str = "movielens-100k"
     interactions: Path | None = None
     items: Path | None = None
+    schema_file: Path | None = Field(None, description="the dataset's domain schema (default: "
+                                                       "its committed or inferred one)")
     external_triples: Path | None = None
     entity_map: Path | None = None
     data_dir: Path = Path("data")
@@ -68,7 +70,7 @@ def build_kg(cfg: KGBuildConfig, *, dataset: Dataset | None = None,
     from recdata.datasets import load_dataset
 
     ds = dataset or load_dataset(cfg.dataset, cfg.data_dir, interactions=cfg.interactions,
-                                 items=cfg.items)
+                                 items=cfg.items, schema=cfg.schema_file)
     if (cfg.external_triples is None) != (cfg.entity_map is None):
         raise ConfigError("an external KG needs both --external-triples and --entity-map")
     external = None

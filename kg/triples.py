@@ -1,7 +1,9 @@
 """Triples from the data, as a polars job: item attributes, user attributes and
 collaborative edges, the last **from the training window only**.
 
-Entities are typed by a prefix (`user:42`, `item:50`, `genre:Comedy`, `decade:1990s`, ...),
+Which attributes become relations, and their names, come from the dataset's domain schema
+(recdata/schema.py). Entities are typed by a prefix (`user:42`, `item:50`, `genre:Comedy`,
+`decade:1990s`, `price:q3`, ...),
 so an id never collides across types and a KG entity maps back to its row. Collaborative
 edges come from the split's `train` rows: no user's validation or test interaction (nor
 anything after it) reaches the graph, so KG features are safe for evaluation requests.
@@ -12,12 +14,11 @@ from __future__ import annotations
 import polars as pl
 
 from recdata.dataset import Dataset
+from recdata.schema import Attribute, DomainSchema, category_values
 from recdata.split import temporal_leave_one_out, training_targets_removed
 
 LIKED_MIN_RATING = 4.0
-AGE_BANDS = [(0, 17, "under 18"), (18, 24, "18-24"), (25, 34, "25-34"), (35, 44, "35-44"),
-             (45, 49, "45-49"), (50, 55, "50-55"), (56, 200, "56+")]
-USER_ATTRIBUTES = {"occupation": "has_occupation", "gender": "has_gender"}
+NUMERIC_BINS = 5  # a numeric attribute without named bands becomes its quantile bin
 TRIPLE_SCHEMA = {"head": pl.String, "relation": pl.String, "tail": pl.String}
 
 
@@ -34,35 +35,61 @@ def _triples(frame: pl.DataFrame, head: pl.Expr, relation: str, tail: pl.Expr) -
                         tail.alias("tail")).drop_nulls()
 
 
-def item_triples(items: pl.DataFrame, text_columns: tuple[str, ...]) -> pl.DataFrame:
-    """has_genre, released_in, in_decade, and `attr:<column>` for other string columns."""
-    item = item_entity(pl.col("item_id"))
-    parts = [
-        _triples(items.explode("genres"), item, "has_genre",
-                 pl.format("genre:{}", pl.col("genres"))),
-        _triples(items, item, "released_in", pl.format("year:{}", pl.col("year"))),
-        _triples(items, item, "in_decade", pl.format("decade:{}s", pl.col("year") // 10 * 10)),
-    ]
-    skip = {"item_id", "title", "genres", "year", *text_columns}
-    for col, dtype in items.schema.items():
-        if col not in skip and dtype == pl.String:
-            parts.append(_triples(items, item, f"attr:{col}",
-                                  pl.format("{}:{}", pl.lit(col), pl.col(col))))
-    return pl.concat(parts)
+def _numeric_tail(frame: pl.DataFrame, attr: Attribute) -> pl.Expr:
+    """A numeric value as an entity: its named band, else its quantile bin (q1..q5), so a
+    price or a duration links items of the same range, not each item to its own value."""
+    value = pl.col(attr.column).cast(pl.Float64)
+    if attr.bands:
+        band = pl.lit(None, pl.String)
+        for lo, hi, name in reversed(attr.bands):
+            band = pl.when(value.is_between(lo, hi)).then(pl.lit(name)).otherwise(band)
+        return pl.format("{}:{}", pl.lit(attr.kg_entity()), band)
+    edges = frame[attr.column].cast(pl.Float64).drop_nulls().quantile
+    cuts = sorted({edges(q / NUMERIC_BINS) for q in range(1, NUMERIC_BINS)} - {None})
+    bin_ = pl.lit(1, pl.Int32)
+    for cut in cuts:
+        bin_ = bin_ + (value > cut).cast(pl.Int32)
+    return pl.when(value.is_not_null()).then(
+        pl.format("{}:q{}", pl.lit(attr.kg_entity()), bin_))
 
 
-def user_triples(users: pl.DataFrame | None) -> pl.DataFrame:
-    """Occupation, gender and age band where the data has them (ML-100k does)."""
+def _attribute_triples(frame: pl.DataFrame, head: pl.Expr,
+                       attributes: list[Attribute]) -> list[pl.DataFrame]:
+    """Triples of categorical and numeric attributes (identifiers, free text and ignored
+    columns never become entities: one entity per item teaches the graph nothing)."""
+    parts = []
+    for attr in attributes:
+        if attr.column not in frame.columns:
+            continue
+        if attr.kind == "categorical":
+            values = frame.select(head.alias("head"),
+                                  category_values(frame, attr).alias("value")).explode("value")
+            parts.append(_triples(values, pl.col("head"), attr.kg_relation(),
+                                  pl.format("{}:{}", pl.lit(attr.kg_entity()), pl.col("value"))))
+        elif attr.kind == "numeric" and attr.unit == "year" and attr.role == "time":
+            parts.append(_triples(frame, head, attr.kg_relation(),
+                                  pl.format("{}:{}", pl.lit(attr.kg_entity()),
+                                            pl.col(attr.column))))
+            parts.append(_triples(frame, head, "in_decade", pl.format(
+                "decade:{}s", pl.col(attr.column) // 10 * 10)))
+        elif attr.kind == "numeric":
+            parts.append(_triples(frame, head, attr.kg_relation(), _numeric_tail(frame, attr)))
+    return parts
+
+
+def item_triples(items: pl.DataFrame, schema: DomainSchema) -> pl.DataFrame:
+    """One relation per categorical or numeric attribute of the schema (the categories,
+    the year and its decade, a brand, a price band, ...)."""
+    parts = _attribute_triples(items, item_entity(pl.col("item_id")), schema.attributes)
+    return pl.concat(parts) if parts else pl.DataFrame(schema=TRIPLE_SCHEMA)
+
+
+def user_triples(users: pl.DataFrame | None, schema: DomainSchema) -> pl.DataFrame:
+    """The schema's user attributes where the data has them (ML-100k: occupation, gender,
+    age band)."""
     if users is None:
         return pl.DataFrame(schema=TRIPLE_SCHEMA)
-    user = user_entity(pl.col("user_id"))
-    parts = [_triples(users, user, rel, pl.format("{}:{}", pl.lit(col), pl.col(col)))
-             for col, rel in USER_ATTRIBUTES.items() if col in users.columns]
-    if "age" in users.columns:
-        band = pl.lit(None, pl.String)
-        for lo, hi, name in reversed(AGE_BANDS):
-            band = pl.when(pl.col("age").is_between(lo, hi)).then(pl.lit(name)).otherwise(band)
-        parts.append(_triples(users, user, "in_age_band", pl.format("age:{}", band)))
+    parts = _attribute_triples(users, user_entity(pl.col("user_id")), schema.user_attributes)
     return pl.concat(parts) if parts else pl.DataFrame(schema=TRIPLE_SCHEMA)
 
 
@@ -86,7 +113,7 @@ def build_triples(ds: Dataset, external: pl.DataFrame | None = None, *,
     train = training_targets_removed(temporal_leave_one_out(ds.interactions), hold_out_last)
     if max_edges is not None and train.height > max_edges:
         train = train.sample(n=max_edges, seed=seed)
-    parts = [item_triples(ds.items, ds.text_columns), user_triples(ds.users),
+    parts = [item_triples(ds.items, ds.domain), user_triples(ds.users, ds.domain),
              collaborative_triples(train)]
     if external is not None:
         parts.append(external.select(list(TRIPLE_SCHEMA)))

@@ -44,7 +44,7 @@ SCALABLE: dict[str, tuple[str, dict[str, Any]]] = {
 }
 HISTORY_SOURCES = ("transition", "cf", "itemknn", "kg")  # meaningless without a history
 SOURCES_FILE = "sources.pkl"
-SOURCES_VERSION = 1
+SOURCES_VERSION = 2  # 2: the catalogue carries its domain schema
 
 
 def source_scorer(name: str, n_items: int) -> tuple[str, dict[str, Any]]:
@@ -159,7 +159,7 @@ class CandidateGenerator:
             saved = pickle.load(f)  # our own artifact, keyed by its inputs
         if saved.get("version") != SOURCES_VERSION:
             raise ConfigError(f"{path} was saved by another version of instructrank; rerun "
-                              "`instructrank evaluate`")
+                              "`instructrank train`")
         gen = cls(CandidateConfig.model_validate(saved["config"]), context)
         gen.sources = saved["sources"]
         for scorer in gen.sources.values():

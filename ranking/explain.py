@@ -3,8 +3,10 @@
 `pred_contrib` splits each item's score into one contribution per feature (SHAP values).
 Features are grouped into families that a person understands ("matches your request",
 "similar to something you rated"); the families that pushed the item up most are rendered
-with the item's own values: the genre words it matched, the history title it is close to,
-its recent views. A reason is only said when its family's contribution is positive.
+with the item's own values: the category words it matched, the history title it is close
+to, its recent interactions. A reason is only said when its family's contribution is
+positive. The sentences are the domain schema's (`wording.explanations`), so a music
+catalogue says "listened to" where another says "bought".
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import polars as pl
 
 from ranking.intent_parser import ParsedIntents
 from ranking.ltr.features import families
+from recdata.schema import EXPLANATIONS
 
 if TYPE_CHECKING:
     from ranking.inputs import RequestBatch
@@ -37,6 +40,8 @@ class Reason:
 class Explainer:
     def __init__(self, rec: Recommender) -> None:
         self.rec = rec
+        self.wording = rec.items.schema.wording
+        self.scale = rec.items.schema.levels.rating_scale
         # family -> the model's feature positions in it (declared in feature_repo/ranker.py)
         names = rec.model.features
         self.members = {family: [j for j, f in enumerate(names) if f in members]
@@ -74,45 +79,55 @@ class Explainer:
              rated: dict[int, float]) -> str | None:
         t = self.rec.items
         title = self.rec.titles
+        say = self._sentence
         if family == "request_match":
             terms = [g.lower() for g, asked, has in zip(
                 t.genres, parsed.genre_mask[0], t.genre[item], strict=True) if asked and has]
             if parsed.decade[0] > 0 and t.decade[item] == parsed.decade[0]:
                 terms.append(f"the {parsed.decade[0]}s")
-            for flag, arr, word in ((parsed.popular, t.popular, "popular"),
-                                    (parsed.obscure, t.obscure, "little-known"),
-                                    (parsed.acclaimed, t.acclaimed, "acclaimed")):
-                if flag[0] and arr[item]:
+            levels = t.schema.levels
+            for flag, arr, words in ((parsed.popular, t.popular, levels.popular),
+                                     (parsed.obscure, t.obscure, levels.obscure),
+                                     (parsed.acclaimed, t.acclaimed, levels.acclaimed)):
+                word = words[0] if words else None
+                if word and flag[0] and arr[item]:
                     terms.append(word)
             if not terms:
                 return None
-            return "matches " + ", ".join(f"'{w}'" for w in terms) + " in your request"
+            return say("request_match", terms=", ".join(f"'{w}'" for w in terms))
         if family == "request_meaning":
             sim = values.get("src_embedding")
-            return f"close in meaning to your request (similarity {sim:.2f})" \
+            return say("request_meaning", similarity=f"{sim:.2f}") \
                 if sim is not None and np.isfinite(sim) else None
         if family == "after_last" and len(history):
-            return f"often watched right after {title[history[0]]}, your latest"
+            return say("after_last", title=title[history[0]])
         if family == "similar" and len(history):
             cf = self.rec.generator.sources.get("cf")
             last = history[:5]
             weights = cf.affinity(last, item) if cf is not None else np.zeros(len(last))
             source = int(last[int(np.argmax(weights))])
             rating = rated.get(source)
-            said = f"which you rated {rating:g}" if rating is not None else \
-                "which you watched recently"
-            return f"similar to {title[source]}, {said}"
+            if rating is not None:
+                return say("similar_rated", title=title[source], rating=f"{rating:g}")
+            return say("similar_recent", title=title[source])
         if family == "taste" and user_id is not None:
-            return "in line with what you usually watch"
+            return say("taste")
         if family == "kg" and len(history):
-            return "close to your recent picks in the knowledge graph"
+            return say("kg")
         if family == "item":
             views = values.get("item_pop_30d")
             rating = values.get("item_mean_rating")
             parts = []
             if views is not None and np.isfinite(views):
-                parts.append(f"popular lately ({views:.0f} recent views)")
+                parts.append(say("popular_lately", count=f"{views:.0f}"))
             if rating is not None and np.isfinite(rating):
-                parts.append(f"rated {rating:.1f}/5 on average")
-            return ", ".join(parts) or None
+                scale = f"{self.scale[1]:g}" if self.scale else ""
+                parts.append(say("rated", rating=f"{rating:.1f}", scale=scale))
+            return ", ".join(p for p in parts if p) or None
         return None
+
+    def _sentence(self, key: str, **values: str) -> str | None:
+        """The schema's sentence `key` with `values` in; a schema may leave a reason out
+        (an empty sentence is never said)."""
+        template = self.wording.explanations.get(key, EXPLANATIONS.get(key, ""))
+        return self.wording.fill(template, **values) or None

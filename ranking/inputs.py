@@ -19,6 +19,7 @@ import polars as pl
 import scipy.sparse as sp
 
 from recdata.dataset import Dataset, item_text
+from recdata.schema import DomainSchema
 from recdata.split import temporal_leave_one_out
 
 CUTS = {"val": ("train",), "test": ("train", "val")}
@@ -45,6 +46,7 @@ class Catalogue:
 
     items: pl.DataFrame  # item_idx, item_id, and the dataset's item columns
     text: pl.Series
+    schema: DomainSchema = field(default_factory=lambda: DomainSchema(dataset="any"))
 
     @property
     def n_items(self) -> int:
@@ -54,7 +56,7 @@ class Catalogue:
     def from_dataset(cls, ds: Dataset) -> Catalogue:
         items = ds.items.sort("item_id").with_row_index("item_idx").with_columns(
             pl.col("item_idx").cast(pl.Int64))
-        return cls(items, item_text(items, ds.text_columns))
+        return cls(items, item_text(items, ds.text_columns), ds.domain)
 
     def index(self, frame: pl.DataFrame, id_col: str = "item_id",
               idx_col: str = "item_idx") -> pl.DataFrame:

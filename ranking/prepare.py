@@ -88,7 +88,8 @@ def run_dataset(cfg: EvalConfig, dataset: Dataset | None = None) -> Dataset:
     """The dataset a run evaluates: `dataset` or the one `cfg` names, user-sampled as
     configured."""
     ds = dataset or load_dataset(cfg.dataset, cfg.data_dir, interactions=cfg.interactions,
-                                 items=cfg.items, text_columns=tuple(cfg.text_columns))
+                                 items=cfg.items, text_columns=tuple(cfg.text_columns),
+                                 schema=cfg.schema_file)
     return ds.sample_users(cfg.sample_users, cfg.seed) if cfg.sample_users else ds
 
 

@@ -12,10 +12,17 @@ import numpy as np
 import polars as pl
 
 from ranking.inputs import RequestBatch
+from recdata.schema import DomainSchema
 
 HISTORY_TITLES = 3
 HISTORY_IN_PROMPT = 10  # the LLM reranker's prompt
-SEPARATOR = " | recently watched: "
+DEFAULT_LABEL = "recent"
+
+
+def history_label(schema: DomainSchema) -> str:
+    """What the history is called in the query text, in the domain's words ('recently
+    listened to'): part of the tuned encoder's input, so training and serving share it."""
+    return schema.wording.fill(schema.wording.history_label)
 
 
 def _recent(batch: RequestBatch, titles: np.ndarray, n: int) -> pl.DataFrame:
@@ -39,12 +46,13 @@ def recent_titles(batch: RequestBatch, titles: np.ndarray, n: int = HISTORY_TITL
     return _recent(batch, titles, n)["titles"].to_list()
 
 
-def query_texts(batch: RequestBatch, titles: np.ndarray, n: int = HISTORY_TITLES) -> list[str]:
-    """`instruction | recently watched: a; b; c`, or the bare instruction without history."""
+def query_texts(batch: RequestBatch, titles: np.ndarray, n: int = HISTORY_TITLES,
+                label: str = DEFAULT_LABEL) -> list[str]:
+    """`instruction | <label>: a; b; c`, or the bare instruction without history."""
     frame = _recent(batch, titles, n)
     return frame.select(
         pl.when(pl.col("titles").list.len() > 0)
-        .then(pl.concat_str(pl.col("instruction"), pl.lit(SEPARATOR),
+        .then(pl.concat_str(pl.col("instruction"), pl.lit(f" | {label}: "),
                             pl.col("titles").list.join("; ")))
         .otherwise(pl.col("instruction"))
     ).to_series().to_list()

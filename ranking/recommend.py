@@ -32,6 +32,7 @@ from ranking.inputs import Catalogue, RequestBatch
 from ranking.intent_parser import ParsedIntents, parsed_for
 from ranking.ltr.features import ItemTables, assemble
 from ranking.ltr.model import LTRModel
+from ranking.queries import history_label
 from ranking.rerank.llm import LLMRerankConfig
 from ranking.sanitize import MAX_INSTRUCTION_CHARS, clean_instruction
 from ranking.scorers.base import ScorerContext
@@ -45,7 +46,7 @@ QUERY_MEMORY = 50_000  # instruction vectors kept beyond the item cache (repeat 
 class RecommenderConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     model: Path | None = Field(None, description="model folder (default: the latest ltr_full "
-                                                 "trained by `instructrank evaluate`)")
+                                                 "trained by `instructrank train`)")
     repo: Path = fs.PACKAGE_REPO
     online: str = "sqlite"
     redis_url: str | None = None
@@ -97,7 +98,7 @@ def latest_model(models_dir: Path, name: str = "ltr_full") -> Path:
     pointer = models_dir / f"{name}.latest"
     if not pointer.exists():
         raise ConfigError(f"no trained {name} model under {models_dir}; run `instructrank "
-                          "evaluate` (or `make run`) first, or pass --model")
+                          "train` (or `make run`) first, or pass --model")
     return models_dir / pointer.read_text().strip()
 
 
@@ -138,7 +139,7 @@ class Recommender:
         serving = model.extra.get("serving_sources")
         if not serving:
             raise ConfigError(f"model {model.key} names no saved candidate sources (trained by "
-                              "an older version); retrain it with `instructrank evaluate`")
+                              "an older version); retrain it with `instructrank train`")
         encoder = TextEncoder(cfg.encoder_path, cache_dir=cfg.data_dir / "cache",
                               show_progress=False, persist=False,
                               memory_limit=QUERY_MEMORY).warm()
@@ -159,14 +160,15 @@ class Recommender:
         # an instruction-tuned encoder reads "instruction | recent titles" (ranking.queries)
         if (encoder.model_path / META_FILE).exists():
             context.query_titles = catalogue.items["title"].to_numpy()
+            context.query_label = history_label(catalogue.schema)
         from ranking.ltr.training import item_tables
 
         tables = item_tables(generator, context)
         rec = cls(cfg, model, reader, catalogue, generator, tables, context)
         if cfg.llm is not None:
-            from ranking.rerank.llm import LLMReranker
+            from ranking.rerank.llm import LLMReranker, in_domain_words
 
-            rec.reranker = LLMReranker.load(cfg.llm)
+            rec.reranker = LLMReranker.load(in_domain_words(cfg.llm, catalogue.schema))
         rec.recommend(None, "warm-up request", 1)  # first-call costs (regex, LightGBM) now
         return rec
 
@@ -229,7 +231,7 @@ class Recommender:
         seen, rated = self._seen(user) if known else (np.zeros(0, np.int64), {})
         batch = self._batch(user_id if known else None, seen, text, now)
         cands = self.generator.generate(batch)
-        parsed = parsed_for(self.context, batch, self.items.genres)
+        parsed = parsed_for(self.context, batch, self.items.genres, self.items.schema)
         self.context.forget(batch)
         t2 = time.perf_counter()
         timings["candidates"] = (t2 - t1) * 1000
@@ -341,5 +343,5 @@ def _load_kg(model: LTRModel, data_dir: Path) -> Any:
     directory = data_dir / "kg" / key
     if not (directory / "result.json").exists():
         raise ConfigError(f"model {model.key} reads KG {key}, which is not under "
-                          f"{data_dir / 'kg'}; rerun `instructrank evaluate`")
+                          f"{data_dir / 'kg'}; rerun `instructrank train`")
     return KGResult.load(directory).embeddings

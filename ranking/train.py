@@ -259,7 +259,7 @@ def encoder_examples(cfg: EvalConfig, prep: Prepared, context: ScorerContext) ->
     positive the target's text, the hard negative one of the best-ranked other candidates
     (merged sources, fitted without the training targets) drawn with the run's seed."""
     from ranking.candidates import CandidateGenerator
-    from ranking.queries import query_texts
+    from ranking.queries import history_label, query_texts
     from recdata.split import training_targets_removed
 
     if context.ltr is not None:  # the ranker's candidates, on the same cut: reuse them
@@ -287,7 +287,7 @@ def encoder_examples(cfg: EvalConfig, prep: Prepared, context: ScorerContext) ->
     text = prep.catalogue.text.to_numpy()
     titles = prep.catalogue.items["title"].to_numpy()
     return pl.DataFrame({
-        "query": query_texts(batch, titles),
+        "query": query_texts(batch, titles, label=history_label(prep.catalogue.schema)),
         "positive": text[targets],
         "negatives": [[t] for t in text[negative]],
         "task": batch.requests["task"],
@@ -311,6 +311,7 @@ def tuned_context(cfg: EvalConfig, ds: Dataset, prep: Prepared, context: ScorerC
 
     from encoders.text import TextEncoder, default_model_path
     from featurestore import store as fs
+    from ranking.queries import history_label
 
     if manifest is not None:
         path = Path(manifest.require("encoder", "the instruction-tuned encoder"))
@@ -342,7 +343,8 @@ def tuned_context(cfg: EvalConfig, ds: Dataset, prep: Prepared, context: ScorerC
             record.tuned_repo = str(repo) if repo is not None else record.tuned_repo
     encoder = TextEncoder(path, cache_dir=cfg.data_dir / "cache", show_progress=progress)
     out = ScorerContext(encoder=encoder, kg=context.kg, artifacts=context.artifacts,
-                        query_titles=prep.catalogue.items["title"].to_numpy())
+                        query_titles=prep.catalogue.items["title"].to_numpy(),
+                        query_label=history_label(prep.catalogue.schema))
     if ltr:
         out.ltr = ltr_resources(cfg.model_copy(update={"feature_repo": repo}), ds, prep, out,
                                 progress, trained=None if manifest is None

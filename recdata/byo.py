@@ -20,6 +20,7 @@ import polars as pl
 
 from recdata.dataset import Dataset
 from recdata.errors import DataValidationError, Problem
+from recdata.schema import Attribute, DomainSchema, category_values, infer_schema
 
 ROW = "__row"
 
@@ -92,12 +93,60 @@ def _timestamp_expr() -> pl.Expr:
     return pl.coalesce(as_int, as_date)
 
 
+def _typed(path: Path, strings: pl.DataFrame) -> pl.DataFrame:
+    """The items table with the types its file gives (parquet) or polars infers (CSV), for
+    schema inference only; the string frame where inference fails."""
+    try:
+        if path.suffix.lower() == ".parquet":
+            return pl.read_parquet(path)
+        return pl.read_csv(path, infer_schema_length=10_000,
+                           separator="\t" if path.suffix.lower() == ".tsv" else ",")
+    except (pl.exceptions.PolarsError, OSError):
+        return strings.drop(ROW)
+
+
+def _schema_problems(items: pl.DataFrame, file: str, schema: DomainSchema) -> list[Problem]:
+    """Every schema column present; numeric attributes numbers (a year an integer)."""
+    out = []
+    for attr in schema.attributes:
+        if attr.kind == "ignored":
+            continue
+        if attr.column not in items.columns:
+            out.append(Problem(file, None, attr.column, f"the schema's {attr.kind} column "
+                                                        f"{attr.column!r} is not in the file"))
+        elif attr.kind == "numeric":
+            year = attr.role == "time"
+            out += _optional_number(items, file, attr.column, pl.Int32 if year else pl.Float64,
+                                    "an integer" if year else "a number")
+    return out
+
+
 def load_custom(interactions_path: str | Path, items_path: str | Path, *,
-                text_columns: tuple[str, ...] = ("title",), name: str = "custom") -> Dataset:
-    """Load and validate a user's own catalogue; raise listing every problem found."""
+                text_columns: tuple[str, ...] | None = None, name: str = "custom",
+                schema: DomainSchema | str | Path | None = None) -> Dataset:
+    """Load and validate a user's own catalogue; raise listing every problem found.
+
+    `schema` (a DomainSchema or its file) says what each items column is; without one it is
+    inferred from the items table (recdata.schema.infer_schema). `text_columns` overrides
+    the schema's text columns."""
     inter_file, item_file = str(interactions_path), str(items_path)
     inter, _ = _read(Path(interactions_path))
     items, _ = _read(Path(items_path))
+    lists = _list_columns(Path(items_path))
+    if schema is None:  # ratings decide whether 'acclaimed' is a level
+        ratings = inter.select(pl.col("rating").str.strip_chars().cast(pl.Float64, strict=False)
+                               if "rating" in inter.columns else pl.lit(None, pl.Float64)
+                               .alias("rating"))
+        schema = infer_schema(name, _typed(Path(items_path), items), ratings)
+    elif not isinstance(schema, DomainSchema):
+        schema = DomainSchema.load(Path(schema))
+    if text_columns:
+        schema = _with_text_columns(schema, tuple(text_columns))
+    text_columns = schema.text_columns
+    if not text_columns:
+        raise DataValidationError([Problem(item_file, None, None,
+                                           "no text column (a title or a description) to "
+                                           "encode; mark one 'text' in the schema")])
     problems = _missing(inter, inter_file, ["user_id", "item_id", "timestamp"])
     problems += _missing(items, item_file, ["item_id", *text_columns])
     for col in ("user_id", "item_id"):
@@ -116,7 +165,7 @@ def load_custom(interactions_path: str | Path, items_path: str | Path, *,
             & pl.col("item_id").is_duplicated(), "item_id",
             pl.format("duplicate item_id {}", pl.col("item_id")),
         )
-    problems += _optional_number(items, item_file, "year", pl.Int32, "an integer")
+    problems += _schema_problems(items, item_file, schema)
     if "item_id" in inter.columns and "item_id" in items.columns:
         known = items.select(pl.col("item_id").str.strip_chars())
         problems += _row_problems(
@@ -135,17 +184,47 @@ def load_custom(interactions_path: str | Path, items_path: str | Path, *,
         (pl.col("rating").str.strip_chars().cast(pl.Float64, strict=False)
          if "rating" in inter.columns else pl.lit(None, pl.Float64)).alias("rating"),
     )
-    extra = [c for c in items.columns if c not in {ROW, "item_id", "genres", "year", *text_columns}]
-    catalogue = items.select(
+    catalogue = _catalogue(items.drop(ROW), schema, lists)
+    return Dataset(name, interactions, catalogue, None, text_columns, schema)
+
+
+def _list_columns(path: Path) -> set[str]:
+    if path.suffix.lower() != ".parquet":
+        return set()
+    return {c for c, t in pl.read_parquet_schema(path).items() if isinstance(t, pl.List)}
+
+
+def _with_text_columns(schema: DomainSchema, columns: tuple[str, ...]) -> DomainSchema:
+    """`schema` with exactly `columns` as its text attributes, the first the title."""
+    kept = [a for a in schema.attributes if a.column not in columns and a.kind != "text"]
+    text = [Attribute(column=c, kind="text", role="title" if i == 0 else None)
+            for i, c in enumerate(columns)]
+    for a in kept:
+        if a.role == "title":
+            a.role = None
+    return schema.model_copy(update={"attributes": text + kept})
+
+
+def _catalogue(items: pl.DataFrame, schema: DomainSchema, lists: set[str]) -> pl.DataFrame:
+    """The items with the columns every stage reads: `item_id`, `title`, `genres` (the
+    schema's categories as a list) and `year` (its time attribute), numeric attributes as
+    numbers, every other column kept."""
+    for col in lists:  # parquet lists arrive joined with '|' (see _read)
+        items = items.with_columns(pl.col(col).str.split("|"))
+    cats, time_ = schema.by_role("categories"), schema.by_role("time")
+    numeric = [a.column for a in schema.of_kind("numeric") if a.column in items.columns]
+    out = items.with_columns(
         pl.col("item_id").str.strip_chars().cast(pl.Int64),
-        *[pl.col(c) for c in text_columns],
-        (pl.col("genres").fill_null("").str.split("|").list.eval(
-            pl.element().str.strip_chars().filter(pl.element() != ""))
-         if "genres" in items.columns else pl.lit([], pl.List(pl.String))).alias("genres"),
-        (pl.col("year").str.strip_chars().cast(pl.Int32, strict=False)
-         if "year" in items.columns else pl.lit(None, pl.Int32)).alias("year"),
-        *[pl.col(c) for c in extra],
-    ).sort("item_id")
-    if "title" not in catalogue.columns:
-        catalogue = catalogue.with_columns(pl.col(text_columns[0]).alias("title"))
-    return Dataset(name, interactions, catalogue, None, tuple(text_columns), ("item",))
+        *[pl.col(c).cast(pl.String).str.strip_chars().cast(pl.Float64, strict=False)
+          for c in numeric],
+    )
+    genres = category_values(out, cats) if cats is not None else pl.Series(
+        "genres", [[]] * out.height, dtype=pl.List(pl.String))
+    out = out.with_columns(
+        genres.alias("genres"),
+        (pl.col(time_.column).cast(pl.Int32, strict=False) if time_ is not None
+         else pl.lit(None, pl.Int32)).alias("year"),
+    )
+    if "title" not in out.columns:
+        out = out.with_columns(pl.col(schema.text_columns[0]).cast(pl.String).alias("title"))
+    return out.sort("item_id")

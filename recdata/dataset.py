@@ -11,8 +11,13 @@ Columns (types are enforced by the loaders):
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
+from typing import TYPE_CHECKING
 
 import polars as pl
+
+if TYPE_CHECKING:
+    from recdata.schema import DomainSchema
 
 INTERACTION_SCHEMA = {
     "user_id": pl.Int64,
@@ -29,7 +34,16 @@ class Dataset:
     items: pl.DataFrame
     users: pl.DataFrame | None = None
     text_columns: tuple[str, ...] = ("title",)
-    item_noun: tuple[str, ...] = ("movie", "film")
+    schema: DomainSchema | None = None  # None: inferred from the tables (see `domain`)
+
+    @cached_property
+    def domain(self) -> DomainSchema:
+        """The dataset's domain schema: the one it was loaded with, else inferred."""
+        if self.schema is not None:
+            return self.schema
+        from recdata.schema import infer_schema
+
+        return infer_schema(self.name, self.items, self.interactions, self.users)
 
     @property
     def n_users(self) -> int:
@@ -64,7 +78,7 @@ class Dataset:
         kept_users = None if self.users is None else self.users.join(keep, on="user_id", how="semi")
         return Dataset(
             f"{self.name}[{keep.height} users]", inter, self.items, kept_users,
-            self.text_columns, self.item_noun,
+            self.text_columns, self.schema,
         )
 
 

@@ -17,11 +17,11 @@ import numpy as np
 import polars as pl
 from pydantic import BaseModel, ConfigDict, Field
 
-from recdata import attributes as vocab
 from recdata.dataset import Dataset
 from recdata.errors import ConfigError
+from recdata.schema import DomainSchema, Levels
 from recdata.split import temporal_leave_one_out
-from recdata.templates import FAMILIES
+from recdata.templates import FAMILIES, render
 
 TASKS = ("history", "intent", "search")
 REQUEST_COLUMNS = ["request_id", "user_id", "task", "instruction", "target_item_id",
@@ -41,11 +41,15 @@ class InstructionConfig(BaseModel):
     p_rating: float = Field(0.35, ge=0, le=1)
 
 
-def phrasing_split(seed: int, train_share: float) -> pl.DataFrame:
-    """(family, template_id, template, phrasing_set): a seeded split of every family."""
+def phrasing_split(seed: int, train_share: float,
+                   schema: DomainSchema | None = None) -> pl.DataFrame:
+    """(family, template_id, template, phrasing_set): a seeded split of every family, in the
+    words of `schema`'s domain."""
     rng = np.random.default_rng(seed)
+    w = (schema or DomainSchema(dataset="any")).wording
     frames = []
-    for family, templates in FAMILIES.items():
+    for family, raw in FAMILIES.items():
+        templates = [render(t, w.verb, w.past, w.nouns[0]) for t in raw]
         order = rng.permutation(len(templates))
         n_train = round(len(templates) * train_share)
         sets = np.where(np.argsort(order) < n_train, "train", "heldout")
@@ -59,19 +63,25 @@ def phrasing_split(seed: int, train_share: float) -> pl.DataFrame:
     )
 
 
-def item_levels(items: pl.DataFrame, train: pl.DataFrame) -> pl.DataFrame:
-    """Popularity and rating level per item from training-window interactions only."""
+def item_levels(items: pl.DataFrame, train: pl.DataFrame,
+                levels: Levels | None = None) -> pl.DataFrame:
+    """Popularity and rating level per item from training-window interactions only; an item
+    is acclaimed only where the schema has that level (the data has ratings)."""
+    levels = levels or Levels()
     stats = train.group_by("item_id").agg(
         pl.len().alias("n"), pl.col("rating").mean().alias("mean_rating"))
-    out = items.select("item_id", "genres", "year").join(stats, on="item_id", how="left")
+    out = items.select("item_id", *[c for c in ("genres", "year") if c in items.columns]).join(
+        stats, on="item_id", how="left")
     out = out.with_columns(pl.col("n").fill_null(0))
     pop_rank = pl.col("n").rank("ordinal", descending=True) / pl.len()
     return out.with_columns(
-        pl.when(pop_rank <= vocab.POPULAR_TOP_SHARE).then(pl.lit("popular"))
-        .when(pop_rank > 1 - vocab.OBSCURE_BOTTOM_SHARE).then(pl.lit("obscure"))
+        pl.when(pop_rank <= levels.popular_top_share).then(pl.lit("popular"))
+        .when(pop_rank > 1 - levels.obscure_bottom_share).then(pl.lit("obscure"))
         .alias("popularity_level"),
-        ((pl.col("mean_rating") >= vocab.ACCLAIMED_MIN_MEAN)
-         & (pl.col("n") >= vocab.ACCLAIMED_MIN_COUNT)).fill_null(False).alias("acclaimed"),
+        (((pl.col("mean_rating") >= levels.acclaimed_min_mean)
+          & (pl.col("n") >= levels.acclaimed_min_count)).fill_null(False)
+         if levels.acclaimed and levels.acclaimed_min_mean is not None
+         else pl.lit(False)).alias("acclaimed"),
     )
 
 
@@ -79,19 +89,21 @@ def _pick(phrases: list[str], r: pl.Expr) -> pl.Expr:
     return pl.lit(pl.Series([phrases])).list.get(r % len(phrases))
 
 
-def _genre_phrase(genre: pl.Expr, r: pl.Expr) -> pl.Expr:
-    table = {g: p for g, p in vocab.GENRE_PHRASES.items()}
+def _genre_phrase(genre: pl.Expr, r: pl.Expr, schema: DomainSchema) -> pl.Expr:
+    cats = schema.by_role("categories")
+    table = dict(cats.phrases) if cats is not None else {}
+    if not table:
+        return genre.str.to_lowercase()
     phrases = genre.replace_strict(
         list(table), list(table.values()), default=None, return_dtype=pl.List(pl.String))
     phrases = pl.coalesce(phrases, pl.concat_list(genre.str.to_lowercase()))
     return phrases.list.get(r % phrases.list.len())
 
 
-def _decade_phrase(year: pl.Expr, form: pl.Expr) -> pl.Expr:
+def _decade_phrase(year: pl.Expr, form: pl.Expr, words: dict[int, str]) -> pl.Expr:
     decade = year // 10 * 10
-    word = decade.replace_strict(
-        list(vocab.DECADE_WORDS), list(vocab.DECADE_WORDS.values()), default=None,
-        return_dtype=pl.String)
+    word = decade.replace_strict(list(words), list(words.values()), default=None,
+                                 return_dtype=pl.String) if words else pl.lit(None, pl.String)
     short = (decade % 100).cast(pl.String).str.zfill(2)
     full = decade.cast(pl.String)
     return (
@@ -102,10 +114,16 @@ def _decade_phrase(year: pl.Expr, form: pl.Expr) -> pl.Expr:
     )
 
 
-def describe(frame: pl.DataFrame, cfg: InstructionConfig, nouns: tuple[str, ...],
+def describe(frame: pl.DataFrame, cfg: InstructionConfig, schema: DomainSchema,
              rng: np.random.Generator) -> pl.Series:
     """The intention text for each row of `frame` (columns genres, year, popularity_level,
-    acclaimed), with an article: 'an acclaimed funny film from the '90s'."""
+    acclaimed), with an article, in the schema's words: 'an acclaimed funny <noun> from the
+    '90s'."""
+    levels, nouns = schema.levels, schema.wording.nouns
+    if "genres" not in frame.columns:
+        frame = frame.with_columns(pl.lit([], pl.List(pl.String)).alias("genres"))
+    if "year" not in frame.columns:
+        frame = frame.with_columns(pl.lit(None, pl.Int32).alias("year"))
     n = frame.height
     rand = {k: rng.integers(0, 1 << 30, n) for k in ("g1", "g2", "s1", "s2", "form", "pp",
                                                       "rp", "noun")}
@@ -121,18 +139,18 @@ def describe(frame: pl.DataFrame, cfg: InstructionConfig, nouns: tuple[str, ...]
     g2 = pl.when((n_genres > 1) & (pl.col("u_second") < cfg.p_second_genre)).then(
         pl.col("genres").list.get(i2, null_on_oob=True))
     genre_part = pl.concat_str(
-        [_genre_phrase(g1, pl.col("r_s1")), _genre_phrase(g2, pl.col("r_s2"))],
+        [_genre_phrase(g1, pl.col("r_s1"), schema), _genre_phrase(g2, pl.col("r_s2"), schema)],
         separator=" and ", ignore_nulls=True)
     pop = (
         pl.when((pl.col("popularity_level") == "popular") & (pl.col("u_pop") < cfg.p_popularity))
-        .then(_pick(vocab.POPULAR_PHRASES, pl.col("r_pp")))
+        .then(_pick(levels.popular, pl.col("r_pp")))
         .when((pl.col("popularity_level") == "obscure") & (pl.col("u_pop") < cfg.p_popularity))
-        .then(_pick(vocab.OBSCURE_PHRASES, pl.col("r_pp")))
+        .then(_pick(levels.obscure, pl.col("r_pp")))
     )
     rating = pl.when(pl.col("acclaimed") & (pl.col("u_rating") < cfg.p_rating)).then(
-        _pick(vocab.ACCLAIMED_PHRASES, pl.col("r_rp")))
+        _pick(levels.acclaimed or [""], pl.col("r_rp")))
     decade = pl.when(pl.col("year").is_not_null() & (pl.col("u_decade") < cfg.p_decade)).then(
-        _decade_phrase(pl.col("year"), pl.col("r_form") % 4))
+        _decade_phrase(pl.col("year"), pl.col("r_form") % 4, schema.wording.decades))
     desc = pl.concat_str(
         [rating, pop, pl.when(genre_part != "").then(genre_part),
          _pick(list(nouns), pl.col("r_noun")), decade],
@@ -160,25 +178,29 @@ def _targets(split: pl.DataFrame, per_user: int, rng: np.random.Generator) -> pl
 def generate_requests(ds: Dataset, cfg: InstructionConfig | None = None) -> pl.DataFrame:
     """Request rows for every user and task, deterministic for `cfg.seed`."""
     cfg = cfg or InstructionConfig()
+    schema = ds.domain
     if "genres" not in ds.items.columns and "year" not in ds.items.columns:
-        raise ConfigError("items need a 'genres' or 'year' column to build intent requests")
+        raise ConfigError(
+            f"items of {ds.name!r} have no categories and no year to build intent requests "
+            "from; give the schema an attribute with role 'categories' (a categorical column) "
+            "or 'time' (a year)")
     rng = np.random.default_rng(cfg.seed)
     split = temporal_leave_one_out(ds.interactions)
-    levels = item_levels(ds.items, split.filter(pl.col("split") == "train"))
+    levels = item_levels(ds.items, split.filter(pl.col("split") == "train"), schema.levels)
     targets = _targets(split, cfg.train_requests_per_user, rng)
     rows = targets.join(pl.DataFrame({"task": list(TASKS)}), how="cross").with_columns(
         pl.when(pl.col("split") == "test").then(pl.lit("heldout")).otherwise(pl.lit("train"))
         .alias("phrasing_set"),
         pl.Series("_r", rng.integers(0, 1 << 30, targets.height * len(TASKS))),
     )
-    phrasings = phrasing_split(cfg.seed, cfg.train_share).rename({"family": "task"})
+    phrasings = phrasing_split(cfg.seed, cfg.train_share, schema).rename({"family": "task"})
     sizes = phrasings.select("task", "phrasing_set", "n_slots").unique()
     rows = rows.join(sizes, on=["task", "phrasing_set"]).with_columns(
         (pl.col("_r") % pl.col("n_slots")).alias("slot")
     ).join(phrasings.drop("n_slots"), on=["task", "phrasing_set", "slot"])
     rows = rows.sort("user_id", "seq", "task").join(
         levels.rename({"item_id": "_item"}), left_on="item_id", right_on="_item", how="left")
-    desc = describe(rows, cfg, ds.item_noun, rng)
+    desc = describe(rows, cfg, schema, rng)
     parts = pl.col("template").str.split("{desc}")
     instruction = pl.when(pl.col("task") == "history").then(pl.col("template")).otherwise(
         parts.list.first() + pl.col("_desc") + parts.list.last())

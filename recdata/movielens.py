@@ -101,7 +101,10 @@ def load_movielens_100k(source: str | Path) -> Dataset:
         pl.col("occupation"),
         pl.col("zip_code"),
     )
-    return Dataset("movielens-100k", interactions, items, users, ("title",), ("movie", "film"))
+    from recdata.schema import known_schema
+
+    return Dataset("movielens-100k", interactions, items, users, ("title",),
+                   known_schema("movielens-100k"))
 
 
 def verify_movielens_100k(ds: Dataset) -> None:

@@ -12,9 +12,28 @@ import numpy as np
 import polars as pl
 
 from recdata.dataset import Dataset
+from recdata.schema import Attribute, DomainSchema, Levels, Wording
 
 SYNTHETIC_GENRES = ("Action", "Comedy", "Drama", "Horror", "Romance", "Sci-Fi", "Documentary",
                     "Animation")
+
+
+
+
+def synthetic_schema(name: str) -> DomainSchema:
+    """The synthetic catalogue's words: neutral nouns, categories named as they are."""
+    return DomainSchema(
+        dataset=name,
+        attributes=[Attribute(column="title", kind="text", role="title"),
+                    Attribute(column="genres", kind="categorical", role="categories",
+                              relation="has_genre", entity="genre"),
+                    Attribute(column="year", kind="numeric", role="time", unit="year",
+                              relation="released_in", entity="year")],
+        levels=Levels(popular=["popular", "well-known", "crowd-pleasing", "much-loved"],
+                      obscure=["lesser-known", "obscure", "under-the-radar", "little-known"],
+                      acclaimed=["highly rated", "acclaimed", "top-rated", "well-reviewed"],
+                      acclaimed_min_mean=4.0, rating_scale=(1, 5)),
+        wording=Wording(nouns=["title", "pick"], verb="try", past="tried"))
 
 
 CHUNK = 2_000
@@ -40,6 +59,25 @@ def _user_chunk(rng: np.random.Generator, lo: int, hi: int, item_genre: np.ndarr
     return rows + lo, items, (start[:, None] + gaps).ravel(), ratings
 
 
+def _interactions(rng: np.random.Generator, n_users: int, item_taste: np.ndarray,
+                  popularity: np.ndarray, per_user: int) -> pl.DataFrame:
+    """Each user's picks by their planted taste over the items' categories (`item_taste`,
+    items x categories), drawn in chunks of users so memory stays ~chunk x items."""
+    n_items = item_taste.shape[0]
+    k = min(per_user, n_items)
+    chunk = max(1, min(CHUNK, CHUNK_CELLS // n_items))
+    parts = [_user_chunk(rng, lo, min(lo + chunk, n_users), item_taste, popularity, k)
+             for lo in range(0, n_users, chunk)]
+    user_idx, item_idx, timestamps, ratings = (np.concatenate(p) for p in zip(*parts,
+                                                                              strict=True))
+    return pl.DataFrame({
+        "user_id": (user_idx + 1).astype(np.int64),
+        "item_id": (item_idx + 1).astype(np.int64),
+        "timestamp": timestamps.astype(np.int64),
+        "rating": ratings.astype(np.float64),
+    })
+
+
 def make_synthetic(n_users: int = 200, n_items: int = 300, interactions_per_user: int = 30,
                    seed: int = 0) -> Dataset:
     """A dataset of `n_users * interactions_per_user` interactions with planted genre tastes."""
@@ -54,19 +92,7 @@ def make_synthetic(n_users: int = 200, n_items: int = 300, interactions_per_user
     years = rng.integers(1950, 2020, n_items)
     popularity = rng.zipf(1.6, n_items).clip(max=200).astype(float)
 
-    k = min(interactions_per_user, n_items)
-    # Users are drawn in chunks so memory stays ~chunk x items, whatever the size asked for.
-    chunk = max(1, min(CHUNK, CHUNK_CELLS // n_items))
-    parts = [_user_chunk(rng, lo, min(lo + chunk, n_users), item_genre, popularity, k)
-             for lo in range(0, n_users, chunk)]
-    user_idx, item_idx, timestamps, ratings = (np.concatenate(p) for p in zip(*parts,
-                                                                              strict=True))
-    interactions = pl.DataFrame({
-        "user_id": (user_idx + 1).astype(np.int64),
-        "item_id": (item_idx + 1).astype(np.int64),
-        "timestamp": timestamps.astype(np.int64),
-        "rating": ratings.astype(np.float64),
-    })
+    interactions = _interactions(rng, n_users, item_genre, popularity, interactions_per_user)
     genre_names = np.array(SYNTHETIC_GENRES)
     items = pl.DataFrame({
         "item_id": np.arange(1, n_items + 1, dtype=np.int64),
@@ -85,5 +111,50 @@ def make_synthetic(n_users: int = 200, n_items: int = 300, interactions_per_user
         .str.to_lowercase().alias("title")
     ).select("item_id", "title", "genres", "year")
     users = pl.DataFrame({"user_id": np.arange(1, n_users + 1, dtype=np.int64)})
-    return Dataset(f"synthetic-{n_users}x{n_items}", interactions, items, users, ("title",),
-                   ("title", "pick"))
+    name = f"synthetic-{n_users}x{n_items}"
+    return Dataset(name, interactions, items, users, ("title",), synthetic_schema(name))
+
+
+# ------------------------------------------------------------------ a second domain: products
+
+PRODUCT_TREE = {  # leaf category -> its path; brands are drawn per top-level department
+    "Knives": "Home > Kitchen > Knives", "Cookware": "Home > Kitchen > Cookware",
+    "Bedding": "Home > Bedroom > Bedding", "Lamps": "Home > Lighting > Lamps",
+    "Headphones": "Electronics > Audio > Headphones", "Speakers": "Electronics > Audio > Speakers",
+    "Laptops": "Electronics > Computers > Laptops", "Running": "Sports > Footwear > Running",
+    "Yoga": "Sports > Fitness > Yoga", "Tents": "Sports > Outdoor > Tents",
+}
+BRANDS = {"Home": ["Hearthly", "Nordvik", "Casa Bella"],
+          "Electronics": ["Voltra", "Sonique", "Kubit"],
+          "Sports": ["Stridewell", "Peakline", "Asana Co"]}
+
+
+def make_product_tables(n_users: int = 200, n_items: int = 300, interactions_per_user: int = 30,
+                        seed: int = 0) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """(interactions, items) of a product catalogue with planted category tastes, as a shop
+    exports them: string SKUs, a category path ('Home > Kitchen > Knives'), a brand, a price,
+    a description, ratings 1-5: another domain than the catalogue above. The tests load it
+    through the bring-your-own path with an inferred schema."""
+    rng = np.random.default_rng(seed)
+    leaves = list(PRODUCT_TREE)
+    leaf = rng.integers(0, len(leaves), n_items)
+    item_cat = np.zeros((n_items, len(leaves)), dtype=bool)
+    item_cat[np.arange(n_items), leaf] = True
+    popularity = rng.zipf(1.6, n_items).clip(max=200).astype(float)
+    interactions = _interactions(rng, n_users, item_cat, popularity, interactions_per_user)
+    paths = np.array([PRODUCT_TREE[x] for x in leaves])[leaf]
+    departments = [p.split(" > ")[0] for p in paths]
+    brands = [BRANDS[d][i] for d, i in zip(departments, rng.integers(0, 3, n_items),
+                                              strict=True)]
+    names = np.array(leaves)[leaf]
+    items = pl.DataFrame({
+        "item_id": np.arange(1, n_items + 1, dtype=np.int64),
+        "sku": [f"SKU-{i:06d}" for i in rng.permutation(n_items) + 1],
+        "name": [f"{b} {n.lower().rstrip('s')} {i}" for b, n, i in zip(
+            brands, names, range(1, n_items + 1), strict=True)],
+        "category": paths, "brand": brands,
+        "price": np.round(rng.lognormal(3.5, 0.8, n_items), 2),
+        "description": [f"A {n.lower()} product from {b} for everyday use, item {i}" for n, b, i
+                        in zip(names, brands, range(1, n_items + 1), strict=True)],
+    })
+    return interactions, items

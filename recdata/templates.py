@@ -1,44 +1,46 @@
-"""Phrasings of requests, per task family. `{desc}` stands for the intention built from the
-target's attributes ("a highly rated comedy film from the '90s"). Each family is split into
-training and held-out phrasings by the generator; test requests use held-out ones only.
+"""Phrasings of requests, per task family, for any domain. `{desc}` stands for the intention
+built from the target's attributes ("a highly rated comedy from the '90s"); `{verb}`,
+`{past}` and `{noun}` are filled from the dataset's schema (recdata/schema.py: "listen
+to", "buy", "read"), so one list serves every catalogue. Each family is split into training
+and held-out phrasings by the generator; test requests use held-out ones only.
 """
 
 from __future__ import annotations
 
 HISTORY = [
-    "Recommend me something to watch tonight.",
-    "What should I watch next?",
+    "Recommend me something to {verb} tonight.",
+    "What should I {verb} next?",
     "Got any suggestions for me?",
     "I'm bored, pick something for me.",
     "Surprise me with something good.",
     "What would I enjoy right now?",
     "Find me my next favourite.",
     "Give me a recommendation.",
-    "Something good to watch tonight, please.",
+    "Something good to {verb} tonight, please.",
     "What's a good pick for me?",
-    "I need something to watch.",
+    "I need something to {verb}.",
     "Any ideas for tonight?",
     "Suggest something I'd like.",
     "What do you think I'd like next?",
     "Pick my next one.",
-    "I want to watch something, you choose.",
-    "Help me decide what to watch.",
+    "I want to {verb} something, you choose.",
+    "Help me decide what to {verb}.",
     "Recommend something based on what I've seen.",
     "Show me something I'll probably love.",
     "What's next for me?",
     "I have a free evening, what should I put on?",
     "Something for the weekend?",
-    "Choose something for me to watch.",
+    "Choose something for me to {verb}.",
     "Whatever you think fits my taste.",
     "I'd like a suggestion, please.",
     "Can you recommend me something?",
-    "Tell me what to watch.",
+    "Tell me what to {verb}.",
     "What else might I like?",
     "Give me something new to try.",
     "Based on my history, what now?",
-    "Make a pick for movie night.",
+    "Make a pick for {noun} night.",
     "Find something that suits me.",
-    "Something along the lines of what I usually watch.",
+    "Something along the lines of what I usually {verb}.",
     "Any good recommendations for me today?",
     "Queue up something I'd enjoy.",
     "I can't decide, help me out.",
@@ -48,7 +50,7 @@ INTENT = [
     "I'm in the mood for {desc}.",
     "Recommend me {desc}.",
     "Can you suggest {desc}?",
-    "I want to watch {desc} tonight.",
+    "I want to {verb} {desc} tonight.",
     "Looking for {desc}, any ideas?",
     "Give me {desc}.",
     "What's {desc} I might like?",
@@ -63,7 +65,7 @@ INTENT = [
     "I could go for {desc}.",
     "Show me {desc}.",
     "Do you have {desc} for me?",
-    "Let's watch {desc}.",
+    "Let's {verb} {desc}.",
     "Find me {desc}, please.",
     "My pick tonight should be {desc}.",
     "Got {desc} I haven't seen?",
@@ -74,7 +76,7 @@ INTENT = [
     "Point me to {desc}.",
     "Choose {desc} for me.",
     "I fancy {desc}.",
-    "What would be {desc} for me to watch?",
+    "What would be {desc} for me to {verb}?",
     "Queue up {desc}.",
     "Recommend {desc} based on my taste.",
     "In the mood for {desc} today.",
@@ -123,3 +125,8 @@ SEARCH = [
 ]
 
 FAMILIES: dict[str, list[str]] = {"history": HISTORY, "intent": INTENT, "search": SEARCH}
+
+
+def render(template: str, verb: str, past: str, noun: str) -> str:
+    """A template with the domain's words in (`{desc}` stays for the generator)."""
+    return template.replace("{verb}", verb).replace("{past}", past).replace("{noun}", noun)

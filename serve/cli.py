@@ -32,6 +32,11 @@ DatasetName = Annotated[str, typer.Option("--dataset",
 Interactions = Annotated[Path | None, typer.Option("--interactions",
                                                    help="For --dataset custom.")]
 Items = Annotated[Path | None, typer.Option("--items", help="For --dataset custom.")]
+Schema = Annotated[Path | None, typer.Option(
+    "--schema", help="The dataset's domain schema (JSON; `instructrank data schema` prints "
+                     "one to start from). Default: configs/schemas/<dataset>.json, for "
+                     "--dataset custom `<items stem>.schema.json` beside the items, else "
+                     "inferred.")]
 Repo = Annotated[Path | None, typer.Option(
     "--repo", help="Feast repository folder (default: the project's feature_repo/).")]
 Online = Annotated[str, typer.Option("--online", help="Online store profile: sqlite or redis.")]
@@ -75,16 +80,52 @@ def data_fetch(
 def data_validate(
     interactions: Annotated[Path, typer.Option(help="Interactions file (.csv/.parquet).")],
     items: Annotated[Path, typer.Option(help="Items file (.csv/.parquet).")],
-    text_columns: Annotated[str, typer.Option(help="Comma-separated item text columns.")]
-    = "title",
+    text_columns: Annotated[str | None, typer.Option(
+        help="Comma-separated item text columns (default: the schema's).")] = None,
+    schema: Schema = None,
 ) -> None:
-    """Check your own data against the schema; every problem is listed with its row."""
+    """Check your own data against its schema; every problem is listed with its row."""
     from recdata.byo import load_custom
+    from recdata.datasets import schema_beside
 
-    ds = load_custom(interactions, items, text_columns=tuple(_split(text_columns) or []))
+    beside = schema_beside(items)
+    ds = load_custom(interactions, items, text_columns=tuple(_split(text_columns) or []),
+                     schema=schema or (beside if beside.exists() else None))
     s = ds.summary()
     console.print(f"ok: {s['interactions']:,} interactions, {s['users']:,} users, "
                   f"{s['items']:,} items")
+
+
+@data_app.command("schema")
+@user_errors
+def data_schema(
+    dataset: DatasetName = "movielens-100k",
+    interactions: Interactions = None,
+    items: Items = None,
+    schema: Schema = None,
+    out: Annotated[Path | None, typer.Option(
+        help="Write it here (default: print it). For --dataset custom, "
+             "`<items stem>.schema.json` beside the items file is where every stage looks.")]
+    = None,
+    infer: Annotated[bool, typer.Option(
+        help="Infer it from the items table even where a schema file exists.")] = False,
+    data_dir: DataDir = Path("data"),
+) -> None:
+    """Print the domain schema of a dataset: what each items column is (categorical, numeric,
+    text, identifier, ignored), the phrases for each category, the levels, and the words
+    requests, explanations and the LLM prompt use. Edit it and keep it as your schema."""
+    from recdata.datasets import load_dataset
+    from recdata.schema import infer_schema
+
+    ds = load_dataset(dataset, data_dir, interactions=interactions, items=items,
+                      schema=schema)
+    found = infer_schema(ds.name, ds.items, ds.interactions, ds.users) if infer else ds.domain
+    if out is None:
+        typer.echo(found.to_json(), nl=False)
+        return
+    found.save(out)
+    kinds = {a.column: a.kind + (f" ({a.role})" if a.role else "") for a in found.attributes}
+    console.print(f"wrote {out}: " + ", ".join(f"{c} {k}" for c, k in kinds.items()))
 
 
 @data_app.command("requests")
@@ -94,6 +135,7 @@ def data_requests(
     dataset: DatasetName = "movielens-100k",
     interactions: Interactions = None,
     items: Items = None,
+    schema: Schema = None,
     seed: Annotated[int, typer.Option(help="Seed of the generator.")] = 42,
     data_dir: DataDir = Path("data"),
 ) -> None:
@@ -102,7 +144,8 @@ def data_requests(
     from recdata.datasets import load_dataset
     from recdata.instructions import InstructionConfig, generate_requests
 
-    ds = load_dataset(dataset, data_dir, interactions=interactions, items=items)
+    ds = load_dataset(dataset, data_dir, interactions=interactions, items=items,
+                      schema=schema)
     requests = generate_requests(ds, InstructionConfig(seed=seed))
     write_parquet_atomic(requests, out)
     console.print(f"wrote {requests.height:,} requests to {out}")
@@ -114,6 +157,7 @@ def features_build(
     dataset: DatasetName = "movielens-100k",
     interactions: Interactions = None,
     items: Items = None,
+    schema: Schema = None,
     repo: Repo = None,
     online: Online = "sqlite",
     redis_url: RedisUrl = None,
@@ -131,6 +175,7 @@ def features_build(
     from featurestore.build import FeatureBuildConfig, build_features
 
     cfg = FeatureBuildConfig(dataset=dataset, interactions=interactions, items=items,
+                             schema_file=schema,
                              repo=repo or fs.PACKAGE_REPO, online=online, redis_url=redis_url,
                              embeddings=embeddings, data_dir=data_dir,
                              encoder_path=encoder_path)
@@ -215,6 +260,7 @@ def kg_train(
     dataset: DatasetName = "movielens-100k",
     interactions: Interactions = None,
     items: Items = None,
+    schema: Schema = None,
     repo: Repo = None,
     online: Online = "sqlite",
     redis_url: RedisUrl = None,
@@ -233,6 +279,7 @@ def kg_train(
     from kg.train import KGConfig
 
     cfg = KGBuildConfig(dataset=dataset, interactions=interactions, items=items,
+                        schema_file=schema,
                         external_triples=external_triples, entity_map=entity_map,
                         data_dir=data_dir, repo=repo or fs.PACKAGE_REPO, online=online,
                         redis_url=redis_url, serve=serve,
@@ -306,6 +353,7 @@ def train_cmd(
     config: ConfigFile = None,
     interactions: Interactions = None,
     items: Items = None,
+    schema: Schema = None,
     sample_users: SampleUsers = None,
     seed: Seed = None,
     repo: Repo = None,
@@ -324,7 +372,8 @@ def train_cmd(
     from ranking.train import train
 
     cfg = _run_config(config, dataset=dataset, models=models, tasks=tasks,
-                      interactions=interactions, items=items, sample_users=sample_users,
+                      interactions=interactions, items=items, schema_file=schema,
+                      sample_users=sample_users,
                       seed=seed, data_dir=data_dir, feature_repo=repo)
     result = train(cfg, progress=not quiet)
     m = result.manifest
@@ -352,6 +401,7 @@ def evaluate_cmd(
     config: ConfigFile = None,
     interactions: Interactions = None,
     items: Items = None,
+    schema: Schema = None,
     sample_users: SampleUsers = None,
     seed: Seed = None,
     requests: Annotated[Path | None, typer.Option(
@@ -377,7 +427,8 @@ def evaluate_cmd(
     from ranking.evaluation.report import print_metrics, print_samples, sample_recommendations
 
     cfg = _run_config(config, dataset=dataset, models=models, tasks=tasks,
-                      interactions=interactions, items=items, sample_users=sample_users,
+                      interactions=interactions, items=items, schema_file=schema,
+                      sample_users=sample_users,
                       seed=seed, data_dir=data_dir, results_dir=results_dir,
                       requests_file=requests, feature_repo=repo)
     result = evaluate(cfg, progress=not quiet)
@@ -393,7 +444,7 @@ def evaluate_cmd(
 
 
 ModelDir = Annotated[Path | None, typer.Option(
-    "--model", help="Ranker folder (default: the latest ltr_full from `instructrank evaluate`).")]
+    "--model", help="Ranker folder (default: the latest ltr_full from `instructrank train`).")]
 
 
 LLMAdapter = Annotated[Path | None, typer.Option(

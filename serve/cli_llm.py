@@ -90,7 +90,7 @@ def tune(
 
 EvalConfigFile = Annotated[Path | None, typer.Option(
     "--config", help="JSON EvalConfig of the run whose ranker is used (default: the "
-                     "defaults of `instructrank evaluate`, i.e. what `make run` trained).")]
+                     "defaults of `instructrank train`, i.e. what `make run` trained).")]
 
 
 def _eval_config(config: Path | None, data_dir: Path) -> Any:

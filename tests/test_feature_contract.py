@@ -17,6 +17,7 @@ import pytest
 from feature_repo import ranker as declared
 from ranking.ltr import features as lf
 from ranking.ltr.features import FeatureContractError
+from recdata.schema import DomainSchema
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -79,7 +80,8 @@ def _tiny_request():
     items = lf.ItemTables(np.arange(1, n_items + 1), ["Comedy"],
                           np.array([[True], [False], [True], [False]]), np.full(n_items, -1),
                           *(np.zeros(n_items, dtype=bool),) * 3,
-                          np.array([1990.0, 1991.0, np.nan, 1980.0]), None)
+                          np.array([1990.0, 1991.0, np.nan, 1980.0]), None,
+                          DomainSchema(dataset="toy"))
     users = pl.DataFrame({"user_history__n_interactions": [3],
                           "user_history__last_interaction_ts": [913_600]})
     item_rows = pl.DataFrame({"item_stats__popularity_7d": [1.0, 2.0, None]})

@@ -54,7 +54,8 @@ def test_intent_names_target_attributes_not_title(requests, movielens):
     intent = requests.filter(pl.col("task") == "intent").join(
         movielens.items.rename({"item_id": "target_item_id"}), on="target_item_id")
     parsed = parse_instructions(intent["instruction"].to_list(),
-                                sorted(set(movielens.items["genres"].explode().drop_nulls())))
+                                sorted(set(movielens.items["genres"].explode().drop_nulls())),
+                                movielens.domain)
     genres = sorted(set(movielens.items["genres"].explode().drop_nulls()))
     asked = [{g for g, on in zip(genres, row, strict=True) if on} for row in parsed.genre_mask]
     for wanted, actual in zip(asked, intent["genres"], strict=True):

@@ -25,7 +25,8 @@ def test_examples_come_from_training_requests_with_ranker_negatives(trained, syn
 
     ex = llm_examples(trained["cfg"], LLMExamplesConfig(requests=30, negatives=2),
                       dataset=synthetic, progress=False)
-    assert ex.columns == ["request_id", "instruction", "history", "title", "label"]
+    assert ex.columns == ["request_id", "instruction", "history", "title", "label",
+                          "system_text", "history_label"]
     assert ex.height == 3 * ex["request_id"].n_unique()
     per_request = ex.group_by("request_id").agg(pl.col("label").sum())
     assert (per_request["label"] == 1).all()  # one Yes, the rest No

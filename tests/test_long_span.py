@@ -25,7 +25,7 @@ def decades():
     span = (t - t.min()) / (t.max() - t.min())
     stretched = (-12 * YEAR + span * 60 * YEAR).cast(pl.Int64)
     return Dataset("decades", ds.interactions.with_columns(stretched.alias("timestamp")),
-                   ds.items, None, ds.text_columns, ds.item_noun)
+                   ds.items, None, ds.text_columns, ds.schema)
 
 
 def test_sixty_year_log_builds_and_serves_rows_from_before_1970(make_repo, decades):

@@ -35,6 +35,7 @@ def test_tuned_models_are_evaluated_on_every_task(tuned_run):
 
 def test_encoder_examples_come_from_training_requests_only(tuned_run, trained, synthetic):
     from ranking.prepare import prepare
+    from ranking.queries import history_label
     from ranking.scorers.base import ScorerContext
     from ranking.train import encoder_examples, ltr_kg
 
@@ -55,7 +56,8 @@ def test_encoder_examples_come_from_training_requests_only(tuned_run, trained, s
     assert ex.height == train.height
     later = prep.requests.filter(pl.col("split") != "train")["instruction"]
     # every query starts with a training request's instruction, never a held-out one
-    starts = ex["query"].str.split(" | recently watched: ").list.first()
+    label = history_label(synthetic.domain)  # the schema's words: "recently tried"
+    starts = ex["query"].str.split(f" | {label}: ").list.first()
     assert set(starts) <= set(train["instruction"])
     assert not set(starts) & (set(later) - set(train["instruction"]))
     # the hard negative is never the row's own positive

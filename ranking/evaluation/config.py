@@ -30,6 +30,8 @@ class EvalConfig(BaseModel):
     dataset: str = "movielens-100k"
     interactions: Path | None = None
     items: Path | None = None
+    schema_file: Path | None = Field(None, description="the dataset's domain schema (default: "
+                                                       "its committed or inferred one)")
     text_columns: list[str] = ["title"]
     models: list[str] = Field(default_factory=lambda: [*BASELINES, *RANKERS, *TUNED],
                               min_length=1)

@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 from ranking.evaluation.config import EvalConfig
 from ranking.inputs import RequestBatch
 from ranking.queries import prompt_history
-from ranking.rerank.llm import LLMRerankConfig, fuse, order_by
+from ranking.rerank.llm import LLMRerankConfig, fuse, in_domain_words, order_by
 from recdata.atomic_io import write_text_atomic
 
 BELOW = -1e9
@@ -107,6 +107,7 @@ def llm_examples(cfg: EvalConfig, ex_cfg: LLMExamplesConfig, *, dataset: Any = N
                                    axis=1)
     sub = _subset(batch, chosen)
     history = prompt_history(sub, run.titles)
+    words = in_domain_words(LLMRerankConfig(), run.prep.catalogue.schema)
     n, k = len(chosen), ex_cfg.negatives
     return pl.DataFrame({
         "request_id": np.repeat(sub.requests["request_id"].to_numpy(), k + 1),
@@ -115,6 +116,7 @@ def llm_examples(cfg: EvalConfig, ex_cfg: LLMExamplesConfig, *, dataset: Any = N
         "title": run.titles[np.concatenate([targets[chosen, None], negatives], axis=1)
                             ].ravel().tolist(),
         "label": np.tile(np.r_[1, np.zeros(k, dtype=np.int64)], n),
+        "system_text": words.system_text, "history_label": words.history_label,
     })
 
 
@@ -185,6 +187,7 @@ def evaluate_llm(cfg: LLMEvalConfig, reranker: Any | None = None, *, dataset: An
     started = time.perf_counter()
     run = _prepare(cfg.evaluation, progress, dataset)
     reranker = reranker or LLMReranker.load(cfg.rerank)
+    reranker.cfg = in_domain_words(reranker.cfg, run.prep.catalogue.schema)
     top_n = cfg.rerank.top_n
     test_users = np.unique(run.prep.batches[("test", cfg.tasks[0])].requests["user_id"]
                            .to_numpy())

@@ -31,6 +31,7 @@ from ranking.inputs import RequestBatch
 from ranking.intent_parser import ParsedIntents, parse_instructions
 from ranking.scorers.knowledge import recent_item_ids
 from recdata.errors import FeatureStoreError, UnknownNameError
+from recdata.schema import DomainSchema
 
 SECONDS_PER_DAY = 86_400.0
 
@@ -163,6 +164,7 @@ class ItemTables:
     acclaimed: np.ndarray
     year: np.ndarray         # float, NaN unknown
     vectors: np.ndarray | None  # items x d, unit norm (text encoder)
+    schema: DomainSchema
 
     @classmethod
     def from_attribute_source(cls, source: Any, vectors: np.ndarray | None) -> ItemTables:
@@ -170,7 +172,7 @@ class ItemTables:
         items = source.fitted.catalogue.items
         return cls(items["item_id"].to_numpy(), source.genres, source.item_genre,
                    source.item_decade, source.popular, source.obscure, source.acclaimed,
-                   items["year"].cast(pl.Float64).to_numpy(), vectors)
+                   items["year"].cast(pl.Float64).to_numpy(), vectors, source.schema)
 
 
 def _attribute_match(p: ParsedIntents, t: ItemTables, idx: np.ndarray) -> dict[str, np.ndarray]:
@@ -302,7 +304,7 @@ def _source_rank(x: Inputs, f: RankerFeature) -> np.ndarray:
 def _attribute(x: Inputs, f: RankerFeature) -> np.ndarray:
     if "attribute_match" not in x.memo:
         parsed = x.parsed if x.parsed is not None else \
-            parse_instructions(x.batch.instructions, x.items.genres)
+            parse_instructions(x.batch.instructions, x.items.genres, x.items.schema)
         x.memo["attribute_match"] = _attribute_match(parsed, x.items, x.cands.idx)
     return x.memo["attribute_match"][f"attr_{f.arg}"]
 

@@ -114,7 +114,7 @@ class LTRModel:
         directory = Path(directory)
         if not (directory / META_FILE).exists():
             raise ConfigError(f"{directory} is not a ranker model folder (no {META_FILE}); "
-                              "train one with `instructrank evaluate`")
+                              "train one with `instructrank train`")
         meta = json.loads((directory / META_FILE).read_text())
         unknown = [f for f in meta["features"] if f not in FEATURES]
         if unknown:
@@ -132,7 +132,7 @@ class LTRModel:
         name = self.extra.get("feature_service")
         if not name:
             raise ConfigError(f"model {self.key} names no feature service (trained by an "
-                              "older version); retrain it with `instructrank evaluate`")
+                              "older version); retrain it with `instructrank train`")
         return str(name)
 
     def check_served(self, served_columns: set[str]) -> None:
@@ -157,7 +157,7 @@ def fit_lambdarank(cfg: LTRConfig, train: tuple[np.ndarray, np.ndarray, np.ndarr
                    valid: tuple[np.ndarray, np.ndarray, np.ndarray],
                    features: list[str]) -> tuple[Any, int, float]:
     """(X, y, group sizes) for train and validation -> (booster, best iteration, valid
-    NDCG@10). Early stopping watches validation NDCG@10. With `engine="dask"` the same
+    NDCG@10). Early stopping follows validation NDCG@10. With `engine="dask"` the same
     model trains through lightgbm.dask (ranking.ltr.dask_fit)."""
     if cfg.engine == "dask":
         from ranking.ltr.dask_fit import fit_lambdarank_dask

@@ -357,7 +357,9 @@ class LTRResources:
                 "such as ltr_no_text)") from None
         service = self._service(ablation)
         encoder = getattr(self.context.encoder, "fingerprint", None)
-        key = training_key(self.cfg, ablation, f"{self.data_fingerprint}:{encoder}")
+        # the saved sources' format is part of what a model is: a new one retrains it
+        key = training_key(self.cfg, ablation,
+                           f"{self.data_fingerprint}:{encoder}:sources-v{SOURCES_VERSION}")
         done = self.models_dir / f"{name}-{key}"
         if (done / "meta.json").exists():  # same config, data and encoder: same model
             write_text_atomic(self.models_dir / f"{name}.latest", done.name)

@@ -33,9 +33,11 @@ from pydantic import BaseModel, ConfigDict, Field
 from recdata.errors import ConfigError, InvalidRequestError
 
 # The question sits in the shared prefix: every token of the suffix is paid once per
-# candidate, so the suffix holds only the candidate and the answer cue.
-SYSTEM_TEXT = ("You are a movie recommender. Does the candidate movie suit the user's request "
-               "and recent viewing? Answer Yes or No.\n")
+# candidate, so the suffix holds only the candidate and the answer cue. Its words are the
+# dataset schema's (recdata.schema.Wording.prompt); this is the domain-free default.
+SYSTEM_TEXT = ("You are a recommender. Does the candidate item suit the user's request and "
+               "recent items? Answer Yes or No.\n")
+HISTORY_LABEL = "recent items"
 ANSWER_CUE = "Answer:"
 ANSWERS = (" Yes", " No")
 
@@ -59,6 +61,17 @@ class LLMRerankConfig(BaseModel):
     max_history: int = Field(10, ge=0, description="most recent history titles in the prompt")
     max_prompt_tokens: int = Field(512, ge=16)
     batch_size: int = Field(32, ge=1, description="candidate suffixes per forward pass")
+    system_text: str = Field(SYSTEM_TEXT, description="the question, in the domain's words "
+                                                      "(set from the dataset's schema)")
+    history_label: str = Field(HISTORY_LABEL, description="what the history is called")
+
+
+def in_domain_words(cfg: LLMRerankConfig, schema: Any) -> LLMRerankConfig:
+    """`cfg` with the question and the history's name in the words of `schema`
+    (a recdata.schema.DomainSchema): what the adapter was tuned on for that dataset."""
+    w = schema.wording
+    return cfg.model_copy(update={"system_text": w.fill(w.prompt),
+                                  "history_label": w.fill(w.history_label)})
 
 
 class Prompt(NamedTuple):
@@ -86,14 +99,16 @@ def bound_text(text: object, max_chars: int) -> str:
 
 def build_prefix(instruction: object, history_titles: Sequence[object], *,
                  max_instruction_chars: int = 300, max_title_chars: int = 120,
-                 max_history: int = 10) -> str:
+                 max_history: int = 10, system_text: str = SYSTEM_TEXT,
+                 history_label: str = HISTORY_LABEL) -> str:
     """System text, the quoted request and the quoted most recent history titles (last
     `max_history`, most recent last), ending with a newline."""
     request = bound_text(instruction, max_instruction_chars)
     recent = list(history_titles)[-max_history:] if max_history else []
     titles = [t for t in (bound_text(t, max_title_chars) for t in recent) if t]
-    watched = "; ".join(f'"{t}"' for t in titles) if titles else "nothing yet"
-    return f'{SYSTEM_TEXT}Request: "{request}"\nRecently watched: {watched}\n'
+    seen = "; ".join(f'"{t}"' for t in titles) if titles else "nothing yet"
+    label = history_label[:1].upper() + history_label[1:]
+    return f'{system_text}Request: "{request}"\n{label}: {seen}\n'
 
 
 def build_suffix(candidate_title: object, *, max_title_chars: int = 120) -> str:
@@ -103,10 +118,12 @@ def build_suffix(candidate_title: object, *, max_title_chars: int = 120) -> str:
 
 def build_prompt(instruction: object, history_titles: Sequence[object],
                  candidate_title: object, *, max_instruction_chars: int = 300,
-                 max_title_chars: int = 120, max_history: int = 10) -> Prompt:
+                 max_title_chars: int = 120, max_history: int = 10,
+                 system_text: str = SYSTEM_TEXT, history_label: str = HISTORY_LABEL) -> Prompt:
     """The full prompt for one candidate, split into shared prefix and per-candidate suffix."""
     prefix = build_prefix(instruction, history_titles, max_instruction_chars=max_instruction_chars,
-                          max_title_chars=max_title_chars, max_history=max_history)
+                          max_title_chars=max_title_chars, max_history=max_history,
+                          system_text=system_text, history_label=history_label)
     return Prompt(prefix, build_suffix(candidate_title, max_title_chars=max_title_chars))
 
 
@@ -211,7 +228,8 @@ class LLMReranker:
         c = self.cfg
         prefix = build_prefix(instruction, history_titles,
                               max_instruction_chars=c.max_instruction_chars,
-                              max_title_chars=c.max_title_chars, max_history=c.max_history)
+                              max_title_chars=c.max_title_chars, max_history=c.max_history,
+                              system_text=c.system_text, history_label=c.history_label)
         suffixes = [build_suffix(t, max_title_chars=c.max_title_chars) for t in candidate_titles]
         prefix_ids = self.tokenizer(prefix)["input_ids"]
         suffix_ids = self.tokenizer(suffixes, add_special_tokens=False)["input_ids"]

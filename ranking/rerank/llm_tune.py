@@ -1,5 +1,5 @@
 """LoRA instruction tuning of the reranker's causal LM: teach it to answer " Yes" for a
-candidate the user went on to watch and " No" for one they did not.
+candidate the user went on to choose and " No" for one they did not.
 
 The prompts are exactly the reranker's (`ranking.rerank.llm.build_prompt`), and the loss is
 the cross-entropy of the answer token only, read at the last position (logits_to_keep=1), so
@@ -142,6 +142,9 @@ def encode_examples(examples: pl.DataFrame, tokenizer: Any, cfg: LoRATuneConfig,
     yes, no = answer_token_ids(tokenizer)
     limits = dict(max_instruction_chars=cfg.max_instruction_chars,
                   max_title_chars=cfg.max_title_chars, max_history=cfg.max_history)
+    if "system_text" in examples.columns:  # the examples' domain words (llm_examples)
+        limits |= {"system_text": examples["system_text"][0],
+                   "history_label": examples["history_label"][0]}
     prompts = [build_prompt(i, h, t, **limits) for i, h, t in zip(
         examples["instruction"].to_list(), examples["history"].to_list(),
         examples["title"].to_list(), strict=True)]

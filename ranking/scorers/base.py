@@ -40,6 +40,7 @@ class ScorerContext:
     # set where the encoder is instruction-tuned: it reads "instruction | recent titles"
     # (ranking.queries), so its query text needs the catalogue's titles
     query_titles: np.ndarray | None = None
+    query_label: str = "recent"  # ranking.queries.history_label of the dataset's schema
     tuned: ScorerContext | None = None  # the same resources with the tuned encoder
     llm: Any = None  # ranking.rerank.llm.LLMReranker, for the reranked LTR scorer
     artifacts: Path | None = None  # where artifacts built once are kept (ANN indexes)
@@ -86,12 +87,13 @@ class ScorerContext:
             return batch.instructions
         from ranking.queries import query_texts
 
-        return query_texts(batch, self.query_titles)
+        return query_texts(batch, self.query_titles, label=self.query_label)
 
     def require_tuned(self) -> ScorerContext:
         if self.tuned is None:
-            raise ConfigError("this scorer reads the instruction-tuned encoder; evaluate it "
-                              "through `instructrank evaluate`, which tunes one")
+            raise ConfigError("this scorer reads the instruction-tuned encoder, which "
+                              "`instructrank train` tunes; evaluate it with `instructrank "
+                              "evaluate` after that")
         return self.tuned
 
 

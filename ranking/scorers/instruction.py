@@ -23,13 +23,14 @@ class FilterPopularity(Scorer):
 
     def _fit_model(self, data: FitData) -> None:
         items = data.catalogue.items
+        self.schema = data.catalogue.schema
         self.genres = sorted(set(items["genres"].explode().drop_nulls().to_list()))
         self.item_genre = np.stack(
             [items["genres"].list.contains(g).to_numpy() for g in self.genres], axis=1
         ) if self.genres else np.zeros((items.height, 0), dtype=bool)
         self.item_decade = (items["year"] // 10 * 10).fill_null(-1).to_numpy()
         train = data.interactions.join(items.select("item_idx", "item_id"), on="item_idx")
-        levels = item_levels(items, train).sort("item_id")
+        levels = item_levels(items, train, self.schema.levels).sort("item_id")
         self.popular = (levels["popularity_level"] == "popular").fill_null(False).to_numpy()
         self.obscure = (levels["popularity_level"] == "obscure").fill_null(False).to_numpy()
         self.acclaimed = levels["acclaimed"].to_numpy()
@@ -38,7 +39,7 @@ class FilterPopularity(Scorer):
         self.genre_t = np.ascontiguousarray(self.item_genre.T, dtype=np.float64)  # once
 
     def _score(self, batch: RequestBatch) -> np.ndarray:
-        p = parsed_for(self.context, batch, self.genres)
+        p = parsed_for(self.context, batch, self.genres, self.schema)
         matches = p.genre_mask.astype(np.float64) @ self.genre_t
         matches += (p.decade[:, None] > 0) & (p.decade[:, None] == self.item_decade[None, :])
         matches += p.popular[:, None] & self.popular[None, :]
