@@ -71,6 +71,11 @@ class FeatureRepo:
 
     path: Path
 
+    def __post_init__(self) -> None:
+        # absolute: offline calls run from inside the repo (offline_calls), where a relative
+        # path would name another folder and Feast would find no views
+        object.__setattr__(self, "path", Path(self.path).resolve())
+
     @property
     def sources(self) -> Path:
         return self.path / "data" / "sources"

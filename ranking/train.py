@@ -34,7 +34,7 @@ from ranking.prepare import Prepared, prepare, run_dataset, runnable_models
 from ranking.scorers.base import ScorerContext, scorer_class
 from recdata.atomic_io import write_text_atomic
 from recdata.dataset import Dataset
-from recdata.errors import ArtifactMissingError
+from recdata.errors import ArtifactMissingError, ConfigError
 
 if TYPE_CHECKING:
     from kg.train import KGResult
@@ -212,7 +212,15 @@ def ltr_kg(cfg: EvalConfig, ds: Dataset, progress: bool) -> KGResult:
     from kg.train import train_kg
     from kg.triples import build_triples
 
-    triples = build_triples(ds, hold_out_last=cfg.instructions.train_requests_per_user,
+    external = None
+    if (cfg.external_triples is None) != (cfg.entity_map is None):
+        raise ConfigError("an external KG needs both --external-triples and --entity-map")
+    if cfg.external_triples is not None and cfg.entity_map is not None:
+        from kg.external import load_external
+
+        external = load_external(cfg.external_triples, cfg.entity_map,
+                                 ds.items["item_id"]).triples
+    triples = build_triples(ds, external, hold_out_last=cfg.instructions.train_requests_per_user,
                             max_edges=cfg.kg.max_triples, seed=cfg.kg.seed)
     return train_kg(triples, cfg.kg, cfg.data_dir / "kg", progress=progress)
 

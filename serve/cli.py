@@ -318,6 +318,11 @@ def models() -> None:
         console.print(f"[bold]{name}[/bold] (reads {', '.join(reads) or 'nothing'}): {doc}")
 
 
+ExternalTriples = Annotated[Path | None, typer.Option(
+    help="Your own KG (head,relation,tail; tsv/csv/parquet), joined to the hold-out KG the "
+         "ranker's KG features read.")]
+EntityMap = Annotated[Path | None, typer.Option(
+    help="item_id,entity mapping of your catalogue to --external-triples.")]
 ModelList = Annotated[str | None, typer.Option(
     help="Comma-separated model names (default: every model; see `instructrank models`).")]
 TaskList = Annotated[str | None, typer.Option(
@@ -356,6 +361,8 @@ def train_cmd(
     schema: Schema = None,
     sample_users: SampleUsers = None,
     seed: Seed = None,
+    external_triples: ExternalTriples = None,
+    entity_map: EntityMap = None,
     repo: Repo = None,
     data_dir: DataDir = Path("data"),
     quiet: Quiet = False,
@@ -374,7 +381,8 @@ def train_cmd(
     cfg = _run_config(config, dataset=dataset, models=models, tasks=tasks,
                       interactions=interactions, items=items, schema_file=schema,
                       sample_users=sample_users,
-                      seed=seed, data_dir=data_dir, feature_repo=repo)
+                      seed=seed, data_dir=data_dir, feature_repo=repo,
+                      external_triples=external_triples, entity_map=entity_map)
     result = train(cfg, progress=not quiet)
     m = result.manifest
     table = Table(title=f"trained for {cfg.dataset} ({m.fingerprint})")
@@ -407,6 +415,8 @@ def evaluate_cmd(
     requests: Annotated[Path | None, typer.Option(
         "--requests", help="Your logged requests (CSV/parquet: user_id, instruction, "
                            "timestamp, target_item_id), scored as task 'logged'.")] = None,
+    external_triples: ExternalTriples = None,
+    entity_map: EntityMap = None,
     repo: Repo = None,
     data_dir: DataDir = Path("data"),
     results_dir: Annotated[Path, typer.Option(help="Where quality.csv and the plot go.")]
@@ -430,7 +440,8 @@ def evaluate_cmd(
                       interactions=interactions, items=items, schema_file=schema,
                       sample_users=sample_users,
                       seed=seed, data_dir=data_dir, results_dir=results_dir,
-                      requests_file=requests, feature_repo=repo)
+                      requests_file=requests, feature_repo=repo,
+                      external_triples=external_triples, entity_map=entity_map)
     result = evaluate(cfg, progress=not quiet)
     paths = result.save()
     print_metrics(result.metrics, result.dataset, console)

@@ -56,6 +56,10 @@ class EvalConfig(BaseModel):
                           "CSV or parquet) scored as task 'logged' beside the generated ones")
     ltr: LTRConfig = Field(default_factory=LTRConfig)
     kg: KGConfig = Field(default_factory=KGConfig)
+    external_triples: Path | None = Field(
+        None, description="your own KG (head, relation, tail) joined to the hold-out KG the "
+                          "ranker's KG features read; with `entity_map`")
+    entity_map: Path | None = Field(None, description="item_id,entity of the external KG")
     # bounded so that tuning takes minutes on 2 cores (see encoders/tuning.py)
     encoder_tuning: EncoderTuneConfig = Field(
         default_factory=lambda: EncoderTuneConfig(max_examples=3_000, max_seq_length=64))
