@@ -43,9 +43,9 @@ lastfm: $(STAMP)
 	$(VENV)/bin/instructrank train $(LASTFM_ARGS) $(LASTFM_KG)
 	$(VENV)/bin/instructrank evaluate $(LASTFM_ARGS) $(LASTFM_KG)
 	$(VENV)/bin/instructrank recommend --repo $(LASTFM_DATA)/repo --data-dir $(LASTFM_DATA) \
-		--user 2 -k 5 --now data-end "some japanese rock"
+		--user 2067 -k 5 --now data-end "something heavy, like metalcore"
 	$(VENV)/bin/instructrank recommend --repo $(LASTFM_DATA)/repo --data-dir $(LASTFM_DATA) \
-		--user 1000 -k 5 --now data-end "something to listen to tonight"
+		--user 709 -k 5 --now data-end "something to listen to tonight"
 	$(VENV)/bin/instructrank recommend --repo $(LASTFM_DATA)/repo --data-dir $(LASTFM_DATA) \
 		-k 5 --now data-end "an obscure female vocalist"
 

@@ -62,12 +62,16 @@ class Dataset:
         }
 
     def fingerprint(self) -> str:
-        """Content hash of interactions and catalogue: what versions every derived artifact."""
+        """Content hash of interactions, catalogue and domain schema: what versions every
+        derived artifact (a schema edit changes requests, features, reasons: all rebuilt)."""
+        import hashlib
+
         inter = self.interactions.hash_rows(seed=0).sum()
         items = self.items.select(
             pl.col("item_id"), pl.col("title"), pl.col("genres").list.join("|")
         ).hash_rows(seed=0).sum()
-        return f"{self.name}:{inter}:{items}"
+        schema = hashlib.sha1(self.domain.to_json().encode()).hexdigest()[:8]
+        return f"{self.name}:{inter}:{items}:{schema}"
 
     def sample_users(self, n_users: int, seed: int) -> Dataset:
         """The same dataset restricted to `n_users` random users (all their interactions,

@@ -128,6 +128,8 @@ class EvalResult:
             rows = merge_quality(quality, rows)
             write_text_atomic(quality, rows.write_csv())
             paths["quality"] = quality
-            paths["plot"] = plot_ndcg(rows.filter(pl.col("dataset") == self.dataset),
-                                      self.config.results_dir / "quality.png")
+            mine = rows.filter(pl.col("dataset") == self.dataset)
+            # one plot per dataset, and quality.png: the latest evaluation's
+            plot_ndcg(mine, self.config.results_dir / f"quality-{self.dataset}.png")
+            paths["plot"] = plot_ndcg(mine, self.config.results_dir / "quality.png")
         return paths
