@@ -29,7 +29,8 @@ def _with_schema(ds: Dataset, path: Path) -> Dataset:
 
     from recdata.schema import DomainSchema
 
-    return replace(ds, schema=DomainSchema.load(path))
+    schema = DomainSchema.load(path)
+    return replace(ds, schema=schema, text_columns=schema.text_columns or ds.text_columns)
 
 
 def _custom(data_dir: Path, interactions: Path | None = None, items: Path | None = None,

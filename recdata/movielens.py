@@ -103,8 +103,9 @@ def load_movielens_100k(source: str | Path) -> Dataset:
     )
     from recdata.schema import known_schema
 
-    return Dataset("movielens-100k", interactions, items, users, ("title",),
-                   known_schema("movielens-100k"))
+    schema = known_schema("movielens-100k")
+    return Dataset("movielens-100k", interactions, items, users,
+                   schema.text_columns if schema else ("title",), schema)
 
 
 def verify_movielens_100k(ds: Dataset) -> None:
