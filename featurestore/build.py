@@ -21,28 +21,22 @@ from pathlib import Path
 
 import polars as pl
 import pyarrow.parquet as pq
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 from tqdm.auto import tqdm
 
 from featurestore import store as fs
 from recdata.atomic_io import atomic_path, write_parquet_atomic, write_text_atomic
 from recdata.dataset import INTERACTION_SCHEMA, Dataset, item_text
+from recdata.datasets import DatasetSource
 from recdata.errors import FeatureStoreError
 from recdata.instructions import InstructionConfig, generate_requests
 from recdata.stages import stage
 
 
-class FeatureBuildConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    dataset: str = "movielens-100k"
-    interactions: Path | None = None
-    items: Path | None = None
-    schema_file: Path | None = Field(None, description="the dataset's domain schema (default: "
-                                                       "its committed or inferred one)")
+class FeatureBuildConfig(DatasetSource):
     repo: Path = fs.PACKAGE_REPO
     online: str = "sqlite"
     redis_url: str | None = None
-    data_dir: Path = Path("data")
     encoder_path: Path | None = None
     instructions: InstructionConfig = Field(default_factory=InstructionConfig)
     embeddings: bool = True  # off for scale benchmarks: the 384-d views dominate the cost
@@ -69,7 +63,6 @@ def _fingerprint(ds: Dataset, cfg: FeatureBuildConfig, encoder_id: str) -> str:
     h.update(ds.fingerprint().encode())
     h.update(cfg.instructions.model_dump_json().encode())
     h.update(f"{encoder_id}:{cfg.embeddings}".encode())
-    h.update(ds.domain.to_json().encode())  # its text columns are what the encoder reads
     for job in sorted((fs.PACKAGE_REPO / "jobs").glob("*.py")):
         h.update(job.read_bytes())
     return h.hexdigest()[:12]
@@ -183,14 +176,12 @@ def _encoder(cfg: FeatureBuildConfig, progress: bool) -> object | None:
 def build_features(cfg: FeatureBuildConfig, *, dataset: Dataset | None = None,
                    progress: bool = True) -> FeatureBuildResult:
     """Build every source, apply the definitions and backfill the online store."""
-    from recdata.datasets import load_dataset
 
     seconds: dict[str, float] = {}
     repo = fs.FeatureRepo(cfg.repo)
     steps = tqdm(total=4, desc="features", disable=not progress)
     t = time.perf_counter()
-    ds = dataset or load_dataset(cfg.dataset, cfg.data_dir, interactions=cfg.interactions,
-                                 items=cfg.items, schema=cfg.schema_file)
+    ds = dataset or cfg.load_dataset()
     encoder = _encoder(cfg, progress)
     fingerprint = _fingerprint(ds, cfg, getattr(encoder, "fingerprint", "none"))
     meta_file = repo.sources / "meta.json"

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from featurestore import store as fs
 from kg.external import ExternalKG, load_external
@@ -19,21 +19,15 @@ from kg.train import KGConfig, KGResult, train_kg
 from kg.triples import build_triples
 from recdata.atomic_io import write_parquet_atomic
 from recdata.dataset import Dataset
+from recdata.datasets import DatasetSource
 from recdata.errors import ConfigError
 
 KG_VIEWS = ("user_kg_embedding", "item_kg_embedding")
 
 
-class KGBuildConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    dataset: str = "movielens-100k"
-    interactions: Path | None = None
-    items: Path | None = None
-    schema_file: Path | None = Field(None, description="the dataset's domain schema (default: "
-                                                       "its committed or inferred one)")
+class KGBuildConfig(DatasetSource):
     external_triples: Path | None = None
     entity_map: Path | None = None
-    data_dir: Path = Path("data")
     repo: Path = fs.PACKAGE_REPO
     online: str = "sqlite"
     redis_url: str | None = None
@@ -67,10 +61,7 @@ def serve_embeddings(result: KGResult, repo: fs.FeatureRepo, online: str = "sqli
 
 def build_kg(cfg: KGBuildConfig, *, dataset: Dataset | None = None,
              progress: bool = True) -> KGBuildReport:
-    from recdata.datasets import load_dataset
-
-    ds = dataset or load_dataset(cfg.dataset, cfg.data_dir, interactions=cfg.interactions,
-                                 items=cfg.items, schema=cfg.schema_file)
+    ds = dataset or cfg.load_dataset()
     if (cfg.external_triples is None) != (cfg.entity_map is None):
         raise ConfigError("an external KG needs both --external-triples and --entity-map")
     external = None

@@ -22,7 +22,6 @@ from ranking.inputs import (
 )
 from ranking.scorers.base import scorer_class
 from recdata.dataset import Dataset
-from recdata.datasets import load_dataset
 from recdata.instructions import generate_requests
 from recdata.logged import LOGGED_TASK
 
@@ -87,9 +86,7 @@ def prepare(cfg: EvalConfig, ds: Dataset, logged: pl.DataFrame | None = None) ->
 def run_dataset(cfg: EvalConfig, dataset: Dataset | None = None) -> Dataset:
     """The dataset a run evaluates: `dataset` or the one `cfg` names, user-sampled as
     configured."""
-    ds = dataset or load_dataset(cfg.dataset, cfg.data_dir, interactions=cfg.interactions,
-                                 items=cfg.items, text_columns=tuple(cfg.text_columns),
-                                 schema=cfg.schema_file)
+    ds = dataset or cfg.load_dataset(text_columns=tuple(cfg.text_columns))
     return ds.sample_users(cfg.sample_users, cfg.seed) if cfg.sample_users else ds
 
 

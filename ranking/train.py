@@ -160,14 +160,14 @@ class TrainResult:
     stages' times and peak memory."""
 
     manifest: Manifest
+    data_dir: Path
     seconds: float
     skipped: dict[str, str] = field(default_factory=dict)
     stages: list[dict[str, Any]] = field(default_factory=list)
 
     def save(self) -> Path:
-        """Write the manifest (train() has; this rewrites it where it was read from)."""
-        assert self.manifest.path is not None
-        return self.manifest.save(self.manifest.path.parent.parent)
+        """Write the manifest (train() already has: a rewrite of the same text is a no-op)."""
+        return self.manifest.save(self.data_dir)
 
 
 def train(cfg: EvalConfig, *, dataset: Dataset | None = None,
@@ -201,7 +201,7 @@ def train(cfg: EvalConfig, *, dataset: Dataset | None = None,
             **made.model_dump(exclude={"path", "models"}, exclude_none=True),
             "models": {**before.models, **made.models}})
     made.path = made.save(cfg.data_dir)
-    return TrainResult(made, time.perf_counter() - started, skipped,
+    return TrainResult(made, cfg.data_dir, time.perf_counter() - started, skipped,
                        records_since(first_stage))
 
 

@@ -82,7 +82,7 @@ class Dataset:
         kept_users = None if self.users is None else self.users.join(keep, on="user_id", how="semi")
         return Dataset(
             f"{self.name}[{keep.height} users]", inter, self.items, kept_users,
-            self.text_columns, self.schema,
+            self.text_columns, self.domain,  # the whole data's schema, not re-inferred
         )
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+from pydantic import BaseModel, ConfigDict, Field
+
 from recdata.dataset import Dataset
 from recdata.errors import ConfigError, UnknownNameError
 
@@ -66,6 +68,23 @@ DATASETS: dict[str, Callable[..., Dataset]] = {
     "synthetic": _synthetic,
     "custom": _custom,
 }
+
+
+class DatasetSource(BaseModel):
+    """Which dataset a stage reads and from where: the fields every stage's config shares
+    (features build, KG, training and evaluation), so they load it one way."""
+
+    model_config = ConfigDict(extra="forbid")
+    dataset: str = "movielens-100k"
+    interactions: Path | None = None
+    items: Path | None = None
+    schema_file: Path | None = Field(None, description="the dataset's domain schema (default: "
+                                                       "its committed or inferred one)")
+    data_dir: Path = Path("data")
+
+    def load_dataset(self, **extra: object) -> Dataset:
+        return load_dataset(self.dataset, self.data_dir, interactions=self.interactions,
+                            items=self.items, schema=self.schema_file, **extra)
 
 
 def load_dataset(name: str, data_dir: Path, **kwargs: object) -> Dataset:

@@ -6,11 +6,12 @@ import hashlib
 import json
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import Field, field_validator
 
 from encoders.tuning import EncoderTuneConfig
 from kg.train import KGConfig
 from ranking.ltr.model import LTRConfig
+from recdata.datasets import DatasetSource
 from recdata.errors import UnknownNameError
 from recdata.instructions import TASKS, InstructionConfig
 
@@ -23,16 +24,10 @@ EVALUATION_ONLY = {"models", "tune", "sampled_negatives", "top_k", "requests_fil
                    "results_dir", "feature_repo"}
 
 
-class EvalConfig(BaseModel):
+class EvalConfig(DatasetSource):
     """Everything that determines a run's figures; its hash names the run's artifacts."""
 
-    model_config = ConfigDict(extra="forbid")
-    dataset: str = "movielens-100k"
-    interactions: Path | None = None
-    items: Path | None = None
-    schema_file: Path | None = Field(None, description="the dataset's domain schema (default: "
-                                                       "its committed or inferred one)")
-    text_columns: list[str] = ["title"]
+    text_columns: list[str] = Field(default_factory=lambda: ["title"])
     models: list[str] = Field(default_factory=lambda: [*BASELINES, *RANKERS, *TUNED],
                               min_length=1)
     tasks: list[str] = Field(default_factory=lambda: list(TASKS), min_length=1)
@@ -65,7 +60,6 @@ class EvalConfig(BaseModel):
         default_factory=lambda: EncoderTuneConfig(max_examples=3_000, max_seq_length=64))
     feature_repo: Path | None = Field(
         None, description="Feast repo the ranker reads (default: the package's feature_repo)")
-    data_dir: Path = Path("data")
     results_dir: Path = Path("bench/results")
 
     @field_validator("models")
