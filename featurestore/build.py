@@ -29,6 +29,7 @@ from recdata.atomic_io import atomic_path, write_parquet_atomic, write_text_atom
 from recdata.dataset import INTERACTION_SCHEMA, Dataset, item_text
 from recdata.datasets import DatasetSource
 from recdata.errors import FeatureStoreError
+from recdata.ids import IdMap
 from recdata.instructions import InstructionConfig, generate_requests
 from recdata.stages import stage
 
@@ -160,6 +161,7 @@ def _write_sources(repo: fs.FeatureRepo, parts: Iterator[tuple[str, pl.DataFrame
 
 
 def _write_raw(repo: fs.FeatureRepo, ds: Dataset, meta: dict) -> None:
+    (ds.ids or IdMap()).save(repo.ids)
     write_parquet_atomic(ds.interactions, repo.sources / "interactions.parquet")
     write_parquet_atomic(ds.items, repo.sources / "items.parquet")
     write_text_atomic(repo.sources / "meta.json", json.dumps(meta, indent=2, default=str))
@@ -216,6 +218,29 @@ def build_features(cfg: FeatureBuildConfig, *, dataset: Dataset | None = None,
                               {k: round(v, 2) for k, v in seconds.items()}, reuse)
 
 
+def _encoded(ids: IdMap, new: pl.DataFrame) -> tuple[IdMap, pl.DataFrame]:
+    """New interactions on internal ids: users the map has not seen are numbered after
+    the last (a store built on string ids); an id the store cannot hold is an error naming
+    it, never a dropped row."""
+    for col in ("user_id", "item_id"):
+        if col not in new.columns:
+            raise FeatureStoreError(f"new interactions have no {col!r} column")
+        nulls = new.filter(pl.col(col).is_null() | (pl.col(col).cast(pl.String)
+                                                    .str.strip_chars() == ""))
+        if nulls.height:
+            raise FeatureStoreError(f"{nulls.height} new interaction(s) have no {col}")
+    ids, _ = ids.with_users(new["user_id"].cast(pl.String))
+    for col, kind in (("user_id", "user"), ("item_id", "item")):
+        bad = new.filter(~ids.known(col, kind))  # type: ignore[arg-type]
+        if bad.height:
+            shown = bad[col].cast(pl.String).unique(maintain_order=True).to_list()[:10]
+            what = ("unknown items" if kind == "item" and ids.items is not None else
+                    f"{col}s that are not integers like the ids this store was built with")
+            raise FeatureStoreError(f"new interactions name {what}: {shown}")
+        new = ids.encode(new, col, kind)  # type: ignore[arg-type]
+    return ids, new
+
+
 def refresh_features(repo_path: Path, new_interactions: pl.DataFrame, *, online: str = "sqlite",
                      redis_url: str | None = None, data_dir: Path = Path("data"),
                      encoder_path: Path | None = None, progress: bool = False,
@@ -230,7 +255,8 @@ def refresh_features(repo_path: Path, new_interactions: pl.DataFrame, *, online:
     as_of = datetime.fromisoformat(meta["as_of"])
     if "rating" not in new_interactions.columns:
         new_interactions = new_interactions.with_columns(pl.lit(None, pl.Float64).alias("rating"))
-    new = new_interactions.select(pl.col(c).cast(t) for c, t in INTERACTION_SCHEMA.items())
+    ids, new = _encoded(IdMap.load(repo.ids), new_interactions)
+    new = new.select(pl.col(c).cast(t) for c, t in INTERACTION_SCHEMA.items())
     too_old = new.filter(pl.col("timestamp") <= int(as_of.timestamp()))
     if too_old.height:
         raise FeatureStoreError(
@@ -242,7 +268,8 @@ def refresh_features(repo_path: Path, new_interactions: pl.DataFrame, *, online:
     if unknown.height:
         raise FeatureStoreError(f"new interactions name unknown items: "
                                 f"{unknown['item_id'].unique().to_list()[:10]}")
-    ds = Dataset(meta["dataset"], pl.concat([log, new]), items)
+    ds = Dataset(meta["dataset"], pl.concat([log, new]), items,
+                 ids=None if ids.empty else ids)
     encoder = None
     if "item_text_embedding" in meta["rows"]:
         from encoders.text import TextEncoder

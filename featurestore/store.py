@@ -80,6 +80,11 @@ class FeatureRepo:
     def sources(self) -> Path:
         return self.path / "data" / "sources"
 
+    @property
+    def ids(self) -> Path:
+        """The original keys of string ids (recdata.ids): what serving speaks to callers."""
+        return self.path / "data" / "ids"
+
     def source_path(self, view: Any) -> Path:
         return self.path / view.batch_source.path
 

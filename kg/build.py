@@ -66,7 +66,8 @@ def build_kg(cfg: KGBuildConfig, *, dataset: Dataset | None = None,
         raise ConfigError("an external KG needs both --external-triples and --entity-map")
     external = None
     if cfg.external_triples is not None and cfg.entity_map is not None:
-        external = load_external(cfg.external_triples, cfg.entity_map, ds.items["item_id"])
+        external = load_external(cfg.external_triples, cfg.entity_map, ds.items["item_id"],
+                                 ds.ids)
     triples = build_triples(ds, external.triples if external else None,
                             max_edges=cfg.kg.max_triples, seed=cfg.kg.seed)
     result = train_kg(triples, cfg.kg, cfg.data_dir / "kg", progress=progress)

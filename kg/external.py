@@ -17,6 +17,7 @@ import polars as pl
 
 from kg.triples import TRIPLE_SCHEMA
 from recdata.errors import DataValidationError, Problem
+from recdata.ids import IdMap
 
 ROW = "__row"
 
@@ -62,30 +63,30 @@ class ExternalKG:
 
 
 def load_external(triples_path: str | Path, entity_map_path: str | Path,
-                  item_ids: pl.Series) -> ExternalKG:
+                  item_ids: pl.Series, ids: IdMap | None = None) -> ExternalKG:
+    """The external triples with mapped entities renamed to catalogue items; `ids` reads
+    the entity map's `item_id`s when the catalogue's ids are strings."""
     t_file, m_file = str(triples_path), str(entity_map_path)
     triples = _read(Path(triples_path))
     mapping = _read(Path(entity_map_path))
     problems = _required(triples, t_file, list(TRIPLE_SCHEMA))
     problems += _required(mapping, m_file, ["item_id", "entity"])
+    ids = ids or IdMap()
     if "item_id" in mapping.columns:
         item = pl.col("item_id").str.strip_chars()
-        problems += _problems(mapping, m_file, item.is_not_null() & (item != "")
-                              & item.cast(pl.Int64, strict=False).is_null(),
-                              "item_id", pl.format("item_id {} is not an integer", item))
+        encoded = ids.encode(mapping.select("item_id"), "item_id", "item")["item_id"]
         problems += _problems(mapping, m_file, item.is_duplicated(), "item_id",
                               pl.format("item_id {} is mapped more than once", item))
         problems += _problems(
-            mapping, m_file,
-            item.cast(pl.Int64, strict=False).is_not_null()
-            & ~item.cast(pl.Int64, strict=False).is_in(item_ids.implode()),
+            mapping, m_file, item.is_not_null() & (item != "")
+            & ~pl.lit(encoded.is_in(item_ids.implode()).fill_null(False)),
             "item_id", pl.format("item_id {} is not in the catalogue", item))
+        mapping = mapping.with_columns(encoded.alias("item_id"))
     if problems:
         raise DataValidationError(problems)
 
     links = mapping.select(pl.col("entity").str.strip_chars(),
-                           pl.format("item:{}", pl.col("item_id").str.strip_chars()
-                                     .cast(pl.Int64)).alias("node"))
+                           pl.format("item:{}", pl.col("item_id")).alias("node"))
     clean = triples.select(pl.col(c).str.strip_chars() for c in TRIPLE_SCHEMA)
 
     def node(col: str) -> pl.Expr:

@@ -9,6 +9,9 @@ service); generate candidates (the instruction is encoded once, inside the embed
 source); read the candidates' item views (one read); assemble the same features as
 training, at the request's time (the clock, or the caller's `now`); score with LightGBM;
 explain the top k with `pred_contrib`.
+
+Callers speak the dataset's own ids: a string-id catalogue's keys are read from the feature
+repo's id map (recdata.ids) at load, and users it learns of by a refresh on first sight.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ from ranking.rerank.llm import LLMRerankConfig
 from ranking.sanitize import MAX_INSTRUCTION_CHARS, clean_instruction
 from ranking.scorers.base import ScorerContext
 from recdata.errors import ConfigError, InvalidRequestError
+from recdata.ids import IdMap, Key, modified, users_file
 
 MAX_K = 100
 DATA_END_TTL = 10.0  # seconds between registry reads for 'data-end'
@@ -65,7 +69,7 @@ class RecommenderConfig(BaseModel):
 
 @dataclass(frozen=True)
 class Recommended:
-    item_id: int
+    item_id: Key  # the catalogue's own id (a string for a string-id catalogue)
     title: str
     score: float
     reasons: list[Reason]
@@ -73,7 +77,7 @@ class Recommended:
 
 @dataclass(frozen=True)
 class Recommendation:
-    user_id: int | None
+    user_id: Key | None  # as the caller gave it
     instruction: str
     cold_start: bool
     items: list[Recommended]
@@ -107,11 +111,15 @@ class Recommender:
 
     def __init__(self, cfg: RecommenderConfig, model: LTRModel, reader: fs.OnlineReader,
                  catalogue: Catalogue, generator: CandidateGenerator, items: ItemTables,
-                 context: ScorerContext) -> None:
+                 context: ScorerContext, ids: IdMap | None = None,
+                 ids_dir: Path | None = None) -> None:
         self.cfg, self.model, self.reader = cfg, model, reader
         self.catalogue, self.generator, self.items = catalogue, generator, items
         self.context = context
         self.item_ids = catalogue.items["item_id"].to_numpy()
+        self.ids, self._ids_dir = ids or IdMap(), ids_dir
+        self._users_seen_at = modified(users_file(ids_dir)) if ids_dir is not None else 0.0
+        self.item_keys = self.ids.keys(self.item_ids, "item")  # what callers are told
         self.titles = catalogue.items["title"].to_list() if "title" in catalogue.items.columns \
             else [str(i) for i in self.item_ids]
         self.title_array = np.asarray(self.titles, dtype=object)
@@ -164,7 +172,13 @@ class Recommender:
         from ranking.ltr.training import item_tables
 
         tables = item_tables(generator, context)
-        rec = cls(cfg, model, reader, catalogue, generator, tables, context)
+        ids = IdMap.load(repo.ids)
+        if ids.items is not None and not catalogue.items["item_id"].is_in(
+                ids.items["item_id"].implode()).all():
+            raise ConfigError(f"the id map in {repo.ids} does not cover model {model.key}'s "
+                              "catalogue: the feature repo was built from other data; rerun "
+                              "`instructrank features build` and `instructrank train`")
+        rec = cls(cfg, model, reader, catalogue, generator, tables, context, ids, repo.ids)
         if cfg.llm is not None:
             from ranking.rerank.llm import LLMReranker, in_domain_words
 
@@ -210,12 +224,25 @@ class Recommender:
             self._data_end = (time.monotonic(), end)
         return end
 
-    def feature_frame(self, user_id: int | None, instruction: Any, *,
+    def user_id(self, user: Key | None) -> int | None:
+        """The internal id of a caller's user id; None for an unknown one (cold start).
+        A user a `features refresh` numbered after this service loaded is found by
+        rereading the map when its file has changed."""
+        uid = self.ids.id_of(user, "user")
+        if uid is None and user is not None and self._ids_dir is not None \
+                and self.ids.users is not None:
+            stamp = modified(users_file(self._ids_dir))
+            if stamp != self._users_seen_at:
+                self.ids, self._users_seen_at = IdMap.load(self._ids_dir), stamp
+                uid = self.ids.id_of(user, "user")
+        return uid
+
+    def feature_frame(self, user_id: Key | None, instruction: Any, *,
                       now: int | float | datetime | str | None = None) -> pl.DataFrame:
         """The ranker's feature frame for this request, one row per candidate it ranks
-        (with its `item_id` first), exactly as `recommend` scores it: what a data scientist
-        compares against the offline frame of the same request."""
-        req = self._features(user_id, clean_instruction(
+        (with its internal `item_id` first), exactly as `recommend` scores it: what a data
+        scientist compares against the offline frame of the same request."""
+        req = self._features(self.user_id(user_id), clean_instruction(
             instruction, self.cfg.max_instruction_chars), self.request_time(now), {})
         return req.frame.insert_column(0, pl.Series("item_id", self.item_ids[req.cands.idx[0]])
                                        ).filter(pl.Series(req.cands.valid[0]))
@@ -246,18 +273,20 @@ class Recommender:
                          features=self.model.features)
         return OnlineRequest(batch, known, cands, frame, parsed, rated)
 
-    def recommend(self, user_id: int | None, instruction: Any, k: int = 10, *,
+    def recommend(self, user_id: Key | None, instruction: Any, k: int = 10, *,
                   now: int | float | datetime | str | None = None) -> Recommendation:
         """Top `k` items for this user and instruction, each with its reasons, as of `now`
         (default: the wall clock; see `request_time`). An unknown user (or None) takes the
-        cold-start path: the instruction and item statistics only."""
+        cold-start path: the instruction and item statistics only. Ids are the catalogue's
+        own, in and out."""
         t0 = time.perf_counter()
         text = clean_instruction(instruction, self.cfg.max_instruction_chars)
         if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= MAX_K:
             raise InvalidRequestError(f"k must be an integer from 1 to {MAX_K}, got {k!r}")
         timings: dict[str, float] = {}
         at = self.request_time(now)
-        req = self._features(user_id, text, at, timings)
+        uid = self.user_id(user_id)
+        req = self._features(uid, text, at, timings)
         batch, known, cands, frame = req.batch, req.known, req.cands, req.frame
         t3 = time.perf_counter()
         scores = self.model.predict(frame, threads=1)
@@ -274,10 +303,10 @@ class Recommender:
         top = top[:k]
         contrib = self.model.contributions(frame[top.tolist()], threads=1)
         reasons = self.explainer.reasons(batch, frame[top.tolist()], contrib,
-                                         cands.idx[0][top], user_id if known else None,
+                                         cands.idx[0][top], uid if known else None,
                                          req.parsed, req.rated)
         timings["explain"] = (time.perf_counter() - t4) * 1000
-        out = [Recommended(int(self.item_ids[cands.idx[0][j]]),
+        out = [Recommended(self.item_keys[cands.idx[0][j]],
                            self.titles[cands.idx[0][j]], float(scores[j]), reasons[n])
                for n, j in enumerate(top)]
         timings["total"] = (time.perf_counter() - t0) * 1000

@@ -219,7 +219,7 @@ def ltr_kg(cfg: EvalConfig, ds: Dataset, progress: bool) -> KGResult:
         from kg.external import load_external
 
         external = load_external(cfg.external_triples, cfg.entity_map,
-                                 ds.items["item_id"]).triples
+                                 ds.items["item_id"], ds.ids).triples
     triples = build_triples(ds, external, hold_out_last=cfg.instructions.train_requests_per_user,
                             max_edges=cfg.kg.max_triples, seed=cfg.kg.seed)
     return train_kg(triples, cfg.kg, cfg.data_dir / "kg", progress=progress)

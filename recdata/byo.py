@@ -1,9 +1,10 @@
 """Bring your own data: load interactions and items from CSV or parquet, validated.
 
 Schema
-- interactions: `user_id` (integer), `item_id` (integer), `timestamp` (unix seconds or an
-  ISO-8601 date-time), optional `rating` (number).
-- items: `item_id` (integer), one or more text columns (default `title`), optional
+- interactions: `user_id`, `item_id`, `timestamp` (unix seconds or an ISO-8601 date-time),
+  optional `rating` (number). Ids may be integers or any strings (SKUs, ASINs, account
+  names): string ids are numbered internally and every output speaks them (recdata.ids).
+- items: `item_id`, one or more text columns (default `title`), optional
   `genres` (a list, or a `|`-separated string in CSV), optional `year` (integer); any other
   columns are kept as attributes.
 
@@ -20,6 +21,7 @@ import polars as pl
 
 from recdata.dataset import Dataset
 from recdata.errors import DataValidationError, Problem
+from recdata.ids import IdMap
 from recdata.schema import Attribute, DomainSchema, category_values, infer_schema
 
 ROW = "__row"
@@ -64,13 +66,11 @@ def _row_problems(frame: pl.DataFrame, file: str, mask: pl.Expr, column: str,
     return [Problem(file, r, column, m) for r, m in bad.iter_rows()]
 
 
-def _integer(frame: pl.DataFrame, file: str, column: str) -> list[Problem]:
+def _present(frame: pl.DataFrame, file: str, column: str) -> list[Problem]:
+    """An id may be any string, but not a missing one."""
     value = pl.col(column).str.strip_chars()
-    empty = value.is_null() | (value == "")
-    return _row_problems(frame, file, empty, column, pl.lit(f"null {column}")) + _row_problems(
-        frame, file, ~empty & value.cast(pl.Int64, strict=False).is_null(), column,
-        pl.format("{} {} is not an integer", pl.lit(column), value),
-    )
+    return _row_problems(frame, file, value.is_null() | (value == ""), column,
+                         pl.lit(f"null {column}"))
 
 
 def _optional_number(frame: pl.DataFrame, file: str, column: str, dtype: type[pl.DataType],
@@ -151,7 +151,7 @@ def load_custom(interactions_path: str | Path, items_path: str | Path, *,
     problems += _missing(items, item_file, ["item_id", *text_columns])
     for col in ("user_id", "item_id"):
         if col in inter.columns:
-            problems += _integer(inter, inter_file, col)
+            problems += _present(inter, inter_file, col)
     if "timestamp" in inter.columns:
         problems += _row_problems(
             inter, inter_file, _timestamp_expr().is_null(), "timestamp",
@@ -159,10 +159,10 @@ def load_custom(interactions_path: str | Path, items_path: str | Path, *,
         )
     problems += _optional_number(inter, inter_file, "rating", pl.Float64, "a number")
     if "item_id" in items.columns:
-        problems += _integer(items, item_file, "item_id")
+        problems += _present(items, item_file, "item_id")
         problems += _row_problems(
             items, item_file, pl.col("item_id").is_not_null()
-            & pl.col("item_id").is_duplicated(), "item_id",
+            & pl.col("item_id").str.strip_chars().is_duplicated(), "item_id",
             pl.format("duplicate item_id {}", pl.col("item_id")),
         )
     problems += _schema_problems(items, item_file, schema)
@@ -177,15 +177,16 @@ def load_custom(interactions_path: str | Path, items_path: str | Path, *,
     if problems:
         raise DataValidationError(problems)
 
+    ids = IdMap.build(items["item_id"].str.strip_chars(), inter["user_id"].str.strip_chars())
     interactions = inter.select(
-        pl.col("user_id").str.strip_chars().cast(pl.Int64),
-        pl.col("item_id").str.strip_chars().cast(pl.Int64),
-        _timestamp_expr().alias("timestamp"),
+        "user_id", "item_id", _timestamp_expr().alias("timestamp"),
         (pl.col("rating").str.strip_chars().cast(pl.Float64, strict=False)
          if "rating" in inter.columns else pl.lit(None, pl.Float64)).alias("rating"),
     )
-    catalogue = _catalogue(items.drop(ROW), schema, lists)
-    return Dataset(name, interactions, catalogue, None, text_columns, schema)
+    interactions = ids.encode(ids.encode(interactions, "user_id", "user"), "item_id", "item")
+    catalogue = _catalogue(ids.encode(items.drop(ROW), "item_id", "item"), schema, lists)
+    return Dataset(name, interactions, catalogue, None, text_columns, schema,
+                   None if ids.empty else ids)
 
 
 def _list_columns(path: Path) -> set[str]:
@@ -214,7 +215,6 @@ def _catalogue(items: pl.DataFrame, schema: DomainSchema, lists: set[str]) -> pl
     cats, time_ = schema.by_role("categories"), schema.by_role("time")
     numeric = [a.column for a in schema.of_kind("numeric") if a.column in items.columns]
     out = items.with_columns(
-        pl.col("item_id").str.strip_chars().cast(pl.Int64),
         *[pl.col(c).cast(pl.String).str.strip_chars().cast(pl.Float64, strict=False)
           for c in numeric],
     )

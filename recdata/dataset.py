@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 import polars as pl
 
 if TYPE_CHECKING:
+    from recdata.ids import IdMap
     from recdata.schema import DomainSchema
 
 INTERACTION_SCHEMA = {
@@ -35,6 +36,7 @@ class Dataset:
     users: pl.DataFrame | None = None
     text_columns: tuple[str, ...] = ("title",)
     schema: DomainSchema | None = None  # None: inferred from the tables (see `domain`)
+    ids: IdMap | None = None  # the original keys of string ids (None: integer ids)
 
     @cached_property
     def domain(self) -> DomainSchema:
@@ -71,7 +73,8 @@ class Dataset:
             pl.col("item_id"), pl.col("title"), pl.col("genres").list.join("|")
         ).hash_rows(seed=0).sum()
         schema = hashlib.sha1(self.domain.to_json().encode()).hexdigest()[:8]
-        return f"{self.name}:{inter}:{items}:{schema}"
+        keys = f":{self.ids.fingerprint()}" if self.ids is not None else ""
+        return f"{self.name}:{inter}:{items}:{schema}{keys}"
 
     def sample_users(self, n_users: int, seed: int) -> Dataset:
         """The same dataset restricted to `n_users` random users (all their interactions,
@@ -83,6 +86,7 @@ class Dataset:
         return Dataset(
             f"{self.name}[{keep.height} users]", inter, self.items, kept_users,
             self.text_columns, self.domain,  # the whole data's schema, not re-inferred
+            self.ids,
         )
 
 

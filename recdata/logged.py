@@ -3,6 +3,7 @@ rows in CSV or parquet, validated like bring-your-own data (every problem with i
 
 Each row becomes a test request of task `logged`. Its history is the user's interactions
 strictly before its timestamp; a user without any (or unknown) takes the cold-start path.
+Ids are the dataset's own (string ids through its `IdMap`).
 Instructions longer than the online limit are refused, as the service would refuse them.
 """
 
@@ -12,9 +13,10 @@ from pathlib import Path
 
 import polars as pl
 
-from recdata.byo import ROW, _integer, _missing, _read, _row_problems, _timestamp_expr
+from recdata.byo import ROW, _missing, _present, _read, _row_problems, _timestamp_expr
 from recdata.dataset import Dataset
 from recdata.errors import DataValidationError, Problem
+from recdata.ids import IdMap
 
 LOGGED_TASK = "logged"
 REQUIRED = ["user_id", "instruction", "timestamp", "target_item_id"]
@@ -29,7 +31,7 @@ def load_logged_requests(path: str | Path, ds: Dataset) -> pl.DataFrame:
     problems = _missing(frame, file, REQUIRED)
     if problems:
         raise DataValidationError(problems)
-    problems += _integer(frame, file, "user_id") + _integer(frame, file, "target_item_id")
+    problems += _present(frame, file, "user_id") + _present(frame, file, "target_item_id")
     problems += _row_problems(frame, file, _timestamp_expr().is_null(), "timestamp",
                               pl.format("unparseable timestamp {}",
                                         pl.col("timestamp").fill_null("null")))
@@ -40,11 +42,13 @@ def load_logged_requests(path: str | Path, ds: Dataset) -> pl.DataFrame:
                               "instruction", pl.format("instruction is {} characters; the "
                                                        "limit is {}", pl.col("instruction")
                                                        .str.len_chars(), pl.lit(MAX_CHARS)))
-    known = ds.items["item_id"].cast(pl.String).implode()
+    ids = ds.ids or IdMap()
     target = pl.col("target_item_id").str.strip_chars()
-    problems += _row_problems(frame, file, target.is_not_null()
-                              & target.cast(pl.Int64, strict=False).is_not_null()
-                              & ~target.is_in(known), "target_item_id",
+    encoded = ids.encode(frame.select(ROW, "target_item_id"), "target_item_id", "item")
+    known = pl.lit(encoded["target_item_id"].is_in(ds.items["item_id"].implode())
+                   .fill_null(False))
+    problems += _row_problems(frame, file, target.is_not_null() & (target != "") & ~known,
+                              "target_item_id",
                               pl.format("target_item_id {} is not in the catalogue", target))
     if frame.height == 0:
         problems.append(Problem(file, None, None, "no requests in the file"))
@@ -52,12 +56,14 @@ def load_logged_requests(path: str | Path, ds: Dataset) -> pl.DataFrame:
         raise DataValidationError(problems)
     rows = frame.select(
         pl.format("logged-{}", pl.col(ROW)).alias("request_id"),
-        pl.col("user_id").str.strip_chars().cast(pl.Int64),
+        pl.col("user_id"),
         pl.lit(LOGGED_TASK).alias("task"),
         pl.col("instruction"),
-        target.cast(pl.Int64).alias("target_item_id"),
+        "target_item_id",
         _timestamp_expr().alias("timestamp"),
     )
+    rows = ids.encode(ids.encode(rows, "target_item_id", "item"), "user_id", "user")
+    rows = rows.with_columns(pl.col("user_id").fill_null(-1))  # unknown: cold start
     # seq = how many of the user's interactions precede the request (the protocol's order)
     before = rows.select("request_id", "user_id", "timestamp").join(
         ds.interactions.select("user_id", pl.col("timestamp").alias("t")), on="user_id",

@@ -214,8 +214,9 @@ def features_refresh(
 @features_app.command("lookup")
 @user_errors
 def features_lookup(
-    user: Annotated[int, typer.Option(help="User id.")],
-    items: Annotated[str, typer.Option(help="Comma-separated candidate item ids.")],
+    user: Annotated[str, typer.Option(help="User id (the catalogue's own).")],
+    items: Annotated[str, typer.Option(help="Comma-separated candidate item ids (the "
+                                            "catalogue's own).")],
     repo: Repo = None,
     online: Online = "sqlite",
     redis_url: RedisUrl = None,
@@ -226,13 +227,21 @@ def features_lookup(
     """Show the online features the ranker would read for a user and candidates."""
     from feature_repo.ranker import service_name
     from featurestore import store as fs
+    from recdata.ids import IdMap
 
     store = fs.FeatureRepo(repo or fs.PACKAGE_REPO).store(online, redis_url)
     if service is None:
         applied = {s.name for s in store.list_feature_services()}
         service = service_name("full") if service_name("full") in applied \
             else service_name("no_text")
-    result = fs.OnlineReader(store, service).read(user, [int(i) for i in _split(items) or []])
+    ids = IdMap.load(fs.FeatureRepo(repo or fs.PACKAGE_REPO).ids)
+    wanted = _split(items) or []
+    item_ids = [ids.id_of(i, "item") for i in wanted]
+    unknown = [i for i, n in zip(wanted, item_ids, strict=True) if n is None]
+    if unknown:
+        raise typer.BadParameter(f"unknown item ids: {unknown}", param_hint="--items")
+    uid = ids.id_of(user, "user")
+    result = fs.OnlineReader(store, service).read(-1 if uid is None else uid, item_ids)
     state = "known" if result.user_known else "unknown (cold start: nulls)"
     console.print(f"user {user}: {state}")
     for k, v in result.user.items():
@@ -242,6 +251,9 @@ def features_lookup(
 
     views = sorted({c.split("__")[0] for c in result.items.columns if "__" in c})
     shown = result.items.rename(lambda c: c.split("__", 1)[-1])
+    if ids.items is not None and "item_id" in shown.columns:
+        shown = shown.with_columns(pl.Series("item_id", ids.keys(shown["item_id"].to_numpy(),
+                                                                 "item")))
     with pl.Config(tbl_width_chars=200, tbl_cols=-1, tbl_rows=50):
         typer.echo(f"candidates ({', '.join(views)}):\n{shown}")
 
@@ -447,7 +459,7 @@ def evaluate_cmd(
     print_metrics(result.metrics, result.dataset, console)
     task = next(t for t in ("intent", "search", "history") if t in cfg.tasks)
     print_samples(sample_recommendations(result.rankings, result.requests, result.items,
-                                         result.metrics, task=task), console)
+                                         result.metrics, task=task, ids=result.ids), console)
     console.print(f"rankings, metrics and tuning: {paths['duckdb']}")
     console.print(f"requests: {paths['requests']}")
     console.print(f"table: {paths['quality']}  plot: {paths['plot']}")
@@ -492,8 +504,9 @@ def _recommender_config(model: Path | None, repo: Path | None, online: str,
 @user_errors
 def recommend_cmd(
     instruction: Annotated[str, typer.Argument(help="What the person wants, in plain words.")],
-    user: Annotated[int | None, typer.Option(
-        "--user", help="User id; omit (or an unknown id) for the cold-start path.")] = None,
+    user: Annotated[str | None, typer.Option(
+        "--user", help="User id, the catalogue's own (an integer or a string key); omit it "
+                       "(or give an unknown id) for the cold-start path.")] = None,
     k: Annotated[int, typer.Option("-k", help="How many items.")] = 10,
     model: ModelDir = None,
     repo: Repo = None,

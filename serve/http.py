@@ -14,12 +14,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
-from pydantic import BaseModel, Field, StrictStr
+from pydantic import BaseModel, Field, StrictStr, StringConstraints
 
 from ranking.recommend import MAX_K
 from ranking.sanitize import MAX_INSTRUCTION_CHARS
+
+MAX_ID_CHARS = 256
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
@@ -28,7 +30,10 @@ if TYPE_CHECKING:
 
 
 class RecommendRequest(BaseModel):
-    user_id: int | None = Field(None, description="Omit (or an unknown id) for cold start.")
+    user_id: int | Annotated[StrictStr, StringConstraints(max_length=MAX_ID_CHARS)] | None = \
+        Field(None, description="The catalogue's own user id (an integer, or a string for a "
+                                "string-id dataset). Omit it (or give an unknown id) for "
+                                "cold start.")
     instruction: StrictStr = Field(..., min_length=1, max_length=MAX_INSTRUCTION_CHARS,
                                    description="What the person wants, in plain language.")
     k: int = Field(10, ge=1, le=MAX_K, description="How many items to return.")
@@ -43,14 +48,14 @@ class ReasonOut(BaseModel):
 
 
 class ItemOut(BaseModel):
-    item_id: int
+    item_id: int | str = Field(description="The catalogue's own item id.")
     title: str
     score: float
     reasons: list[ReasonOut]
 
 
 class RecommendResponse(BaseModel):
-    user_id: int | None
+    user_id: int | str | None
     instruction: str = Field(description="The instruction as scored (cleaned).")
     cold_start: bool
     candidates: int

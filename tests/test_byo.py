@@ -48,13 +48,13 @@ def test_every_row_problem_is_reported_at_once(tmp_path):
     inter = ("user_id,item_id,timestamp,rating\n"
              "1,1,1000,5\n"        # line 2 fine
              ",2,1001,4\n"         # line 3 null user
-             "1,x,1002,4\n"        # line 4 non-integer item (also unknown item)
+             "1,x,1002,4\n"        # line 4 unknown item (string ids are fine: recdata.ids)
              "2,3,yesterday,3\n"   # line 5 unparseable timestamp
              "2,9,1003,good\n")    # line 6 unknown item and bad rating
     items = ITEMS + "2,Beta again,Horror,2001\n"  # line 5 duplicate id (with line 3)
     found = problems(tmp_path, inter=inter, items=items)
     assert ("i.csv", 3, "user_id", "null user_id") in found
-    assert ("i.csv", 4, "item_id", "item_id x is not an integer") in found
+    assert ("i.csv", 4, "item_id", "item_id x is not in the items file") in found
     assert ("i.csv", 5, "timestamp", "unparseable timestamp yesterday") in found
     assert ("i.csv", 6, "rating", "rating good is not a number") in found
     assert ("i.csv", 6, "item_id", "item_id 9 is not in the items file") in found

@@ -120,7 +120,7 @@ def test_external_kg_bad_rows_are_all_reported(tmp_path, synthetic):
              for p in info.value.problems}
     assert ("t.tsv", 2, "tail", "empty tail") in found
     assert ("t.tsv", 3, "head", "empty head") in found
-    assert ("m.csv", 2, "item_id", "item_id x is not an integer") in found
+    assert ("m.csv", 2, "item_id", "item_id x is not in the catalogue") in found
     assert ("m.csv", 4, "item_id", "item_id 2 is mapped more than once") in found
     assert ("m.csv", 5, "item_id", "item_id 99999 is not in the catalogue") in found
     (tmp_path / "bad.tsv").write_text("h\tr\tt\na\tb\tc\n")

@@ -19,17 +19,24 @@ def _write(tmp_path, text: str):
 def test_every_bad_row_is_reported_with_its_line(tmp_path, synthetic):
     path = _write(tmp_path, "user_id,instruction,timestamp,target_item_id\n"
                             "1,a comedy,2004-01-01T00:00:00,3\n"
-                            "x,a comedy,2004-01-01T00:00:00,3\n"
+                            ",a comedy,2004-01-01T00:00:00,3\n"
                             "2,,2004-01-01T00:00:00,3\n"
                             "3,a drama,yesterday,999999\n")
     with pytest.raises(DataValidationError) as err:
         load_logged_requests(path, synthetic)
     text = str(err.value)
-    for expected in ("logged.csv:3 [user_id]", "user_id x is not an integer",
+    for expected in ("logged.csv:3 [user_id]", "null user_id",
                      "logged.csv:4 [instruction]", "empty instruction",
                      "logged.csv:5 [timestamp]", "unparseable timestamp yesterday",
                      "target_item_id 999999 is not in the catalogue"):
         assert expected in text, (expected, text)
+
+
+def test_a_user_the_data_does_not_know_takes_the_cold_start_path(tmp_path, synthetic):
+    path = _write(tmp_path, "user_id,instruction,timestamp,target_item_id\n"
+                            "someone-new,a comedy,2004-01-01T00:00:00,3\n")
+    logged = load_logged_requests(path, synthetic)
+    assert logged["user_id"].to_list() == [-1] and logged["seq"].to_list() == [0]
 
 
 def test_missing_column_is_named(tmp_path, synthetic):

@@ -46,13 +46,23 @@ def test_recommend_and_health(client):
     ({**GOOD, "instruction": "x" * 1001}, "instruction"),
     ({**GOOD, "k": 0}, "k"),
     ({**GOOD, "k": 101}, "k"),
-    ({**GOOD, "user_id": "someone"}, "user_id"),
+    ({**GOOD, "user_id": ["someone"]}, "user_id"),
+    ({**GOOD, "user_id": "u" * 257}, "user_id"),
     ({**GOOD, "now": "last tuesday"}, "now"),
 ])
 def test_bad_bodies_get_422_naming_the_field(client, body, field):
     r = client.post("/recommend", json=body)
     assert r.status_code == 422
     assert field in r.text
+
+
+@pytest.mark.parametrize("user", ["someone", 10**25, -(10**25), "042"])
+def test_an_id_no_user_has_is_cold_start_not_an_error(client, user):
+    """Strings are ids too (string-id catalogues share this API); an integer beyond int64
+    or a key this integer-id store cannot hold is simply nobody it knows."""
+    r = client.post("/recommend", json={**GOOD, "user_id": user})
+    assert r.status_code == 200, r.text
+    assert r.json()["cold_start"] is True and r.json()["user_id"] == user
 
 
 def test_the_request_time_is_the_callers_when_given(client):

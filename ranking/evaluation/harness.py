@@ -166,7 +166,7 @@ def evaluate(cfg: EvalConfig, *, dataset: Dataset | None = None,
         requests=prep.requests, items=ds.items, rankings=sink.scan(), metrics=metrics,
         tuning=pl.concat(tuning), chosen=chosen, seconds=time.perf_counter() - started,
         candidate_recall=recall, skipped=skipped, stages=records_since(first_stage),
-        trained=None if manifest is None else str(manifest.path),
+        trained=None if manifest is None else str(manifest.path), ids=ds.ids,
     )
 
 

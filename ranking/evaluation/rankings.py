@@ -40,7 +40,9 @@ def sample_negatives(seen: sp.csr_matrix, targets: np.ndarray, n_negatives: int,
                      seed: int) -> np.ndarray:
     """(requests x n_negatives) items the user never interacted with, without repeats.
     Drawn a chunk of requests at a time from one seeded stream, so the draw is the same
-    whatever the chunk size and memory stays at one chunk's random keys."""
+    whatever the chunk size and memory stays at one chunk's random keys. A catalogue with
+    fewer than `n_negatives + 1` items gives every other item instead."""
+    n_negatives = max(0, min(n_negatives, seen.shape[1] - 1))
     rng = np.random.default_rng(seed)
     rows = chunk_rows(seen.shape[1])
     out = []

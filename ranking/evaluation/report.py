@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import polars as pl
 from rich.console import Console
@@ -11,6 +12,9 @@ from rich.table import Table
 
 from ranking.evaluation.metrics import METRICS
 from recdata.atomic_io import atomic_path
+
+if TYPE_CHECKING:
+    from recdata.ids import IdMap
 
 # Short headers keep the table inside an 80-column terminal.
 HEADERS = {"hr@10": "HR@10", "ndcg@10": "NDCG@10", "mrr@10": "MRR@10", "recall@20": "R@20",
@@ -77,7 +81,8 @@ def plot_ndcg(quality: pl.DataFrame, target: Path) -> Path:
 
 def sample_recommendations(rankings: pl.LazyFrame, requests: pl.DataFrame,
                            items: pl.DataFrame, metrics: pl.DataFrame, *, task: str = "intent",
-                           n_requests: int = 3, k: int = 5) -> pl.DataFrame:
+                           n_requests: int = 3, k: int = 5,
+                           ids: IdMap | None = None) -> pl.DataFrame:
     """Top-k titles of the task's best model (by test NDCG@10) for a few test requests;
     `hit` marks the held-out target, so a reader sees what the figures mean."""
     best = metrics.filter(pl.col("task") == task).sort("ndcg@10", descending=True)
@@ -86,6 +91,9 @@ def sample_recommendations(rankings: pl.LazyFrame, requests: pl.DataFrame,
     model = best["model"][0]
     chosen = requests.filter((pl.col("split") == "test") & (pl.col("task") == task)).sort(
         "user_id").head(n_requests)
+    if ids is not None and ids.users is not None:  # shown as the dataset's own user ids
+        chosen = chosen.with_columns(pl.Series("user_id", ids.keys(
+            chosen["user_id"].to_numpy(), "user"), pl.String))
     return rankings.filter(
         (pl.col("model") == model) & (pl.col("protocol") == "full") & (pl.col("rank") <= k)
     ).collect().join(chosen.select("request_id", "user_id", "instruction", "target_item_id"),

@@ -1,11 +1,11 @@
 """The result of an evaluation run, which saves itself.
 
-`save()` writes the run's artifacts under `data_dir/runs/<fingerprint>/` (a DuckDB file with
-the requests, rankings, metrics and tuning tables a data scientist can open and query, the
-request file as parquet, the resolved config and library versions) and updates the
-committed `quality.csv` and its plot. Every write goes to a temporary file first and is
-renamed into place, so a crash never leaves half a file.
-"""
+`save()` writes the run's artifacts under `data_dir/runs/<fingerprint>/`: a DuckDB file with
+the requests, rankings, metrics and tuning tables a data scientist can open and query (and,
+for string-id data, `item_ids`/`user_ids` to join for the original ids), the request file as
+parquet, the resolved config and library versions; and it updates the committed
+`quality.csv` and its plot. Every write goes to a temporary file first and is renamed into
+place, so a crash never leaves half a file."""
 
 from __future__ import annotations
 
@@ -23,6 +23,7 @@ from featurestore.store import sql_string
 from ranking.evaluation.config import EvalConfig
 from ranking.evaluation.metrics import METRICS
 from recdata.atomic_io import atomic_path, write_parquet_atomic, write_text_atomic
+from recdata.ids import IdMap
 
 LIBRARIES = ("polars", "duckdb", "numpy", "scipy", "sentence-transformers", "torch",
              "lightgbm", "feast", "pykeen")
@@ -71,6 +72,7 @@ class EvalResult:
     skipped: dict[str, str] = field(default_factory=dict)  # model -> why it was left out
     stages: list[dict[str, Any]] = field(default_factory=list)  # stage, seconds, peak RSS
     trained: str | None = None  # the manifest of train() whose artifacts were read
+    ids: IdMap | None = None  # the dataset's own ids, for string-id data (recdata.ids)
 
     @property
     def dataset(self) -> str:
@@ -94,6 +96,10 @@ class EvalResult:
                       ("tuning", self.tuning)]
             if self.candidate_recall is not None:
                 tables.append(("candidate_recall", self.candidate_recall))
+            for kind in ("item", "user"):  # join on these to read the dataset's own ids
+                table = None if self.ids is None else self.ids.table(kind)  # type: ignore[arg-type]
+                if table is not None:
+                    tables.append((f"{kind}_ids", table))
             for name, frame in tables:
                 con.register("_frame", frame.to_arrow())
                 con.execute(f"CREATE TABLE {name} AS SELECT * FROM _frame")
