@@ -27,6 +27,25 @@ if TYPE_CHECKING:
 
 MIN_CONTRIBUTION = 0.02
 MAX_REASONS = 3
+MENTION_SIMILARITY = 0.5  # item-text cosine above which an item is 'like' a named one
+
+
+def _range_words(column: str, lo: float, hi: float, items: object) -> str:
+    """'from 1970 to 1985', 'from 1979 or earlier', 'price $20 or less'."""
+    schema = items.schema  # type: ignore[attr-defined]
+    time_ = schema.by_role("time")
+    if time_ is not None and time_.column == column:
+        label, more, less, pre, post = "from", "later", "earlier", "", ""
+    else:
+        attr = next((a for a in schema.attributes if a.column == column), None)
+        unit = attr.unit if attr is not None and attr.unit else ""
+        label, more, less = column, "more", "less"
+        pre, post = ("$", "") if unit == "$" else ("", f" {unit}" if unit else "")
+    if np.isfinite(lo) and np.isfinite(hi):
+        return f"{label} {pre}{lo:g} to {pre}{hi:g}{post}"
+    if np.isfinite(hi):
+        return f"{label} {pre}{hi:g}{post} or {less}"
+    return f"{label} {pre}{lo:g}{post} or {more}"
 
 
 @dataclass(frozen=True)
@@ -72,6 +91,67 @@ class Explainer:
                     per_family.append(Reason(family, text, round(total, 4), values))
             per_family.sort(key=lambda r: -r.contribution)
             out.append(per_family[:MAX_REASONS])
+        return out
+
+    def request_reasons(self, parsed: ParsedIntents, idx: np.ndarray) -> list[list[Reason]]:
+        """Per item, what it owes to the request's own constraints: the values it avoids,
+        the range it lies in, the named item it is like (text similarity at least
+        MENTION_SIMILARITY); and, for an item shown only because too few fit, that it
+        breaks the request. Not from the model's contributions: these are the request's."""
+        from ranking.constraints import violations
+
+        t = self.rec.items
+        bad = violations(parsed, t, idx[None, :])[0]
+        excluded = [g.lower() for g, x in zip(t.genres, parsed.exclusions[0], strict=True) if x]
+        ranges = [(c, lo[0], hi[0]) for c, (lo, hi) in parsed.ranges.items()
+                  if (np.isfinite(lo[0]) or np.isfinite(hi[0])) and c in t.numeric]
+        named = list(parsed.mentions(1)[0])
+        sims = None
+        if named and t.vectors is not None:
+            sims = t.vectors[idx].astype(np.float64) @ t.vectors[named].astype(np.float64).T
+        out = []
+        for i, item in enumerate(idx):
+            said: list[Reason] = []
+            if excluded:
+                has = [g.lower() for g, x, h in zip(t.genres, parsed.exclusions[0], t.genre[item],
+                                                    strict=True) if x and h]
+                key, terms = ("excluded_fallback", has) if has else ("excluded", excluded)
+                text = self._sentence(key, terms=" or ".join(terms))
+                if text:
+                    said.append(Reason("request_constraint", text, 0.0, {}))
+            for column, lo, hi in ranges:
+                value = t.numeric[column][item]
+                if not bad[i] and np.isfinite(value):
+                    text = self._sentence("in_range", range=_range_words(column, lo, hi, t))
+                    if text:
+                        said.append(Reason("request_constraint", text, 0.0, {column: value}))
+            if sims is not None:
+                best = int(np.argmax(sims[i]))
+                if sims[i, best] >= MENTION_SIMILARITY:
+                    text = self._sentence("mentioned", title=self.rec.titles[named[best]])
+                    if text:
+                        said.append(Reason("request_mention", text, 0.0,
+                                           {"similarity": round(float(sims[i, best]), 4)}))
+            out.append(said)
+        return out
+
+    def understood(self, parsed: ParsedIntents) -> dict[str, object]:
+        """The typed intent of a one-request batch, in the catalogue's words: what a client
+        can show back ('no horror; before 1980; like Alien')."""
+        t = self.rec.items
+        out: dict[str, object] = {
+            "wanted": [g for g, m in zip(t.genres, parsed.genre_mask[0], strict=True) if m],
+            "excluded": [g for g, m in zip(t.genres, parsed.exclusions[0], strict=True) if m],
+        }
+        if parsed.decade[0] > 0:
+            out["decade"] = int(parsed.decade[0])
+        out["ranges"] = {c: [None if not np.isfinite(lo[0]) else float(lo[0]),
+                             None if not np.isfinite(hi[0]) else float(hi[0])]
+                         for c, (lo, hi) in parsed.ranges.items()
+                         if np.isfinite(lo[0]) or np.isfinite(hi[0])}
+        out["mentioned"] = [self.rec.item_keys[r] for r in parsed.mentions(1)[0]]
+        if parsed.remainder is not None:
+            out["remainder"] = parsed.remainder[0]
         return out
 
     def _say(self, family: str, item: int, values: dict[str, float], parsed: ParsedIntents,

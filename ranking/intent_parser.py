@@ -1,15 +1,27 @@
-"""Read attribute constraints back out of free-text instructions.
+"""A request, read into a typed intent: what is wanted, what is not, ranges, named items.
 
-The parser sees only the text. It knows the dataset's domain schema (`recdata.schema`: the
-phrases of each category value, the decade words, the level phrases), so on held-out
-phrasings it still finds category words, decades and popularity/rating levels; what it
-cannot do is understand wording outside that vocabulary, which is why embedding models exist.
+The parser knows the dataset's domain schema (`recdata.schema`: the phrases of each
+category value, the decade words, the level phrases, the numeric attributes and their
+units) and, when given one, the catalogue's titles. From each request it reads:
+- wanted category values, decade and levels ("a popular 90s comedy");
+- excluded category values: a value inside a negated clause ("no horror please", "nothing
+  too scary", "anything but a romance") is excluded and not wanted;
+- numeric ranges on the time attribute, absolute or relative to the request's time
+  ("before 1980", "between 1970 and 1985", "recent", "from the last couple of years"), and
+  on numeric attributes with a unit ("under $20", "less than 90 minutes");
+- mentioned catalogue items, linked by fuzzy title match after a cue ("like Alien but
+  funnier", "I loved Fargo"), with rapidfuzz;
+- the remainder: the text without its negated clauses, which is what semantic matching
+  reads (the embedding of "no horror" is close to horror).
+Everything it does not understand stays in the remainder, which is why embedding models
+exist. Vectorised with polars over a batch; only the fuzzy title step runs per cue found.
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import cached_property
 
 import numpy as np
 import polars as pl
@@ -18,58 +30,301 @@ from recdata.schema import DomainSchema
 
 _DECADE_FULL = r"\b(1[89]\d0|20\d0)s\b"
 _DECADE_SHORT = r"(?:^|[^\d])'?(\d)0s\b"
+# "a man in his 50s" is an age, not a decade
+_AGES = r"\b(their|his|her|my|our|your|whose)\s+((?:early|mid|late)[- ]?)?'?\d0s\b"
+# a negated clause: a cue, then everything up to a clause boundary
+_NEGATION = (r"no|not|nothing|none|without|except|avoid|skip|hate|never|nor|"
+             r"don'?t want|do not want|don'?t like|do not like|not into|tired of|sick of|"
+             r"can'?t stand|cannot stand|no more|enough of")
+_BREAKS = (r"\b(?:but|instead|rather|though|although|however|and|yet|just|maybe|perhaps|"
+           r"something|preferably|ideally|please|so|more like)\b")
+_NEG_SPAN = rf"\b(?:{_NEGATION})\b[^.,;:!?]*"
+_MENTION_CUES = (r"like|similar to|such as|as good as|reminds? me of|in the vein of|"
+                 r"along the lines of|in the spirit of|loved|liked|enjoyed|adored|"
+                 r"fan of|more of|same vibe as|the vibe of|style of|kind of like")
+_MENTION = rf"(?:[\w']+\s+)?\b(?:{_MENTION_CUES})\s+[^.,;:!?]{{2,80}}"
+# "I feel like a comedy", "I'd like...": 'like' as a verb names nothing
+_NOT_CUED = re.compile(r"^(?:feel|feels|felt|would|i'd|we'd|you'd|id|i|we|you|they|look|"
+                       r"looks|seem|seems|sound|sounds|just|really)\s+like\s")
+_OPENING = r"^\s*([^.,;:!?]{2,60}?)\s+but\b"  # "Twelve Monkeys but even stranger"
+_NOT_TITLES = {"a", "an", "the", "that", "this", "it", "one", "something", "anything",
+               "those", "these", "what", "i", "me", "to", "some", "more", "stuff", "movies",
+               "films", "movie", "film", "watching", "watch", "them", "him", "her", "you"}
+_RELATIVE = {"couple": 2, "couple of": 2, "few": 3, "two": 2, "three": 3, "four": 4,
+             "five": 5, "several": 5, "ten": 10}
+_UNIT_WORDS = {"$": ["dollars?", "bucks", "usd"], "minutes": ["min", "mins", "minutes?"]}
+NO_BOUND = np.nan
 
 
 @dataclass(frozen=True)
 class ParsedIntents:
+    """The typed intent of each request of a batch (arrays are requests-first)."""
+
     genres: list[str]           # vocabulary order of `genre_mask` columns
-    genre_mask: np.ndarray      # requests x genres, bool
+    genre_mask: np.ndarray      # requests x genres, bool: values asked for
     decade: np.ndarray          # requests, int (0 = none asked)
     popular: np.ndarray         # bool
     obscure: np.ndarray         # bool
     acclaimed: np.ndarray       # bool
+    excluded: np.ndarray | None = None  # requests x genres, bool: values asked against
+    # column -> (low, high) bounds per request, NaN where none (the time attribute included)
+    ranges: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
+    mentioned: list[tuple[int, ...]] | None = None  # catalogue rows named in each request
+    remainder: list[str] | None = None  # the text semantic matching reads
+
+    @cached_property
+    def exclusions(self) -> np.ndarray:
+        return self.excluded if self.excluded is not None else np.zeros_like(self.genre_mask)
+
+    def mentions(self, n: int) -> list[tuple[int, ...]]:
+        return self.mentioned if self.mentioned is not None else [()] * n
+
+    def rows(self, lo: int, hi: int) -> ParsedIntents:
+        """The intents of requests lo..hi (a chunk of the batch they were parsed from)."""
+        return ParsedIntents(
+            self.genres, self.genre_mask[lo:hi], self.decade[lo:hi], self.popular[lo:hi],
+            self.obscure[lo:hi], self.acclaimed[lo:hi], self.exclusions[lo:hi],
+            {c: (a[lo:hi], b[lo:hi]) for c, (a, b) in self.ranges.items()},
+            None if self.mentioned is None else self.mentioned[lo:hi],
+            None if self.remainder is None else self.remainder[lo:hi])
 
 
-def _any_phrase(phrases: list[str]) -> pl.Expr:
+def _any_phrase(phrases: list[str], column: str = "t") -> pl.Expr:
     if not phrases:
         return pl.lit(False)
     pattern = "|".join(re.escape(p) for p in phrases)
-    return pl.col("t").str.contains(rf"(?i)(^|[^a-z-])({pattern})($|[^a-z-])")
+    return pl.col(column).str.contains(rf"(?i)(^|[^a-z-])({pattern})($|[^a-z-])")
 
 
-def parse_instructions(texts: list[str], genres: list[str],
-                       schema: DomainSchema) -> ParsedIntents:
+def _clauses(text: pl.Expr) -> pl.Expr:
+    """Lower-cased text with its clause boundaries made explicit ('anything but' is a cue,
+    not a boundary)."""
+    low = text.str.to_lowercase().str.replace_all(r"\b(anything|everything|all) but\b",
+                                                  "${1} except")
+    return low.str.replace_all(_BREAKS, " . ")
+
+
+def semantic_text(texts: list[str]) -> list[str]:
+    """The request without its negated clauses: what an embedding should match ('something'
+    when nothing else is left). A request with nothing negated comes back byte for byte."""
     frame = pl.DataFrame({"t": texts}, schema={"t": pl.String})
+    cued = pl.col("t").str.replace_all(r"(?i)\b(anything|everything|all) but\b", "${1} except")
+    cleaned = cued.str.replace_all(
+        rf"(?i)\b(?:{_NEGATION})\b[^.,;:!?]*?(?:\b(?:but|instead|rather|though|just|maybe|"
+        rf"perhaps|something|more like)\b|[.,;:!?]|$)", " ")
+    cleaned = cleaned.str.replace_all(r"\s+", " ").str.strip_chars(" ,.;").str.replace(
+        r"(?i)\s+(but|and|or)$", "")
+    out = frame.select(pl.when(cued.str.to_lowercase().str.contains(rf"\b(?:{_NEGATION})\b"))
+                       .then(pl.when(cleaned == "").then(pl.lit("something"))
+                             .otherwise(cleaned))
+                       .otherwise(pl.col("t")))
+    return out.to_series().to_list()
+
+
+def _year_ranges(frame: pl.DataFrame, now: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """(low, high) years asked for: 'before 1980', 'after the 80s', 'between 1970 and 1985',
+    'recent', 'the last couple of years', 'an older film'."""
+    p = pl.col("low")
+    decade = r"(?:the\s+)?'?(\d0)s"
+    year = r"(1[89]\d\d|20\d\d)"
+
+    def four(short: pl.Expr) -> pl.Expr:
+        short = short.cast(pl.Int32)
+        return pl.when(short >= 20).then(1900 + short).otherwise(2000 + short)
+
+    before = pl.coalesce(
+        p.str.extract(rf"\b(?:before|pre-?|older than|earlier than|prior to)\s*{year}\b", 1)
+        .cast(pl.Int32) - 1,
+        four(p.str.extract(rf"\b(?:before|pre-?|older than|earlier than|prior to)\s*{decade}",
+                           1)) - 1,
+        p.str.extract(rf"\b(?:until|up to|no later than)\s*{year}\b", 1).cast(pl.Int32),
+        p.str.extract(rf"\bbetween\s+{year}\s+and\s+{year}\b", 2).cast(pl.Int32),
+        p.str.extract(rf"\b{year}\s*(?:-|–|to)\s*{year}\b", 2).cast(pl.Int32),
+    )
+    after = pl.coalesce(
+        p.str.extract(rf"\b(?:after|post-?|newer than|later than)\s*{year}\b", 1)
+        .cast(pl.Int32) + 1,
+        four(p.str.extract(rf"\b(?:after|post-?|newer than|later than)\s*{decade}", 1)) + 10,
+        p.str.extract(rf"\b(?:since|from|no earlier than)\s*{year}\s*(?:on|onwards?)?\b", 1)
+        .cast(pl.Int32),
+        p.str.extract(rf"\bbetween\s+{year}\s+and\s+{year}\b", 1).cast(pl.Int32),
+        p.str.extract(rf"\b{year}\s*(?:-|–|to)\s*{year}\b", 1).cast(pl.Int32),
+    )
+    lookback = pl.coalesce(
+        p.str.extract(r"\b(?:last|past)\s+(couple of|couple|few|two|three|four|five|several|"
+                      r"ten)\s+years\b", 1).replace_strict(_RELATIVE, default=None,
+                                                          return_dtype=pl.Int32),
+        p.str.extract(r"\b(?:last|past)\s+(\d{1,2})\s+years\b", 1).cast(pl.Int32),
+        pl.when(p.str.contains(r"\b(?:recent|newest|latest|brand[- ]new|new releases?|"
+                               r"just came out|this year|last year)\b")).then(2),
+    )
+    older = p.str.contains(r"\b(?:old|older|classic|vintage|golden[- ]age|oldies?)\s+"
+                           r"(?:movie|film|one|stuff|picture|flick|classic)s?\b|\bvintage\b|"
+                           r"\bgolden[- ]age\b|\boldies\b")
+    out = frame.select(before.alias("hi"), after.alias("lo"), lookback.alias("back"),
+                       older.alias("old"))
+    lo = out["lo"].cast(pl.Float64).fill_null(NO_BOUND).to_numpy().copy()
+    hi = out["hi"].cast(pl.Float64).fill_null(NO_BOUND).to_numpy().copy()
+    if now is not None:
+        years = pl.Series(np.asarray(now, dtype=np.int64) * 1_000_000).cast(
+            pl.Datetime("us")).dt.year().cast(pl.Float64).to_numpy()
+        back = out["back"].cast(pl.Float64).fill_null(np.nan).to_numpy()
+        rel = np.isfinite(back) & np.isnan(lo)
+        lo[rel] = years[rel] - back[rel]
+        old = out["old"].fill_null(False).to_numpy() & np.isnan(hi)
+        hi[old] = years[old] - 20
+    return lo, hi
+
+
+def _unit_ranges(frame: pl.DataFrame, unit: str) -> tuple[np.ndarray, np.ndarray]:
+    """(low, high) of a numeric attribute with a unit: 'under $20', 'at least 2 hours'."""
+    p = pl.col("low")
+    number = r"(\d+(?:\.\d+)?)"
+    words = "|".join(_UNIT_WORDS.get(unit, [re.escape(unit) + "s?"]))
+    amount = rf"(?:\$\s*{number}|{number}\s*(?:{words})\b)" if unit == "$" else \
+        rf"{number}\s*(?:{words})\b"
+    hours = r"(\d+(?:\.\d+)?)\s*(?:hours?|hrs?)\b"
+    under = r"\b(?:under|less than|below|cheaper than|shorter than|at most|max(?:imum)?|" \
+            r"no more than|up to|within)\s*"
+    over = r"\b(?:over|more than|above|at least|longer than|minimum|min\.?)\s*"
+
+    def value(prefix: str) -> pl.Expr:
+        groups = [p.str.extract(prefix + amount, i).cast(pl.Float64)
+                  for i in ((1, 2) if unit == "$" else (1,))]
+        if unit == "minutes":
+            groups.append(p.str.extract(prefix + hours, 1).cast(pl.Float64) * 60)
+        return pl.coalesce(groups)
+
+    out = frame.select(value(over).alias("lo"), value(under).alias("hi"))
+    return (out["lo"].fill_null(NO_BOUND).to_numpy().copy(),
+            out["hi"].fill_null(NO_BOUND).to_numpy().copy())
+
+
+def parse_instructions(texts: list[str], genres: list[str], schema: DomainSchema, *,
+                       titles: TitleIndex | None = None,
+                       now: np.ndarray | None = None) -> ParsedIntents:
+    """The typed intents of `texts`; `titles` links named items, `now` (unix seconds per
+    request) anchors relative ranges ('recent')."""
+    frame = pl.DataFrame({"t": texts}, schema={"t": pl.String}).with_columns(
+        _clauses(pl.col("t")).alias("c"), pl.col("t").str.to_lowercase().alias("low"))
+    frame = frame.with_columns(
+        pl.col("c").str.extract_all(_NEG_SPAN).list.join(" . ").alias("neg"),
+        pl.col("c").str.replace_all(_NEG_SPAN, " . ").alias("pos"),
+    ).with_columns(pl.col("pos").str.replace_all(_AGES, "${1} age").alias("pos"))
     words = {v: k for k, v in schema.wording.decades.items()}
     levels = schema.levels
-    short = pl.col("t").str.extract(_DECADE_SHORT, 1).cast(pl.Int32)
+    short = pl.col("pos").str.extract(_DECADE_SHORT, 1).cast(pl.Int32)
     parsed = frame.select(
-        *[_any_phrase(schema.phrases(g)).alias(f"g{i}") for i, g in enumerate(genres)],
+        *[_any_phrase(schema.phrases(g), "pos").alias(f"g{i}") for i, g in enumerate(genres)],
+        *[_any_phrase(schema.phrases(g), "neg").alias(f"x{i}") for i, g in enumerate(genres)],
         pl.coalesce(
-            pl.col("t").str.extract(_DECADE_FULL, 1).cast(pl.Int32),
+            pl.col("pos").str.extract(_DECADE_FULL, 1).cast(pl.Int32),
             pl.when(short.is_not_null()).then(pl.when(short >= 2).then(1900 + short * 10)
                                               .otherwise(2000 + short * 10)),
-            pl.col("t").str.to_lowercase().str.extract(
-                r"\b(" + "|".join(words) + r")\b", 1).replace_strict(
+            pl.col("pos").str.extract(r"\b(" + "|".join(words) + r")\b", 1).replace_strict(
                 list(words), list(words.values()), default=None, return_dtype=pl.Int32)
             if words else pl.lit(None, pl.Int32),
         ).fill_null(0).alias("decade"),
-        _any_phrase(levels.popular).alias("popular"),
-        _any_phrase(levels.obscure).alias("obscure"),
-        _any_phrase(levels.acclaimed or []).alias("acclaimed"),
+        _any_phrase(levels.popular, "pos").alias("popular"),
+        _any_phrase(levels.obscure, "pos").alias("obscure"),
+        _any_phrase(levels.acclaimed or [], "pos").alias("acclaimed"),
     )
-    mask = (parsed.select(f"g{i}" for i in range(len(genres))).to_numpy().astype(bool)
-            if genres else np.zeros((len(texts), 0), dtype=bool))
+
+    def mask(prefix: str) -> np.ndarray:
+        if not genres:
+            return np.zeros((len(texts), 0), dtype=bool)
+        return parsed.select(f"{prefix}{i}" for i in range(len(genres))).to_numpy().astype(bool)
+
+    ranges: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    time_ = schema.by_role("time")
+    if time_ is not None:
+        ranges[time_.column] = _year_ranges(frame, now)
+    for attr in schema.of_kind("numeric"):
+        if attr.role != "time" and attr.unit:
+            ranges[attr.column] = _unit_ranges(frame, attr.unit)
+    ranges = {c: r for c, r in ranges.items() if np.isfinite(r[0]).any()
+              or np.isfinite(r[1]).any()}
+    excluded = mask("x")
     return ParsedIntents(
-        genres, mask, parsed["decade"].to_numpy(), parsed["popular"].to_numpy(),
-        parsed["obscure"].to_numpy(), parsed["acclaimed"].to_numpy(),
+        genres, mask("g") & ~excluded, parsed["decade"].to_numpy(),
+        parsed["popular"].to_numpy(), parsed["obscure"].to_numpy(),
+        parsed["acclaimed"].to_numpy(), excluded, ranges,
+        titles.mentioned(frame["low"]) if titles is not None else None,
+        semantic_text(texts),
     )
+
+
+class TitleIndex:
+    """Catalogue titles, normalised for linking what a person types ('the godfather',
+    'godfather', 'Godfather, The (1972)' are one title)."""
+
+    def __init__(self, titles: list[str]) -> None:
+        self.titles = titles
+        norm = pl.Series(titles, dtype=pl.String).fill_null("").to_frame("t").select(
+            _normalise(pl.col("t"))).to_series()
+        self.norm = norm.to_list()
+
+    def link(self, span: str) -> int | None:
+        """The catalogue row a span starts with, if any title matches it closely: the
+        longest word prefix whose fuzzy ratio to a title is at least 90 (one-word titles
+        must match exactly and be four letters or more)."""
+        from rapidfuzz import fuzz, process
+
+        words = _normalise_text(span).split()
+        indefinite = bool(words) and words[0] in ("a", "an")  # "a kids film": a kind
+        while words and words[0] in ("the", "a", "an"):
+            words = words[1:]
+        best: int | None = None
+        for n in range(1, min(len(words), 8) + 1):
+            prefix = " ".join(words[:n])
+            if n == 1 and (len(prefix) < 4 or prefix in _NOT_TITLES or indefinite):
+                continue
+            hit = process.extractOne(prefix, self.norm, scorer=fuzz.ratio,
+                                     score_cutoff=100 if n == 1 else 90)
+            if hit is not None:
+                best = int(hit[2])
+        return best
+
+    def mentioned(self, lowered: pl.Series) -> list[tuple[int, ...]]:
+        """Per request, the rows named after a cue ('like X') or opening an 'X but Y'. Spans
+        run to the next punctuation (titles hold 'and': 'Sense and Sensibility'); the
+        longest prefix that matches a title wins."""
+        cued = lowered.str.extract_all(_MENTION).to_list()
+        opening = lowered.str.extract(_OPENING, 1).to_list()
+        out: list[tuple[int, ...]] = []
+        for found, first in zip(cued, opening, strict=True):
+            rows: list[int] = []
+            for match in [*(found or []), *([first] if first else [])]:
+                if _NOT_CUED.match(match):
+                    continue
+                span = re.sub(rf"^(?:[\w']+\s+)?(?:{_MENTION_CUES})\s+", "", match) \
+                    if match is not first else match
+                row = self.link(span)
+                if row is not None and row not in rows:
+                    rows.append(row)
+            out.append(tuple(rows))
+        return out
+
+
+def _normalise(title: pl.Expr) -> pl.Expr:
+    """Lower case, no year or alternative title in brackets, ', The' and a leading article
+    dropped, punctuation as spaces."""
+    t = title.str.to_lowercase().str.replace_all(r"\([^)]*\)", " ")
+    t = t.str.replace(r",\s*(the|a|an|les|la|le|il|das|der|die)\s*$", "")
+    t = t.str.replace_all(r"[^a-z0-9 ]", " ").str.replace_all(r"\s+", " ").str.strip_chars()
+    return t.str.replace(r"^(the|a|an) ", "")
+
+
+def _normalise_text(text: str) -> str:
+    return re.sub(r"\s+", " ", re.sub(r"[^a-z0-9 ]", " ", text.lower())).strip()
 
 
 def parsed_for(context: object, batch: object, genres: list[str],
-               schema: DomainSchema) -> ParsedIntents:
+               schema: DomainSchema, titles: TitleIndex | None = None) -> ParsedIntents:
     """`parse_instructions` of a batch's instructions, once per batch (the attribute source,
-    the features and the explanations all read it)."""
+    the features, the constraints and the explanations all read it)."""
+    now = batch.requests["timestamp"].to_numpy()  # type: ignore[attr-defined]
     return context.cached(  # type: ignore[attr-defined]
-        batch, ("parsed", tuple(genres), schema.dataset),
-        lambda: parse_instructions(batch.instructions, genres, schema))  # type: ignore[attr-defined]
+        batch, ("parsed", tuple(genres), schema.dataset, titles is not None),
+        lambda: parse_instructions(batch.instructions, genres, schema,  # type: ignore[attr-defined]
+                                   titles=titles, now=now))

@@ -44,8 +44,8 @@ class Prepared:
 
 def prepare(cfg: EvalConfig, ds: Dataset, logged: pl.DataFrame | None = None) -> Prepared:
     """Requests, fits and batches of a run. `logged` (see recdata.logged) adds test requests
-    of task `logged`, scored with the configuration tuned for `intent` by models fitted on
-    everything before the earliest logged request."""
+    scored with the configuration tuned for `intent`, each by the models of the cut the
+    protocol gives its position (see `_logged_groups`)."""
     requests = generate_requests(ds, cfg.instructions)
     if cfg.eval_users is not None:
         users = requests.select(pl.col("user_id").unique().sort()).sample(
@@ -63,12 +63,16 @@ def prepare(cfg: EvalConfig, ds: Dataset, logged: pl.DataFrame | None = None) ->
     }
     test_tasks = {t: (t, "test") for t in cfg.tasks}
     if logged is not None:
-        requests = pl.concat([requests, logged.select(requests.columns)], how="vertical_relaxed")
-        start = logged["timestamp"].min()
-        fits["logged"] = FitData("logged", split.filter(pl.col("timestamp") < start), catalogue)
-        batches[("test", LOGGED_TASK)] = request_batch(logged, split, catalogue)
         tuned = "intent" if "intent" in cfg.tasks else cfg.tasks[0]
-        test_tasks[LOGGED_TASK] = (tuned, "logged")
+        for task, cut, part in _logged_groups(logged, split):
+            requests = pl.concat([requests, part.select(requests.columns)],
+                                 how="vertical_relaxed")
+            if cut == "early":
+                cut = task
+                fits[task] = FitData(task, split.filter(
+                    pl.col("timestamp") < part["timestamp"].min()), catalogue)
+            batches[("test", task)] = request_batch(part, split, catalogue)
+            test_tasks[task] = (tuned, cut)
     negatives = {}
     for task in test_tasks:
         batch = batches[("test", task)]
@@ -104,3 +108,26 @@ def runnable_models(models: list[str], n_items: int) -> tuple[list[str], dict[st
     return keep, skipped
 
 
+def _logged_groups(logged: pl.DataFrame, split: pl.DataFrame
+                   ) -> list[tuple[str, str, pl.DataFrame]]:
+    """Logged requests grouped by where they sit in their user's history, as (task, cut,
+    rows): at the test position (all but the user's last interaction before it, or later)
+    the test-cut models score them, as they score generated test requests; at the
+    validation position the val-cut models; earlier (or from a user the data does not
+    know), models fitted on everything before the group's earliest request. The test group
+    is task `logged`; the others `logged_val` and `logged_early` (a file of one kind is all
+    `logged`)."""
+    counts = split.group_by("user_id").agg(pl.len().alias("_n"))
+    placed = logged.join(counts, on="user_id", how="left").with_columns(
+        pl.when(pl.col("_n").is_null()).then(pl.lit("early"))
+        .when(pl.col("seq") >= pl.col("_n") - 1).then(pl.lit("test"))
+        .when(pl.col("seq") == pl.col("_n") - 2).then(pl.lit("val"))
+        .otherwise(pl.lit("early")).alias("_cut"))
+    cuts = [c for c in ("test", "val", "early") if (placed["_cut"] == c).any()]
+    out = []
+    for cut in cuts:
+        task = LOGGED_TASK if len(cuts) == 1 or cut == "test" else f"{LOGGED_TASK}_{cut}"
+        part = placed.filter(pl.col("_cut") == cut).drop("_n", "_cut").with_columns(
+            pl.lit(task).alias("task"))
+        out.append((task, cut, part))
+    return out

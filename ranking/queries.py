@@ -12,6 +12,7 @@ import numpy as np
 import polars as pl
 
 from ranking.inputs import RequestBatch
+from ranking.intent_parser import semantic_text
 from recdata.schema import DomainSchema
 
 HISTORY_TITLES = 3
@@ -34,7 +35,7 @@ def _recent(batch: RequestBatch, titles: np.ndarray, n: int) -> pl.DataFrame:
                          "title": titles[h.col[keep]].astype(str)})
     grouped = past.sort("row", "recency").group_by("row").agg("title")
     rows = pl.DataFrame({"row": np.arange(len(batch), dtype=np.int64),
-                         "instruction": batch.instructions})
+                         "instruction": semantic_text(batch.instructions)})
     return rows.join(grouped, on="row", how="left", maintain_order="left").with_columns(
         pl.col("title").fill_null(pl.lit([], dtype=pl.List(pl.String))).alias("titles"))
 
@@ -48,7 +49,8 @@ def recent_titles(batch: RequestBatch, titles: np.ndarray, n: int = HISTORY_TITL
 
 def query_texts(batch: RequestBatch, titles: np.ndarray, n: int = HISTORY_TITLES,
                 label: str = DEFAULT_LABEL) -> list[str]:
-    """`instruction | <label>: a; b; c`, or the bare instruction without history."""
+    """`instruction | <label>: a; b; c`, or the bare instruction without history; the
+    instruction without what it rules out (intent_parser.semantic_text)."""
     frame = _recent(batch, titles, n)
     return frame.select(
         pl.when(pl.col("titles").list.len() > 0)

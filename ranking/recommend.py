@@ -30,6 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from feature_repo.ranker import refs_of
 from featurestore import store as fs
 from ranking.candidates import CandidateGenerator, Candidates
+from ranking.constraints import constrain, with_items
 from ranking.explain import Explainer, Reason
 from ranking.inputs import Catalogue, RequestBatch
 from ranking.intent_parser import ParsedIntents, parsed_for
@@ -43,6 +44,7 @@ from recdata.errors import ConfigError, InvalidRequestError
 from recdata.ids import IdMap, Key, modified, users_file
 
 MAX_K = 100
+MAX_SESSION_ITEMS = 200  # items a caller may pass as a session's history
 DATA_END_TTL = 10.0  # seconds between registry reads for 'data-end'
 QUERY_MEMORY = 50_000  # instruction vectors kept beyond the item cache (repeat requests)
 
@@ -84,6 +86,7 @@ class Recommendation:
     candidates: int
     timings_ms: dict[str, float] = field(default_factory=dict)
     now: int = 0  # the request's time (unix seconds) its features were taken at
+    understood: dict[str, Any] = field(default_factory=dict)  # the typed intent, in words
 
 
 @dataclass(frozen=True)
@@ -237,6 +240,32 @@ class Recommender:
                 uid = self.ids.id_of(user, "user")
         return uid
 
+    def session_rows(self, history: list[Key] | None) -> np.ndarray:
+        """Catalogue rows of a caller's session items (most recent first, each once); an
+        item the catalogue does not hold is an error naming it."""
+        if not history:
+            return np.zeros(0, np.int64)
+        if not isinstance(history, list | tuple) or len(history) > MAX_SESSION_ITEMS:
+            raise InvalidRequestError(f"history must be a list of at most "
+                                      f"{MAX_SESSION_ITEMS} item ids")
+        ids = [self.ids.id_of(k, "item") for k in history]
+        unknown = [str(k)[:40] for k, i in zip(history, ids, strict=True) if i is None]
+        rows = self._rows(np.asarray([-1 if i is None else i for i in ids], dtype=np.int64))
+        unknown += [str(k)[:40] for k, r in zip(history, rows, strict=True)
+                    if r < 0 and str(k)[:40] not in unknown]
+        if unknown:
+            raise InvalidRequestError(f"history names items the catalogue does not hold: "
+                                      f"{unknown[:5]}")
+        _, first = np.unique(rows, return_index=True)
+        return rows[np.sort(first)]
+
+    def _rows(self, ids: np.ndarray) -> np.ndarray:
+        """Catalogue rows of internal item ids, -1 where none."""
+        sorted_ids = self.item_ids[self._by_id]
+        pos = np.clip(np.searchsorted(sorted_ids, ids), 0, max(len(sorted_ids) - 1, 0))
+        hit = sorted_ids[pos] == ids if len(sorted_ids) else np.zeros(len(ids), bool)
+        return np.where(hit, self._by_id[pos], -1)
+
     def feature_frame(self, user_id: Key | None, instruction: Any, *,
                       now: int | float | datetime | str | None = None) -> pl.DataFrame:
         """The ranker's feature frame for this request, one row per candidate it ranks
@@ -248,7 +277,7 @@ class Recommender:
                                        ).filter(pl.Series(req.cands.valid[0]))
 
     def _features(self, user_id: int | None, text: str, now: int, timings: dict[str, float],
-                  ) -> OnlineRequest:
+                  session: np.ndarray | None = None) -> OnlineRequest:
         t0 = time.perf_counter()
         user = self.reader.read_user(user_id) if user_id is not None else \
             dict.fromkeys(self.reader.user_columns)
@@ -256,9 +285,14 @@ class Recommender:
         t1 = time.perf_counter()
         timings["user_read"] = (t1 - t0) * 1000
         seen, rated = self._seen(user) if known else (np.zeros(0, np.int64), {})
-        batch = self._batch(user_id if known else None, seen, text, now)
+        if session is not None and len(session):  # a session's items are the most recent
+            seen = np.concatenate([session, seen[~np.isin(seen, session)]])
+        base = self._batch(user_id if known else None, seen, text, now)
+        parsed = parsed_for(self.context, base, self.items.genres, self.items.schema,
+                            self.items.titles)
+        batch = with_items(base, parsed.mentions(1))  # named items seed the history
         cands = self.generator.generate(batch)
-        parsed = parsed_for(self.context, batch, self.items.genres, self.items.schema)
+        self.context.forget(base)
         self.context.forget(batch)
         t2 = time.perf_counter()
         timings["candidates"] = (t2 - t1) * 1000
@@ -274,10 +308,14 @@ class Recommender:
         return OnlineRequest(batch, known, cands, frame, parsed, rated)
 
     def recommend(self, user_id: Key | None, instruction: Any, k: int = 10, *,
-                  now: int | float | datetime | str | None = None) -> Recommendation:
+                  now: int | float | datetime | str | None = None,
+                  history: list[Key] | None = None) -> Recommendation:
         """Top `k` items for this user and instruction, each with its reasons, as of `now`
         (default: the wall clock; see `request_time`). An unknown user (or None) takes the
-        cold-start path: the instruction and item statistics only. Ids are the catalogue's
+        cold-start path: the instruction and item statistics only. `history`: item ids of
+        the current session (most recent first) for an anonymous or fresh session; they feed
+        the history sources and are not recommended back. What the request excludes or
+        bounds ranks after what it allows (ranking.constraints). Ids are the catalogue's
         own, in and out."""
         t0 = time.perf_counter()
         text = clean_instruction(instruction, self.cfg.max_instruction_chars)
@@ -286,10 +324,11 @@ class Recommender:
         timings: dict[str, float] = {}
         at = self.request_time(now)
         uid = self.user_id(user_id)
-        req = self._features(uid, text, at, timings)
+        req = self._features(uid, text, at, timings, self.session_rows(history))
         batch, known, cands, frame = req.batch, req.known, req.cands, req.frame
         t3 = time.perf_counter()
-        scores = self.model.predict(frame, threads=1)
+        scores = constrain(self.model.predict(frame, threads=1)[None, :], req.parsed,
+                           self.items, cands.idx)[0]
         valid = cands.valid[0]
         top = np.lexsort((cands.idx[0], -scores))
         top = top[valid[top]]
@@ -305,13 +344,17 @@ class Recommender:
         reasons = self.explainer.reasons(batch, frame[top.tolist()], contrib,
                                          cands.idx[0][top], uid if known else None,
                                          req.parsed, req.rated)
+        asked = self.explainer.request_reasons(req.parsed, cands.idx[0][top])
+        reasons = [a + r for a, r in zip(asked, reasons, strict=True)]
         timings["explain"] = (time.perf_counter() - t4) * 1000
         out = [Recommended(self.item_keys[cands.idx[0][j]],
                            self.titles[cands.idx[0][j]], float(scores[j]), reasons[n])
                for n, j in enumerate(top)]
         timings["total"] = (time.perf_counter() - t0) * 1000
-        return Recommendation(user_id, text, not known, out, int(valid.sum()),
-                              {k_: round(v, 2) for k_, v in timings.items()}, at)
+        return Recommendation(user_id, text, not known and not len(batch.history.indices),
+                              out, int(valid.sum()),
+                              {k_: round(v, 2) for k_, v in timings.items()}, at,
+                              self.explainer.understood(req.parsed))
 
     def _seen(self, user: dict[str, Any]) -> tuple[np.ndarray, dict[int, float]]:
         """From the store's `user_seen` row: the catalogue rows the user has seen, most
@@ -351,13 +394,13 @@ class Recommender:
                now: int) -> RequestBatch:
         """A one-request batch whose history is `seen` (catalogue rows, most recent first:
         recency rank 1..): what the sources start from and what is excluded."""
-        cols = seen.astype(np.int64) if user_id is not None else np.zeros(0, np.int64)
+        cols = seen.astype(np.int64)  # the store's history, a session's, or none
         history = sp.csr_matrix((np.arange(1, len(cols) + 1, dtype=np.float32),
                                  (np.zeros(len(cols), dtype=np.int64), cols)),
                                 shape=(1, len(self.item_ids)))
         requests = pl.DataFrame({
             "request_id": ["online"], "user_id": [int(user_id) if user_id is not None else -1],
-            "task": ["intent" if user_id is not None else "search"], "instruction": [text],
+            "task": ["intent" if len(cols) else "search"], "instruction": [text],
             "target_idx": [-1], "timestamp": [now],
         })
         return RequestBatch(requests, history, len(self.item_ids))

@@ -64,10 +64,22 @@ def load_logged_requests(path: str | Path, ds: Dataset) -> pl.DataFrame:
     )
     rows = ids.encode(ids.encode(rows, "target_item_id", "item"), "user_id", "user")
     rows = rows.with_columns(pl.col("user_id").fill_null(-1))  # unknown: cold start
-    # seq = how many of the user's interactions precede the request (the protocol's order)
+    # seq = how many of the user's interactions precede the request (the protocol's order):
+    # those strictly earlier; or, where the user interacted with the target at that very
+    # time, the target's own position (ties in time are ordered by item id, recdata.split)
     before = rows.select("request_id", "user_id", "timestamp").join(
         ds.interactions.select("user_id", pl.col("timestamp").alias("t")), on="user_id",
     ).filter(pl.col("t") < pl.col("timestamp")).group_by("request_id").len("seq")
+    from recdata.split import temporal_leave_one_out
+
+    placed = rows.select("request_id", "user_id", "timestamp", "target_item_id").join(
+        temporal_leave_one_out(ds.interactions).select(
+            "user_id", pl.col("item_id").alias("target_item_id"), "timestamp",
+            pl.col("seq").cast(pl.UInt32).alias("at")),
+        on=["user_id", "target_item_id", "timestamp"]).group_by("request_id").agg(
+        pl.col("at").min())
+    before = before.join(placed, on="request_id", how="full", coalesce=True).select(
+        "request_id", pl.coalesce("at", "seq").alias("seq"))
     return rows.join(before, on="request_id", how="left", maintain_order="left").select(
         "request_id", "user_id", "task", "instruction", "target_item_id", "timestamp",
         pl.lit(LOGGED_TASK).alias("phrasing_set"), pl.lit("test").alias("split"),

@@ -110,6 +110,10 @@ EXPLANATIONS = {
     "kg": "close to your recent picks in the knowledge graph",
     "popular_lately": "popular lately ({count} recent interactions)",
     "rated": "rated {rating} on average",
+    "excluded": "not {terms}, as you asked",
+    "excluded_fallback": "shown although it is {terms}: too few items fit your request",
+    "in_range": "{range}, as you asked",
+    "mentioned": "like {title}, which you mentioned",
 }
 
 

@@ -524,10 +524,15 @@ def recommend_cmd(
         help="The request's time: ISO 8601 or unix seconds, or 'data-end' (the end of the "
              "data the features were built from, to replay a historical log). Default: "
              "the clock.")] = None,
+    history: Annotated[str | None, typer.Option(
+        help="Comma-separated item ids of this session, most recent first (an anonymous "
+             "or fresh session's history; not recommended back).")] = None,
 ) -> None:
     """Rank the catalogue for one user and one instruction, with the reasons for each item.
 
-    Example: instructrank recommend --user 42 "a light 90s comedy"
+    Examples: instructrank recommend --user 42 "a light 90s comedy"
+              instructrank recommend "something like Alien but funnier, no horror"
+              instructrank recommend --history 50,181 "more of the same, before 1990"
     """
     from rich.table import Table
 
@@ -538,7 +543,8 @@ def recommend_cmd(
                                                encoder_path, llm_adapter, llm_model,
                                                llm_weight, llm_top_n))
     result = rec.recommend(user, instruction, k,
-                           now=int(now) if now is not None and now.isdigit() else now)
+                           now=int(now) if now is not None and now.isdigit() else now,
+                           history=_split(history))
     if as_json:
         console.print_json(to_response(result).model_dump_json())
         return
@@ -553,6 +559,9 @@ def recommend_cmd(
         table.add_row(str(n), item.title, f"{item.score:.2f}",
                       "; ".join(r.text for r in item.reasons) or "-")
     console.print(table)
+    read = {k_: v for k_, v in result.understood.items() if v and k_ != "remainder"}
+    if read:
+        console.print("understood: " + "; ".join(f"{k_} {v}" for k_, v in read.items()))
     parts = ", ".join(f"{k_} {v:.1f}" for k_, v in result.timings_ms.items() if k_ != "total")
     console.print(f"{result.candidates} candidates scored in "
                   f"{result.timings_ms['total']:.0f} ms ({parts})")

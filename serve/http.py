@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 from pydantic import BaseModel, Field, StrictStr, StringConstraints
 
-from ranking.recommend import MAX_K
+from ranking.recommend import MAX_K, MAX_SESSION_ITEMS
 from ranking.sanitize import MAX_INSTRUCTION_CHARS
 
 MAX_ID_CHARS = 256
@@ -39,6 +39,11 @@ class RecommendRequest(BaseModel):
     k: int = Field(10, ge=1, le=MAX_K, description="How many items to return.")
     now: datetime | None = Field(None, description="The request's time (ISO 8601 or unix "
                                                    "seconds); default: the server's clock.")
+    history: list[int | Annotated[StrictStr, StringConstraints(max_length=MAX_ID_CHARS)]] \
+        | None = Field(None, max_length=MAX_SESSION_ITEMS,
+                       description="Item ids of this session, most recent first: an anonymous "
+                                   "or fresh session's history. They feed the history sources "
+                                   "and are not recommended back.")
 
 
 class ReasonOut(BaseModel):
@@ -62,13 +67,17 @@ class RecommendResponse(BaseModel):
     items: list[ItemOut]
     timings_ms: dict[str, float]
     now: datetime = Field(description="The request's time, which its features were taken at.")
+    understood: dict[str, Any] = Field(
+        default_factory=dict, description="What was read from the instruction: wanted and "
+                                          "excluded values, ranges, named items, and the text "
+                                          "left for semantic matching.")
 
 
 def to_response(rec: Recommendation) -> RecommendResponse:
     return RecommendResponse(
         user_id=rec.user_id, instruction=rec.instruction, cold_start=rec.cold_start,
         candidates=rec.candidates, timings_ms=rec.timings_ms,
-        now=datetime.fromtimestamp(rec.now, UTC),
+        now=datetime.fromtimestamp(rec.now, UTC), understood=rec.understood,
         items=[ItemOut(item_id=i.item_id, title=i.title, score=round(i.score, 6),
                        reasons=[ReasonOut(text=r.text, family=r.family,
                                           contribution=r.contribution) for r in i.reasons])
@@ -101,7 +110,7 @@ def create_app(load: Callable[[], Recommender]) -> FastAPI:
     def recommend(body: RecommendRequest) -> RecommendResponse:
         try:
             rec = state["recommender"].recommend(body.user_id, body.instruction, body.k,
-                                                 now=body.now)
+                                                 now=body.now, history=body.history)
         except InvalidRequestError as exc:
             raise HTTPException(status_code=422, detail=str(exc)) from exc
         return to_response(rec)

@@ -71,11 +71,38 @@ def test_logged_requests_are_scored_without_seeing_the_future(tmp_path, syntheti
                      tasks=["intent"], requests_file=path, data_dir=tmp_path / "data",
                      results_dir=tmp_path / "results")
     result = evaluate(cfg, dataset=synthetic, progress=False)
-    scored = result.metrics.filter(pl.col("task") == "logged")
+    scored = result.metrics.filter(pl.col("task").str.starts_with("logged"))
     assert set(scored["model"]) == {"popularity", "filter_popularity"}
-    assert (scored["requests"] == 41).all()
-    # models for logged requests are fitted only on interactions before the first one
+    per_model = scored.group_by("model").agg(pl.col("requests").sum())
+    assert (per_model["requests"] == 41).all()  # every row scored once, in its group
+    # each group by the models of its position: test-position rows by the test cut, the
+    # rest by models fitted only on interactions before the group's first request
     from ranking.evaluation.harness import prepare
 
     prep = prepare(cfg, synthetic, logged)
-    assert prep.fits["logged"].interactions["timestamp"].max() < logged["timestamp"].min()
+    logged_tasks = {t: cut for t, (_, cut) in prep.test_tasks.items()
+                    if t.startswith("logged")}
+    assert logged_tasks.get("logged") == "test"
+    for task, cut in logged_tasks.items():
+        if cut not in ("test", "val"):
+            rows = prep.batches[("test", task)].requests
+            assert prep.fits[cut].interactions["timestamp"].max() < rows["timestamp"].min()
+
+
+def test_requests_at_the_test_position_are_scored_by_the_test_cut(tmp_path, synthetic):
+    """The hand-written set's case: one request per user at their test target, all scored
+    by the same models as the generated test requests, not by a fit before the earliest."""
+    from ranking.evaluation.config import EvalConfig
+    from ranking.prepare import prepare
+    from recdata.split import temporal_leave_one_out
+
+    test = temporal_leave_one_out(synthetic.interactions).filter(pl.col("split") == "test")
+    rows = test.head(30).select("user_id", pl.lit("a drama").alias("instruction"),
+                                "timestamp", pl.col("item_id").alias("target_item_id"))
+    rows.write_csv(tmp_path / "r.csv")
+    logged = load_logged_requests(tmp_path / "r.csv", synthetic)
+    cfg = EvalConfig(dataset="synthetic", models=["popularity"], tasks=["intent"],
+                     data_dir=tmp_path)
+    prep = prepare(cfg, synthetic, logged)
+    assert prep.test_tasks["logged"] == ("intent", "test")
+    assert "logged_early" not in prep.test_tasks and len(prep.batches[("test", "logged")]) == 30

@@ -28,7 +28,7 @@ from feature_repo.ranker import RankerFeature
 from kg.signals import kg_signals
 from ranking.candidates import Candidates
 from ranking.inputs import RequestBatch
-from ranking.intent_parser import ParsedIntents, parse_instructions
+from ranking.intent_parser import ParsedIntents, TitleIndex, parse_instructions
 from ranking.scorers.knowledge import recent_item_ids
 from recdata.errors import FeatureStoreError, UnknownNameError
 from recdata.schema import DomainSchema
@@ -165,14 +165,28 @@ class ItemTables:
     year: np.ndarray         # float, NaN unknown
     vectors: np.ndarray | None  # items x d, unit norm (text encoder)
     schema: DomainSchema
+    # numeric attributes a request may bound ('before 1980', 'under $20'), NaN unknown
+    numeric: dict[str, np.ndarray] = field(default_factory=dict)
+    titles: TitleIndex | None = None  # for linking items a request names
 
     @classmethod
     def from_attribute_source(cls, source: Any, vectors: np.ndarray | None) -> ItemTables:
-        """From a fitted `filter_popularity` scorer, which already holds the attribute arrays."""
+        """From a fitted `filter_popularity` scorer, which already holds the attribute arrays
+        (and, once built, the title index)."""
         items = source.fitted.catalogue.items
+        schema = source.schema
+        time_ = schema.by_role("time")
+        bounded = [a.column for a in schema.of_kind("numeric")
+                   if a.column in items.columns and (a.unit or a.role == "time")]
+        numeric = {c: items[c].cast(pl.Float64, strict=False).to_numpy() for c in bounded}
+        if time_ is not None:
+            numeric[time_.column] = items["year"].cast(pl.Float64).to_numpy()
+        if getattr(source, "title_index", None) is None and "title" in items.columns:
+            source.title_index = TitleIndex(items["title"].cast(pl.String).to_list())
         return cls(items["item_id"].to_numpy(), source.genres, source.item_genre,
                    source.item_decade, source.popular, source.obscure, source.acclaimed,
-                   items["year"].cast(pl.Float64).to_numpy(), vectors, source.schema)
+                   items["year"].cast(pl.Float64).to_numpy(), vectors, schema, numeric,
+                   getattr(source, "title_index", None))
 
 
 def _attribute_match(p: ParsedIntents, t: ItemTables, idx: np.ndarray) -> dict[str, np.ndarray]:

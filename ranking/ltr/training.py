@@ -30,7 +30,9 @@ from feature_repo.ranker import service_name
 from feature_repo.ranker import service_refs as ranker_service_refs
 from featurestore import store as fs
 from ranking.candidates import SOURCES_FILE, SOURCES_VERSION, CandidateGenerator, Candidates
+from ranking.constraints import with_items
 from ranking.inputs import EXAMPLE_ROWS, Catalogue, FitData, RequestBatch
+from ranking.intent_parser import ParsedIntents, parsed_for
 from ranking.ltr.features import (
     Available,
     ItemTables,
@@ -254,17 +256,28 @@ class LTRResources:
         ablation selects from."""
         return available_features(self.available)
 
+    def parsed(self, fit: FitData, batch: RequestBatch) -> tuple[ParsedIntents, ItemTables]:
+        """The batch's typed intents (titles linked) and the item tables they are read
+        against."""
+        tables = item_tables(self.generator(fit), self.context)
+        return parsed_for(self.context, batch, tables.genres, tables.schema,
+                          tables.titles), tables
+
     def _compute(self, fit: FitData, chunk: RequestBatch) -> Examples:
         gen = self.generator(fit)
-        cands = gen.generate(chunk)
+        parsed, tables = self.parsed(fit, chunk)
+        # items a request names seed its history (ranking.constraints)
+        seeded = with_items(chunk, parsed.mentions(len(chunk)))
+        cands = gen.generate(seeded)
         ids = self.catalogue.items["item_id"].to_numpy()[cands.idx]
         user_rows, item_rows = offline_rows(self.repo, chunk, ids,
                                             store_columns(self.features))
-        frame = assemble(chunk, cands, user_rows, item_rows, item_tables(gen, self.context),
+        frame = assemble(seeded, cands, user_rows, item_rows, tables,
                          kg=self.context.kg,
                          anonymous=(chunk.requests["task"] == "search").to_numpy(),
-                         features=self.features)
+                         parsed=parsed, features=self.features)
         self.context.forget(chunk)
+        self.context.forget(seeded)
         labels = (cands.idx == chunk.requests["target_idx"].to_numpy()[:, None])
         return Examples(cands, frame, labels.astype(np.int32))
 

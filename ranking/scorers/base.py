@@ -82,9 +82,12 @@ class ScorerContext:
         return self.encoder
 
     def queries(self, batch: RequestBatch) -> list[str]:
-        """The text the encoder reads for each request of `batch`."""
+        """The text the encoder reads for each request of `batch`: the instruction without
+        its negated clauses (the embedding of 'no horror' is close to horror)."""
         if self.query_titles is None:
-            return batch.instructions
+            from ranking.intent_parser import semantic_text
+
+            return semantic_text(batch.instructions)
         from ranking.queries import query_texts
 
         return query_texts(batch, self.query_titles, label=self.query_label)

@@ -39,11 +39,17 @@ class LTRScorer(Scorer):
         self.model = self._resources().train(self.ablation, self.name)
 
     def _score(self, batch: RequestBatch) -> np.ndarray:
+        from ranking.constraints import constrain
+
         scores = np.full((len(batch), batch.n_items), BELOW_CANDIDATES)
+        res = self._resources()
+        parsed, tables = res.parsed(self.fitted, batch)
         row = 0
-        for ex in self._resources().iter_examples(self.fitted, batch):
+        for ex in res.iter_examples(self.fitted, batch):
             n = len(ex.labels)
             predicted = self.model.predict(ex.frame).reshape(ex.cands.idx.shape)
+            # what the request rules out ranks after what it allows (ranking.constraints)
+            predicted = constrain(predicted, parsed.rows(row, row + n), tables, ex.cands.idx)
             predicted[~ex.cands.valid] = BELOW_CANDIDATES
             np.put_along_axis(scores[row:row + n], ex.cands.idx, predicted, axis=1)
             row += n

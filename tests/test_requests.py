@@ -1,0 +1,147 @@
+"""Requests as people write them: exclusions, ranges, named items, sessions — read into one
+typed intent (ranking.intent_parser) and honoured by the online path."""
+
+from __future__ import annotations
+
+import numpy as np
+import polars as pl
+import pytest
+
+from ranking.intent_parser import TitleIndex, parse_instructions, semantic_text
+
+NOW = 893_286_638  # 1998-04-22, the end of ML-100k
+
+
+@pytest.fixture(scope="module")
+def ml(movielens):
+    genres = sorted(set(movielens.items["genres"].explode().drop_nulls()))
+    return movielens, genres, TitleIndex(movielens.items["title"].to_list())
+
+
+def parse(ml, *texts):
+    ds, genres, titles = ml
+    p = parse_instructions(list(texts), genres, ds.domain, titles=titles,
+                           now=np.full(len(texts), NOW))
+    names = ds.items["title"].to_list()
+    return [{"want": [g for g, m in zip(genres, p.genre_mask[i], strict=True) if m],
+             "not": [g for g, m in zip(genres, p.exclusions[i], strict=True) if m],
+             "decade": int(p.decade[i]),
+             "years": tuple(p.ranges.get("year", (np.full(len(texts), np.nan),) * 2)[k][i]
+                            for k in (0, 1)),
+             "named": [names[r] for r in p.mentioned[i]], "rest": p.remainder[i]}
+            for i in range(len(texts))]
+
+
+def test_exclusions_are_not_wants(ml):
+    a, b, c, d = parse(ml, "no horror please", "a comedy, nothing too scary",
+                       "anything but a romance, maybe an action film",
+                       "I'm not in the mood for a western but a thriller would do")
+    assert a["not"] == ["Horror"] and a["want"] == []
+    assert b["want"] == ["Comedy"] and b["not"] == ["Horror"]
+    assert c["want"] == ["Action"] and c["not"] == ["Romance"]
+    assert d["want"] == ["Thriller"] and d["not"] == ["Western"]
+
+
+def test_ranges_absolute_and_relative_and_ages_are_not_decades(ml):
+    before, between, recent, couple, age, decade = parse(
+        ml, "a film before 1980", "between 1970 and 1985, a thriller", "something recent",
+        "from the last couple of years", "a drama about a woman in her 50s", "a light 90s comedy")
+    assert before["years"][1] == 1979 and np.isnan(before["years"][0])
+    assert between["years"] == (1970, 1985) and between["want"] == ["Thriller"]
+    assert recent["years"][0] == 1996 and couple["years"][0] == 1996
+    assert age["decade"] == 0 and decade["decade"] == 1990
+
+
+def test_named_items_are_linked_loosely(ml):
+    alien, fargo, monkeys, plain = parse(
+        ml, "something like Alien but funnier", "i loved fargo, more of that please",
+        "Twelve Monkeys but even stranger", "I'd like a comedy tonight")
+    assert alien["named"] == ["Alien (1979)"] and fargo["named"] == ["Fargo (1996)"]
+    assert monkeys["named"] == ["Twelve Monkeys (1995)"] and plain["named"] == []
+
+
+def test_semantic_text_drops_what_is_ruled_out_and_keeps_the_rest_verbatim():
+    assert semantic_text(["a comedy, nothing too scary"]) == ["a comedy"]
+    assert semantic_text(["no horror please"]) == ["something"]
+    kept = "Recommend me something to watch tonight."
+    assert semantic_text([kept]) == [kept]
+
+
+def test_a_chunk_of_intents_is_the_same_as_parsing_it_alone(ml):
+    ds, genres, titles = ml
+    texts = ["no horror please", "like Alien", "before 1980", "a 90s comedy"]
+    whole = parse_instructions(texts, genres, ds.domain, titles=titles, now=np.full(4, NOW))
+    part = parse_instructions(texts[1:3], genres, ds.domain, titles=titles, now=np.full(2, NOW))
+    cut = whole.rows(1, 3)
+    assert (cut.genre_mask == part.genre_mask).all() and cut.mentioned == part.mentioned
+    np.testing.assert_array_equal(cut.ranges["year"][1], part.ranges["year"][1])
+
+
+def _genres_of(recommender, items):
+    table = recommender.catalogue.items.select("item_id", "genres")
+    ids = [i.item_id for i in items]
+    return table.filter(pl.col("item_id").is_in(ids))["genres"].to_list()
+
+
+def test_no_horror_returns_no_horror_and_says_so(recommender):
+    out = recommender.recommend(None, "no horror please", 10, now="data-end")
+    assert out.understood["excluded"] == ["Horror"]
+    assert not any("Horror" in g for g in _genres_of(recommender, out.items))
+    assert all(any(r.text.startswith("not horror") for r in i.reasons) for i in out.items)
+    scary = recommender.recommend(None, "a horror film", 10, now="data-end")
+    assert any("Horror" in g for g in _genres_of(recommender, scary.items))
+
+
+def test_too_few_items_fit_so_the_rest_are_filled_and_flagged(recommender):
+    """Every item of the synthetic catalogue has a genre from this list: the list is still
+    k long, the items that break the request last, each saying so."""
+    every = "nothing action or comedy or drama or horror or romance or sci-fi or " \
+            "documentary or animation"
+    out = recommender.recommend(None, every, 5, now="data-end")
+    assert len(out.items) == 5
+    assert all(any("too few items fit" in r.text for r in i.reasons) for i in out.items)
+
+
+def test_a_session_history_feeds_the_sources_and_is_not_recommended_back(recommender):
+    from recdata.errors import InvalidRequestError
+
+    ids = recommender.catalogue.items["item_id"].to_list()[:3]
+    out = recommender.recommend(None, "more like these", 10, now="data-end", history=ids)
+    assert not out.cold_start and not {i.item_id for i in out.items} & set(ids)
+    with pytest.raises(InvalidRequestError, match="does not hold"):
+        recommender.recommend(None, "more", 3, history=[ids[0], 10**9])
+
+
+def test_a_named_item_is_not_recommended_back_and_is_a_reason(recommender):
+    titles = recommender.catalogue.items["title"].to_list()
+    named = titles[7]
+    out = recommender.recommend(None, f"something like {named} but different", 10,
+                                now="data-end")
+    key = recommender.item_keys[7]
+    assert out.understood["mentioned"] == [key]
+    assert key not in {i.item_id for i in out.items}
+    assert any(r.text == f"like {named}, which you mentioned" for i in out.items
+               for r in i.reasons)
+
+
+def test_http_takes_a_session_and_reports_what_it_understood(client):
+    body = {"instruction": "no horror, before 2000", "k": 5, "history": [1, 2]}
+    r = client.post("/recommend", json=body)
+    assert r.status_code == 200, r.text
+    got = r.json()
+    assert got["understood"]["excluded"] == ["Horror"] and got["cold_start"] is False
+    assert got["understood"]["ranges"]["year"] == [None, 1999.0]
+    bad = client.post("/recommend", json={**body, "history": [1, "no-such-item"]})
+    assert bad.status_code == 422 and "no-such-item" in bad.json()["detail"]
+
+
+@pytest.fixture(scope="module")
+def client(trained):
+    from fastapi.testclient import TestClient
+
+    from ranking.recommend import Recommender, RecommenderConfig
+    from serve.http import create_app
+
+    cfg = RecommenderConfig(repo=trained["repo"], data_dir=trained["data"])
+    with TestClient(create_app(lambda: Recommender.load(cfg))) as c:
+        yield c
