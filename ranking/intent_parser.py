@@ -36,9 +36,11 @@ _AGES = r"\b(their|his|her|my|our|your|whose)\s+((?:early|mid|late)[- ]?)?'?\d0s
 _NEGATION = (r"no|not|nothing|none|without|except|avoid|skip|hate|never|nor|"
              r"don'?t want|do not want|don'?t like|do not like|not into|tired of|sick of|"
              r"can'?t stand|cannot stand|no more|enough of")
-_BREAKS = (r"\b(?:but|instead|rather|though|although|however|and|yet|just|maybe|perhaps|"
-           r"something|preferably|ideally|please|so|more like)\b")
-_NEG_SPAN = rf"\b(?:{_NEGATION})\b[^.,;:!?]*"
+# a negated clause runs from its cue to the next clause boundary: punctuation or a linking
+# word between spaces ('song-and-dance' and 'drum and bass' outside a negation stay whole)
+_STOP = (r"(?:\s(?:but|instead|rather|though|although|however|and|yet|just|maybe|perhaps|"
+         r"something|preferably|ideally|please|so|more like)\s|[.,;:!?]|$)")
+_NEG_SPAN = rf"\b(?:{_NEGATION})(?:\s[^.,;:!?]*?)?{_STOP}"  # 'no-frills' negates nothing
 _MENTION_CUES = (r"like|similar to|such as|as good as|reminds? me of|in the vein of|"
                  r"along the lines of|in the spirit of|loved|liked|enjoyed|adored|"
                  r"fan of|more of|same vibe as|the vibe of|style of|kind of like")
@@ -96,28 +98,22 @@ def _any_phrase(phrases: list[str], column: str = "t") -> pl.Expr:
     return pl.col(column).str.contains(rf"(?i)(^|[^a-z-])({pattern})($|[^a-z-])")
 
 
-def _clauses(text: pl.Expr) -> pl.Expr:
-    """Lower-cased text with its clause boundaries made explicit ('anything but' is a cue,
-    not a boundary)."""
-    low = text.str.to_lowercase().str.replace_all(r"\b(anything|everything|all) but\b",
-                                                  "${1} except")
-    return low.str.replace_all(_BREAKS, " . ")
+def _cued(text: pl.Expr) -> pl.Expr:
+    """'anything but X' is a negation cue, not a clause boundary."""
+    return text.str.replace_all(r"(?i)\b(anything|everything|all) but\b", "${1} except")
 
 
 def semantic_text(texts: list[str]) -> list[str]:
     """The request without its negated clauses: what an embedding should match ('something'
     when nothing else is left). A request with nothing negated comes back byte for byte."""
     frame = pl.DataFrame({"t": texts}, schema={"t": pl.String})
-    cued = pl.col("t").str.replace_all(r"(?i)\b(anything|everything|all) but\b", "${1} except")
-    cleaned = cued.str.replace_all(
-        rf"(?i)\b(?:{_NEGATION})\b[^.,;:!?]*?(?:\b(?:but|instead|rather|though|just|maybe|"
-        rf"perhaps|something|more like)\b|[.,;:!?]|$)", " ")
-    cleaned = cleaned.str.replace_all(r"\s+", " ").str.strip_chars(" ,.;").str.replace(
-        r"(?i)\s+(but|and|or)$", "")
-    out = frame.select(pl.when(cued.str.to_lowercase().str.contains(rf"\b(?:{_NEGATION})\b"))
-                       .then(pl.when(cleaned == "").then(pl.lit("something"))
-                             .otherwise(cleaned))
-                       .otherwise(pl.col("t")))
+    cued = _cued(pl.col("t"))
+    cleaned = cued.str.replace_all(f"(?i){_NEG_SPAN}", " ").str.replace_all(r"\s+", " ")
+    cleaned = cleaned.str.strip_chars(" ,.;").str.replace(r"(?i)\s+(but|and|or)$", "")
+    negated = cued.str.to_lowercase().str.contains(rf"\b(?:{_NEGATION})(?:\s|$)")
+    out = frame.select(pl.when(negated).then(
+        pl.when(cleaned == "").then(pl.lit("something")).otherwise(cleaned))
+        .otherwise(pl.col("t")))
     return out.to_series().to_list()
 
 
@@ -206,10 +202,10 @@ def parse_instructions(texts: list[str], genres: list[str], schema: DomainSchema
     """The typed intents of `texts`; `titles` links named items, `now` (unix seconds per
     request) anchors relative ranges ('recent')."""
     frame = pl.DataFrame({"t": texts}, schema={"t": pl.String}).with_columns(
-        _clauses(pl.col("t")).alias("c"), pl.col("t").str.to_lowercase().alias("low"))
+        pl.col("t").str.to_lowercase().alias("low"))
     frame = frame.with_columns(
-        pl.col("c").str.extract_all(_NEG_SPAN).list.join(" . ").alias("neg"),
-        pl.col("c").str.replace_all(_NEG_SPAN, " . ").alias("pos"),
+        _cued(pl.col("low")).str.extract_all(_NEG_SPAN).list.join(" . ").alias("neg"),
+        _cued(pl.col("low")).str.replace_all(_NEG_SPAN, " . ").alias("pos"),
     ).with_columns(pl.col("pos").str.replace_all(_AGES, "${1} age").alias("pos"))
     words = {v: k for k, v in schema.wording.decades.items()}
     levels = schema.levels
@@ -267,17 +263,19 @@ class TitleIndex:
     def link(self, span: str) -> int | None:
         """The catalogue row a span starts with, if any title matches it closely: the
         longest word prefix whose fuzzy ratio to a title is at least 90 (one-word titles
-        must match exactly and be four letters or more)."""
+        must match exactly and be four letters or more). A span opening with 'a'/'an'
+        names a kind of item, not one."""
         from rapidfuzz import fuzz, process
 
         words = _normalise_text(span).split()
-        indefinite = bool(words) and words[0] in ("a", "an")  # "a kids film": a kind
-        while words and words[0] in ("the", "a", "an"):
+        if words and words[0] in ("a", "an"):  # "a kids film", "an iron jesus band": kinds
+            return None
+        while words and words[0] == "the":
             words = words[1:]
         best: int | None = None
         for n in range(1, min(len(words), 8) + 1):
             prefix = " ".join(words[:n])
-            if n == 1 and (len(prefix) < 4 or prefix in _NOT_TITLES or indefinite):
+            if n == 1 and (len(prefix) < 4 or prefix in _NOT_TITLES):
                 continue
             hit = process.extractOne(prefix, self.norm, scorer=fuzz.ratio,
                                      score_cutoff=100 if n == 1 else 90)
