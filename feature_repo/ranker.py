@@ -62,6 +62,11 @@ FEATURES: tuple[RankerFeature, ...] = (
     *_source("kg", "kg history", "kg"),
     _match("asked"), _match("genre_asked"), _match("genre_match"), _match("decade_match"),
     _match("level_match"), _match("all_match"),
+    # items the request names ("like Alien"): how close a candidate is to them in text
+    # (their co-occurrence reaches the ranker through the history sources they seed)
+    RankerFeature("mention_similarity", "instruction text", None,
+                  compute="mention_similarity"),
+    RankerFeature("mention_count", "instruction", None, compute="mention_count"),
     # the user, as of the request (Feast: user_history, user_profile_embedding)
     RankerFeature("user_interactions", "history", None, ("user_history:n_interactions",)),
     RankerFeature("user_mean_rating", "history", None, ("user_history:mean_rating",)),

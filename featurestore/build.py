@@ -30,7 +30,7 @@ from recdata.dataset import INTERACTION_SCHEMA, Dataset, item_text
 from recdata.datasets import DatasetSource
 from recdata.errors import FeatureStoreError
 from recdata.ids import IdMap
-from recdata.instructions import InstructionConfig, generate_requests
+from recdata.instructions import GENERATOR_VERSION, InstructionConfig, generate_requests
 from recdata.stages import stage
 
 
@@ -62,7 +62,7 @@ class FeatureBuildResult:
 def _fingerprint(ds: Dataset, cfg: FeatureBuildConfig, encoder_id: str) -> str:
     h = hashlib.sha1()
     h.update(ds.fingerprint().encode())
-    h.update(cfg.instructions.model_dump_json().encode())
+    h.update(f"{cfg.instructions.model_dump_json()}:{GENERATOR_VERSION}".encode())
     h.update(f"{encoder_id}:{cfg.embeddings}".encode())
     for job in sorted((fs.PACKAGE_REPO / "jobs").glob("*.py")):
         h.update(job.read_bytes())

@@ -134,6 +134,8 @@ def _year_ranges(frame: pl.DataFrame, now: np.ndarray | None) -> tuple[np.ndarra
         four(p.str.extract(rf"\b(?:before|pre-?|older than|earlier than|prior to)\s*{decade}",
                            1)) - 1,
         p.str.extract(rf"\b(?:until|up to|no later than)\s*{year}\b", 1).cast(pl.Int32),
+        p.str.extract(rf"\b{year}\s+(?:or|and)\s+(?:earlier|older|before)\b", 1)
+        .cast(pl.Int32),
         p.str.extract(rf"\bbetween\s+{year}\s+and\s+{year}\b", 2).cast(pl.Int32),
         p.str.extract(rf"\b{year}\s*(?:-|–|to)\s*{year}\b", 2).cast(pl.Int32),
     )
@@ -143,6 +145,8 @@ def _year_ranges(frame: pl.DataFrame, now: np.ndarray | None) -> tuple[np.ndarra
         four(p.str.extract(rf"\b(?:after|post-?|newer than|later than)\s*{decade}", 1)) + 10,
         p.str.extract(rf"\b(?:since|from|no earlier than)\s*{year}\s*(?:on|onwards?)?\b", 1)
         .cast(pl.Int32),
+        p.str.extract(rf"\b{year}\s+(?:(?:or|and)\s+(?:later|newer|after|up)|onwards?)\b",
+                      1).cast(pl.Int32),
         p.str.extract(rf"\bbetween\s+{year}\s+and\s+{year}\b", 1).cast(pl.Int32),
         p.str.extract(rf"\b{year}\s*(?:-|–|to)\s*{year}\b", 1).cast(pl.Int32),
     )

@@ -5,7 +5,9 @@ phrasing_set) plus `split`, `seq` (the target's position in the user's history) 
 `template_id`. Tasks:
 - `history`: a vague request; the user's history carries the preference;
 - `intent`: a specific intention built from the target's attributes, never its title;
-- `search`: the same kind of intention, evaluated with no history (cold start).
+- `search`: the same kind of intention, evaluated with no history (cold start);
+- `conversational`: the intention as people write it, with filler, a liked item by name,
+  a value ruled out and a range of years (recdata.conversation).
 Test requests use held-out phrasings only; train and validation requests use the training
 phrasings, so every test figure measures generalisation to unseen wording.
 Item popularity and rating levels come from the training window only.
@@ -17,13 +19,18 @@ import numpy as np
 import polars as pl
 from pydantic import BaseModel, ConfigDict, Field
 
+from recdata.conversation import conversational_requests
 from recdata.dataset import Dataset
 from recdata.errors import ConfigError
 from recdata.schema import DomainSchema, Levels
 from recdata.split import temporal_leave_one_out
 from recdata.templates import FAMILIES, render
 
-TASKS = ("history", "intent", "search")
+# what the generator writes, beyond its config: part of every fingerprint of what is built
+# from its requests (2: the conversational task)
+GENERATOR_VERSION = 2
+TEMPLATE_TASKS = ("history", "intent", "search")  # one phrasing family each
+TASKS = (*TEMPLATE_TASKS, "conversational")
 REQUEST_COLUMNS = ["request_id", "user_id", "task", "instruction", "target_item_id",
                    "timestamp", "phrasing_set", "split", "seq", "template_id"]
 
@@ -188,10 +195,10 @@ def generate_requests(ds: Dataset, cfg: InstructionConfig | None = None) -> pl.D
     split = temporal_leave_one_out(ds.interactions)
     levels = item_levels(ds.items, split.filter(pl.col("split") == "train"), schema.levels)
     targets = _targets(split, cfg.train_requests_per_user, rng)
-    rows = targets.join(pl.DataFrame({"task": list(TASKS)}), how="cross").with_columns(
+    rows = targets.join(pl.DataFrame({"task": list(TEMPLATE_TASKS)}), how="cross").with_columns(
         pl.when(pl.col("split") == "test").then(pl.lit("heldout")).otherwise(pl.lit("train"))
         .alias("phrasing_set"),
-        pl.Series("_r", rng.integers(0, 1 << 30, targets.height * len(TASKS))),
+        pl.Series("_r", rng.integers(0, 1 << 30, targets.height * len(TEMPLATE_TASKS))),
     )
     phrasings = phrasing_split(cfg.seed, cfg.train_share, schema).rename({"family": "task"})
     sizes = phrasings.select("task", "phrasing_set", "n_slots").unique()
@@ -210,4 +217,12 @@ def generate_requests(ds: Dataset, cfg: InstructionConfig | None = None) -> pl.D
         pl.col("item_id").alias("target_item_id"), "timestamp", "phrasing_set", "split",
         "seq", "template_id",
     )
+    # its own stream: the template tasks' requests are the same with or without it
+    with_levels = targets.join(levels.rename({"item_id": "_item"}), left_on="item_id",
+                               right_on="_item", how="left").sort("user_id", "seq")
+    talk = conversational_requests(
+        with_levels, split, ds.items,
+        describe(with_levels, cfg, schema, np.random.default_rng([cfg.seed, 3])), schema,
+        cfg.seed, cfg.train_share)
+    out = pl.concat([out, talk.select(out.columns)], how="vertical_relaxed")
     return out.sort("split", "task", "user_id", "seq")

@@ -126,6 +126,48 @@ SEARCH = [
 
 FAMILIES: dict[str, list[str]] = {"history": HISTORY, "intent": INTENT, "search": SEARCH}
 
+# Requests as people write them (task `conversational`): an intention plus, each optional,
+# a sentence of filler, an item the person liked ({title}), a value they rule out ({value})
+# and a range of years ({lo}, {hi}). Each part's phrasings are split into training and
+# held-out ones like the families above.
+CONVERSATION: dict[str, list[str]] = {
+    "core": [
+        "I'm after {desc}.", "Looking for {desc}.", "Could you find me {desc}?",
+        "I want {desc}.", "In the mood for {desc}.", "What about {desc}?",
+        "Got {desc} for me?", "Find me {desc}, if you can.", "Ideally {desc}.",
+        "Thinking {desc} tonight.", "Maybe {desc}?", "Hoping for {desc}.",
+    ],
+    "filler": [
+        "Long week.", "Hi!", "Okay, so.", "Rainy day here.", "Need to unwind.",
+        "Friends are coming over later.", "Hey there.", "Ugh, what a day.",
+        "So, here's the thing.", "We've got a couple of hours.", "Help me out here.",
+        "Finally some free time.", "Quick question.", "Bit of a weird request maybe.",
+    ],
+    "like": [
+        "Something like {title}.", "I loved {title}.", "Similar to {title} would be great.",
+        "More like {title}, please.", "In the vein of {title}.",
+        "I enjoyed {title}, something along those lines.", "Kind of like {title}.",
+        "I really liked {title}.", "Same vibe as {title}?",
+    ],
+    "exclude": [
+        "No {value} please.", "Nothing {value}.", "Not {value}, though.",
+        "Anything but {value}.", "Without {value}, please.", "I'm not into {value}.",
+        "Skip anything {value}.", "No {value} this time.", "I can't stand {value}.",
+    ],
+    "before": [
+        "Made before {hi}.", "Older than {hi}, please.", "From before {hi}.",
+        "Something pre-{hi}.", "Earlier than {hi}.", "Prior to {hi} ideally.",
+    ],
+    "after": [
+        "From after {lo}.", "Newer than {lo}.", "Released {lo} or later.",
+        "Since {lo}, please.", "Later than {lo}.", "Something post-{lo}.",
+    ],
+    "between": [
+        "Between {lo} and {hi}.", "Somewhere from {lo} to {hi}.", "{lo}-{hi} or so.",
+        "From {lo} to {hi} ideally.",
+    ],
+}
+
 
 def render(template: str, verb: str, past: str, noun: str) -> str:
     """A template with the domain's words in (`{desc}` stays for the generator)."""

@@ -4,7 +4,7 @@ import polars as pl
 import pytest
 
 from ranking.intent_parser import parse_instructions
-from recdata.instructions import InstructionConfig, generate_requests, phrasing_split
+from recdata.instructions import TASKS, InstructionConfig, generate_requests, phrasing_split
 from recdata.templates import FAMILIES
 
 
@@ -45,7 +45,7 @@ def test_held_out_phrasings_never_reach_training_requests(requests):
 def test_one_request_per_user_task_and_evaluation_split(requests, movielens):
     for split in ("val", "test"):
         part = requests.filter(pl.col("split") == split)
-        assert part.height == 3 * movielens.n_users
+        assert part.height == len(TASKS) * movielens.n_users
         assert part.select("user_id", "task").is_unique().all()
     assert requests["request_id"].is_unique().all()
 
@@ -73,3 +73,43 @@ def test_deterministic_for_a_seed(movielens):
     c = generate_requests(movielens, InstructionConfig(seed=4, train_requests_per_user=1))
     assert a.equals(b)
     assert not a["instruction"].equals(c["instruction"])
+
+
+def test_conversational_requests_are_true_of_their_target_and_hold_out_their_wording(
+        requests, movielens):
+    """What a conversational request rules out or bounds never excludes its own target, the
+    item it names is from the user's past and never the target, and no held-out phrasing of
+    any part reaches a training request."""
+    import numpy as np
+
+    from ranking.intent_parser import TitleIndex
+    from recdata.conversation import _phrasings
+
+    talk = requests.filter(pl.col("task") == "conversational")
+    items = movielens.items
+    genres = sorted(set(items["genres"].explode().drop_nulls()))
+    parsed = parse_instructions(talk["instruction"].to_list(), genres, movielens.domain,
+                                titles=TitleIndex(items["title"].to_list()),
+                                now=talk["timestamp"].to_numpy())
+    row = {i: r for r, i in enumerate(items["item_id"].to_list())}
+    target = np.asarray([row[i] for i in talk["target_item_id"]])
+    has = np.stack([items["genres"].list.contains(g).to_numpy() for g in genres], axis=1)
+    assert parsed.exclusions.any(axis=1).mean() > 0.3
+    assert not (parsed.exclusions & has[target]).any()
+    lo, hi = parsed.ranges["year"]
+    year = items["year"].cast(pl.Float64).to_numpy()[target]
+    assert (np.isfinite(lo) | np.isfinite(hi)).mean() > 0.3
+    assert not ((year < lo) | (year > hi)).any()
+    named = [m for m in parsed.mentioned if m]
+    assert len(named) > 0.3 * talk.height
+    assert sum(t in m for t, m in zip(target, parsed.mentioned, strict=True)) <= 2  # title twins
+    phrasings = _phrasings(42, 2 / 3, movielens.domain)
+    train_text = "\n".join(talk.filter(pl.col("split") != "test")["instruction"])
+    for (part, kind), texts in phrasings.items():
+        if kind != "heldout":
+            continue
+        for text in set(texts) - set(phrasings[(part, "train")]):
+            body = "".join("[^.?!\n]+?" if re.fullmatch(r"\{\w+\}", piece) else re.escape(piece)
+                           for piece in re.split(r"(\{\w+\})", text))
+            hit = re.search(rf"(?:^|[.?!] ){body}(?= |$)", train_text, flags=re.MULTILINE)
+            assert hit is None, (part, text, hit and hit.group(0))

@@ -13,7 +13,7 @@ from kg.train import KGConfig
 from ranking.ltr.model import LTRConfig
 from recdata.datasets import DatasetSource
 from recdata.errors import UnknownNameError
-from recdata.instructions import TASKS, InstructionConfig
+from recdata.instructions import GENERATOR_VERSION, TASKS, InstructionConfig
 
 BASELINES = ["popularity", "itemknn", "ease", "itemknn_lastn", "ease_lastn", "als_lastn",
              "transition", "filter_popularity", "embedding", "embedding_ease", "kg"]
@@ -90,7 +90,8 @@ class EvalConfig(DatasetSource):
         if self.requests_file is not None and Path(self.requests_file).exists():
             payload["requests_file"] = hashlib.sha1(
                 Path(self.requests_file).read_bytes()).hexdigest()
-        text = json.dumps(payload, sort_keys=True, default=str) + data_fingerprint
+        text = (json.dumps(payload, sort_keys=True, default=str) + data_fingerprint
+                + f":generator-v{GENERATOR_VERSION}")
         return hashlib.sha1(text.encode()).hexdigest()[:12]
 
     def training_fingerprint(self, data_fingerprint: str) -> str:
@@ -99,7 +100,8 @@ class EvalConfig(DatasetSource):
         logged requests) are left out, so evaluating another model list or cut-off reads the
         same trained models."""
         payload = self.model_dump(mode="json", exclude=EVALUATION_ONLY)
-        text = json.dumps(payload, sort_keys=True, default=str) + data_fingerprint
+        text = (json.dumps(payload, sort_keys=True, default=str) + data_fingerprint
+                + f":generator-v{GENERATOR_VERSION}")
         return hashlib.sha1(text.encode()).hexdigest()[:12]
 
     @classmethod

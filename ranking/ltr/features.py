@@ -127,7 +127,7 @@ def missing_input(f: RankerFeature, have: Available) -> str | None:
         return f"candidate source {f.arg!r} is not configured"
     if f.compute == "kg_user_score" and not have.kg:
         return "no knowledge-graph embeddings were loaded"
-    if f.compute == "vector_cosine" and not have.vectors:
+    if f.compute in ("vector_cosine", "mention_similarity") and not have.vectors:
         return "no item text vectors were loaded"
     return None
 
@@ -321,6 +321,33 @@ def _attribute(x: Inputs, f: RankerFeature) -> np.ndarray:
             parse_instructions(x.batch.instructions, x.items.genres, x.items.schema)
         x.memo["attribute_match"] = _attribute_match(parsed, x.items, x.cands.idx)
     return x.memo["attribute_match"][f"attr_{f.arg}"]
+
+
+def _named(x: Inputs) -> list[tuple[int, ...]]:
+    n = x.shape[0]
+    return x.parsed.mentions(n) if x.parsed is not None else [()] * n
+
+
+@computes("mention_similarity")
+def _mention_similarity(x: Inputs, f: RankerFeature) -> np.ndarray:
+    """Each candidate's highest text cosine with an item the request names; NaN where it
+    names none. Only the (few) requests that name items are computed."""
+    out = np.full(x.shape, np.nan)
+    named = _named(x)
+    vectors = x.items.vectors
+    if vectors is None:
+        return out
+    for r in np.flatnonzero([len(m) > 0 for m in named]):
+        sims = vectors[x.cands.idx[r]].astype(np.float64) @ \
+            vectors[list(named[r])].astype(np.float64).T
+        out[r] = sims.max(axis=1)
+    return out
+
+
+@computes("mention_count")
+def _mention_count(x: Inputs, f: RankerFeature) -> np.ndarray:
+    counts = np.asarray([len(m) for m in _named(x)], dtype=np.float64)
+    return np.broadcast_to(counts[:, None], x.shape).copy()
 
 
 @computes("kg_user_score")
