@@ -23,8 +23,9 @@ run: $(STAMP)
 	$(VENV)/bin/instructrank features build --dataset movielens-100k
 	$(VENV)/bin/instructrank kg train --dataset movielens-100k
 	$(VENV)/bin/instructrank train --dataset movielens-100k
-	$(VENV)/bin/instructrank evaluate --dataset movielens-100k
+	$(VENV)/bin/instructrank evaluate --dataset movielens-100k --requests bench/requests/movielens-100k-handwritten.csv
 	$(VENV)/bin/instructrank recommend --user 42 -k 5 --now data-end "a light 90s comedy"
+	$(VENV)/bin/instructrank recommend -k 5 --now data-end "something like Alien but funnier, no horror please"
 	$(VENV)/bin/instructrank recommend --user 7 -k 5 --now data-end "something scary from the eighties"
 	$(VENV)/bin/instructrank recommend --user 500 -k 5 --now data-end "recommend me something for tonight"
 

@@ -30,7 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from feature_repo.ranker import refs_of
 from featurestore import store as fs
 from ranking.candidates import CandidateGenerator, Candidates
-from ranking.constraints import constrain, with_items
+from ranking.constraints import constrain, violations, with_items
 from ranking.explain import Explainer, Reason
 from ranking.inputs import Catalogue, RequestBatch
 from ranking.intent_parser import ParsedIntents, parsed_for
@@ -336,6 +336,9 @@ class Recommender:
         timings["score"] = (t4 - t3) * 1000
         if self.reranker is not None:
             top, scores = self._rerank(batch, cands.idx[0], top, scores)
+            # the LLM may reorder, never lift what the request rules out over what it allows
+            bad = violations(req.parsed, self.items, cands.idx)[0][top]
+            top = np.concatenate([top[~bad], top[bad]])
             t5 = time.perf_counter()
             timings["llm"] = (t5 - t4) * 1000
             t4 = t5
