@@ -50,8 +50,8 @@ _NOT_CUED = re.compile(r"^(?:feel|feels|felt|would|i'd|we'd|you'd|id|i|we|you|th
                        r"looks|seem|seems|sound|sounds|just|really)\s+like\s")
 _OPENING = r"^\s*([^.,;:!?]{2,60}?)\s+but\b"  # "Twelve Monkeys but even stranger"
 _NOT_TITLES = {"a", "an", "the", "that", "this", "it", "one", "something", "anything",
-               "those", "these", "what", "i", "me", "to", "some", "more", "stuff", "movies",
-               "films", "movie", "film", "watching", "watch", "them", "him", "her", "you"}
+               "those", "these", "what", "i", "me", "to", "some", "more", "stuff", "them",
+               "him", "her", "you"}  # plus the schema's nouns and verb (TitleIndex)
 _RELATIVE = {"couple": 2, "couple of": 2, "few": 3, "two": 2, "three": 3, "four": 4,
              "five": 5, "several": 5, "ten": 10}
 _UNIT_WORDS = {"$": ["dollars?", "bucks", "usd"], "minutes": ["min", "mins", "minutes?"]}
@@ -100,7 +100,7 @@ def _any_phrase(phrases: list[str], column: str = "t") -> pl.Expr:
 
 def _cued(text: pl.Expr) -> pl.Expr:
     """'anything but X' is a negation cue, not a clause boundary."""
-    return text.str.replace_all(r"(?i)\b(anything|everything|all) but\b", "${1} except")
+    return text.str.replace_all(r"(?i)\b(?:anything|everything|all) but\b", "except")
 
 
 def semantic_text(texts: list[str]) -> list[str]:
@@ -108,7 +108,9 @@ def semantic_text(texts: list[str]) -> list[str]:
     when nothing else is left). A request with nothing negated comes back byte for byte."""
     frame = pl.DataFrame({"t": texts}, schema={"t": pl.String})
     cued = _cued(pl.col("t"))
-    cleaned = cued.str.replace_all(f"(?i){_NEG_SPAN}", " ").str.replace_all(r"\s+", " ")
+    # the clause and who says it: "I'm not into horror" leaves nothing behind
+    cleaned = cued.str.replace_all(rf"(?i)(?:\b(?:i'?m|i am|i|we|we're|i'd|we'd)\s+)?{_NEG_SPAN}",
+                                   " ").str.replace_all(r"\s+", " ")
     cleaned = cleaned.str.strip_chars(" ,.;").str.replace(r"(?i)\s+(but|and|or)$", "")
     negated = cued.str.to_lowercase().str.contains(rf"\b(?:{_NEGATION})(?:\s|$)")
     out = frame.select(pl.when(negated).then(
@@ -117,9 +119,10 @@ def semantic_text(texts: list[str]) -> list[str]:
     return out.to_series().to_list()
 
 
-def _year_ranges(frame: pl.DataFrame, now: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+def _year_ranges(frame: pl.DataFrame, now: np.ndarray | None,
+                 nouns: tuple[str, ...] = ()) -> tuple[np.ndarray, np.ndarray]:
     """(low, high) years asked for: 'before 1980', 'after the 80s', 'between 1970 and 1985',
-    'recent', 'the last couple of years', 'an older film'."""
+    'recent', 'the last couple of years', 'an older one' (`nouns`: the schema's)."""
     p = pl.col("low")
     decade = r"(?:the\s+)?'?(\d0)s"
     year = r"(1[89]\d\d|20\d\d)"
@@ -159,7 +162,8 @@ def _year_ranges(frame: pl.DataFrame, now: np.ndarray | None) -> tuple[np.ndarra
                                r"just came out|this year|last year)\b")).then(2),
     )
     older = p.str.contains(r"\b(?:old|older|classic|vintage|golden[- ]age|oldies?)\s+"
-                           r"(?:movie|film|one|stuff|picture|flick|classic)s?\b|\bvintage\b|"
+                           rf"(?:{'|'.join([*map(re.escape, nouns), 'one', 'stuff', 'classic'])})"
+                           r"s?\b|\bvintage\b|"
                            r"\bgolden[- ]age\b|\boldies\b")
     out = frame.select(before.alias("hi"), after.alias("lo"), lookback.alias("back"),
                        older.alias("old"))
@@ -238,7 +242,7 @@ def parse_instructions(texts: list[str], genres: list[str], schema: DomainSchema
     ranges: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     time_ = schema.by_role("time")
     if time_ is not None:
-        ranges[time_.column] = _year_ranges(frame, now)
+        ranges[time_.column] = _year_ranges(frame, now, tuple(schema.wording.nouns))
     for attr in schema.of_kind("numeric"):
         if attr.role != "time" and attr.unit:
             ranges[attr.column] = _unit_ranges(frame, attr.unit)
@@ -258,8 +262,10 @@ class TitleIndex:
     """Catalogue titles, normalised for linking what a person types ('the godfather',
     'godfather', 'Godfather, The (1972)' are one title)."""
 
-    def __init__(self, titles: list[str]) -> None:
+    def __init__(self, titles: list[str], stop_words: tuple[str, ...] = ()) -> None:
+        """`stop_words`: the domain's own words (its nouns, its verb), never a title alone."""
         self.titles = titles
+        self.stop = _NOT_TITLES | {w.lower() for p in stop_words for w in p.split()}
         norm = pl.Series(titles, dtype=pl.String).fill_null("").to_frame("t").select(
             _normalise(pl.col("t"))).to_series()
         self.norm = norm.to_list()
@@ -272,14 +278,14 @@ class TitleIndex:
         from rapidfuzz import fuzz, process
 
         words = _normalise_text(span).split()
-        if words and words[0] in ("a", "an"):  # "a kids film", "an iron jesus band": kinds
+        if words and words[0] in ("a", "an"):  # "a kids' <noun>", "an iron jesus band": kinds
             return None
         while words and words[0] == "the":
             words = words[1:]
         best: int | None = None
         for n in range(1, min(len(words), 8) + 1):
             prefix = " ".join(words[:n])
-            if n == 1 and (len(prefix) < 4 or prefix in _NOT_TITLES):
+            if n == 1 and (len(prefix) < 4 or prefix in self.stop):
                 continue
             hit = process.extractOne(prefix, self.norm, scorer=fuzz.ratio,
                                      score_cutoff=100 if n == 1 else 90)

@@ -80,8 +80,9 @@ def conversational_requests(targets: pl.DataFrame, split: pl.DataFrame, items: p
     rng = np.random.default_rng([seed, 11])
     n = targets.height
     phrasings = _phrasings(seed, train_share, schema)
-    common = (items["genres"].explode().drop_nulls().value_counts(sort=True)
-              .head(COMMON_VALUES)["genres"].to_list())
+    counts = items["genres"].explode().drop_nulls().value_counts()
+    common = counts.sort(["count", "genres"], descending=[True, False]).head(
+        COMMON_VALUES)["genres"].to_list()  # ties by name: the same requests every run
     phrase = {v: schema.phrases(v)[0] for v in common}
     rows = targets.with_columns(
         pl.Series("desc", desc),

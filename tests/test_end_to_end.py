@@ -9,6 +9,7 @@ from ranking.evaluation.config import BASELINES, EvalConfig
 from ranking.evaluation.harness import evaluate
 from ranking.evaluation.metrics import METRICS, compute_metrics
 from ranking.train import train
+from recdata.instructions import TASKS
 
 
 @pytest.mark.slow
@@ -24,7 +25,7 @@ def test_movielens_sample_end_to_end(movielens, data_dir, tmp_path):
     assert quality.columns == ["dataset", "task", "model", "metric", "value"]
     assert set(quality["model"]) == set(BASELINES)
     assert set(quality["metric"]) == set(METRICS)
-    assert quality.height == len(BASELINES) * 3 * len(METRICS)
+    assert quality.height == len(BASELINES) * len(TASKS) * len(METRICS)
     assert quality["value"].is_between(0, 1).all()
     assert paths["plot"].read_bytes()[:4] == b"\x89PNG"
 

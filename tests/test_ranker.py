@@ -11,6 +11,7 @@ import polars as pl
 import pytest
 
 from recdata.errors import ConfigError, InvalidRequestError
+from recdata.instructions import TASKS
 
 
 def ndcg(result, model: str, task: str) -> float:
@@ -20,13 +21,13 @@ def ndcg(result, model: str, task: str) -> float:
 
 def test_ranker_is_evaluated_beside_baselines_on_every_task(trained):
     result = trained["result"]
-    for task in ("history", "intent", "search"):
+    for task in TASKS:
         for model in ("ltr_full", "ltr_no_kg"):
             assert 0 <= ndcg(result, model, task) <= 1
     # planted tastes and attribute-built intents: the ranker must beat popularity there
     assert ndcg(result, "ltr_full", "intent") > ndcg(result, "popularity", "intent")
     recall = result.candidate_recall
-    assert set(recall["task"]) == {"history", "intent", "search"}
+    assert set(recall["task"]) == set(TASKS)
     assert recall["recall"].is_between(0, 1).all()
     assert (recall["candidates"] <= 200).all()
     paths = result.save()

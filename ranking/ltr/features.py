@@ -182,7 +182,9 @@ class ItemTables:
         if time_ is not None:
             numeric[time_.column] = items["year"].cast(pl.Float64).to_numpy()
         if getattr(source, "title_index", None) is None and "title" in items.columns:
-            source.title_index = TitleIndex(items["title"].cast(pl.String).to_list())
+            words = schema.wording
+            source.title_index = TitleIndex(items["title"].cast(pl.String).to_list(),
+                                            (*words.nouns, words.verb, words.past))
         return cls(items["item_id"].to_numpy(), source.genres, source.item_genre,
                    source.item_decade, source.popular, source.obscure, source.acclaimed,
                    items["year"].cast(pl.Float64).to_numpy(), vectors, schema, numeric,
