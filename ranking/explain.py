@@ -179,13 +179,19 @@ class Explainer:
             sim = values.get("src_embedding")
             return say("request_meaning", similarity=f"{sim:.2f}") \
                 if sim is not None and np.isfinite(sim) else None
+        named = set(parsed.mentions(1)[0]) if parsed.mentioned else set()
+        # an item the request named sits in its history, but the person did not take it:
+        # "like X, which you mentioned" (request_reasons) says it, not "your latest"
         if family == "after_last" and len(history):
-            return say("after_last", title=title[history[0]])
+            return None if int(history[0]) in named else say("after_last",
+                                                             title=title[history[0]])
         if family == "similar" and len(history):
             cf = self.rec.generator.sources.get("cf")
             last = history[:5]
             weights = cf.affinity(last, item) if cf is not None else np.zeros(len(last))
             source = int(last[int(np.argmax(weights))])
+            if source in named:
+                return None
             rating = rated.get(source)
             if rating is not None:
                 return say("similar_rated", title=title[source], rating=f"{rating:g}")
