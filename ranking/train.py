@@ -280,12 +280,22 @@ def encoder_examples(cfg: EvalConfig, prep: Prepared, context: ScorerContext) ->
         generator = CandidateGenerator(cfg.ltr.candidates, ScorerContext(
             encoder=context.require_encoder(), kg=context.kg)).fit(
                 FitData("encoder_tuning", held, prep.catalogue))
+        from ranking.constraints import with_items
+        from ranking.intent_parser import parsed_for
+        from ranking.ltr.training import item_tables
+
+        tables = item_tables(generator, generator.context)
         idx, valid = [], []
         for chunk in batch.chunks():  # only the indices are kept, and nothing per chunk
-            cands = generator.generate(chunk)
+            # named items seed the history, as the ranker's own candidates do (_compute)
+            parsed = parsed_for(generator.context, chunk, tables.genres, tables.schema,
+                                tables.titles)
+            seeded = with_items(chunk, parsed.mentions(len(chunk)))
+            cands = generator.generate(seeded)
             idx.append(cands.idx)
             valid.append(cands.valid)
             generator.context.forget(chunk)
+            generator.context.forget(seeded)
         idx, valid = np.concatenate(idx), np.concatenate(valid)
     targets = batch.requests["target_idx"].to_numpy()
     top = idx[:, :HARD_NEGATIVE_POOL + 1]

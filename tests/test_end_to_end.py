@@ -43,7 +43,7 @@ def test_movielens_sample_end_to_end(movielens, data_dir, tmp_path):
     # held-out wording only at test time; the parquet request file is complete
     test = pl.read_parquet(paths["requests"]).filter(pl.col("split") == "test")
     assert (test["phrasing_set"] == "heldout").all()
-    assert test.height == 80 * 3
+    assert test.height == 80 * len(TASKS)
     ndcg = result.metrics.filter(pl.col("task") == "history")
     by_model = dict(zip(ndcg["model"], ndcg["ndcg@10"], strict=True))
     assert by_model["ease_lastn"] > by_model["popularity"]
