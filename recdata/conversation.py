@@ -98,8 +98,8 @@ def conversational_requests(targets: pl.DataFrame, split: pl.DataFrame, items: p
                      else pl.lit(None, pl.Int32).alias("target_year")),
         on="item_id", how="left")
     # a value to rule out: a common one the target lacks (the draw's first such in order)
-    # sorted: a set difference comes back in hash order, which differs between runs
-    lacking = pl.lit(pl.Series([common])).list.set_difference("target_genres").list.sort()
+    # a fixed order (not sorted, not hashed): the same draw every run and process
+    lacking = pl.lit(pl.Series([common])).list.set_difference("target_genres")
     value = pl.when(lacking.list.len() > 0).then(
         lacking.list.get(pl.col("r_value") % lacking.list.len().clip(lower_bound=1),
                          null_on_oob=True))

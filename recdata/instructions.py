@@ -27,9 +27,8 @@ from recdata.split import temporal_leave_one_out
 from recdata.templates import FAMILIES, render
 
 # what the generator writes, beyond its config: part of every fingerprint of what is built
-# from its requests (2: the conversational task; 3 and 4: its ruled-out values drawn in a
-# fixed order, whatever the hash order of a set difference)
-GENERATOR_VERSION = 4
+# from its requests (2: the conversational task; 3: its ruled-out values drawn in a fixed order)
+GENERATOR_VERSION = 3
 TEMPLATE_TASKS = ("history", "intent", "search")  # one phrasing family each
 TASKS = (*TEMPLATE_TASKS, "conversational")
 REQUEST_COLUMNS = ["request_id", "user_id", "task", "instruction", "target_item_id",
