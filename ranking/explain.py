@@ -76,6 +76,7 @@ class Explainer:
         recent = batch.history.tocoo()
         order = np.argsort(recent.data)
         history = recent.col[order]  # most recent first
+        named = set(parsed.mentions(1)[0]) if parsed.mentioned else set()
         out = []
         for i, item in enumerate(idx):
             per_family = []
@@ -86,22 +87,22 @@ class Explainer:
                 if total < MIN_CONTRIBUTION:
                     continue
                 values = {names[j]: float(frame[names[j]][i]) for j in cols}
-                text = self._say(family, int(item), values, parsed, history, user_id, rated)
+                text = self._say(family, int(item), values, parsed, history, user_id, rated,
+                                 named)
                 if text:
                     per_family.append(Reason(family, text, round(total, 4), values))
             per_family.sort(key=lambda r: -r.contribution)
             out.append(per_family[:MAX_REASONS])
         return out
 
-    def request_reasons(self, parsed: ParsedIntents, idx: np.ndarray) -> list[list[Reason]]:
+    def request_reasons(self, parsed: ParsedIntents, idx: np.ndarray,
+                        bad: np.ndarray) -> list[list[Reason]]:
         """Per item, what it owes to the request's own constraints: the values it avoids,
         the range it lies in, the named item it is like (text similarity at least
         MENTION_SIMILARITY); and, for an item shown only because too few fit, that it
-        breaks the request. Not from the model's contributions: these are the request's."""
-        from ranking.constraints import violations
-
+        breaks the request (`bad`, per item: ranking.constraints.violations). Not from the
+        model's contributions: these are the request's."""
         t = self.rec.items
-        bad = violations(parsed, t, idx[None, :])[0]
         excluded = [g.lower() for g, x in zip(t.genres, parsed.exclusions[0], strict=True) if x]
         ranges = [(c, lo[0], hi[0]) for c, (lo, hi) in parsed.ranges.items()
                   if (np.isfinite(lo[0]) or np.isfinite(hi[0])) and c in t.numeric]
@@ -156,7 +157,7 @@ class Explainer:
 
     def _say(self, family: str, item: int, values: dict[str, float], parsed: ParsedIntents,
              history: np.ndarray, user_id: int | None,
-             rated: dict[int, float]) -> str | None:
+             rated: dict[int, float], named: set[int]) -> str | None:
         t = self.rec.items
         title = self.rec.titles
         say = self._sentence
@@ -179,7 +180,6 @@ class Explainer:
             sim = values.get("src_embedding")
             return say("request_meaning", similarity=f"{sim:.2f}") \
                 if sim is not None and np.isfinite(sim) else None
-        named = set(parsed.mentions(1)[0]) if parsed.mentioned else set()
         # an item the request named sits in its history, but the person did not take it:
         # "like X, which you mentioned" (request_reasons) says it, not "your latest"
         if family == "after_last" and len(history):

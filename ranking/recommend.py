@@ -30,7 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from feature_repo.ranker import refs_of
 from featurestore import store as fs
 from ranking.candidates import CandidateGenerator, Candidates
-from ranking.constraints import constrain, violations, with_items
+from ranking.constraints import PENALTY, violations, with_items
 from ranking.explain import Explainer, Reason
 from ranking.inputs import Catalogue, RequestBatch
 from ranking.intent_parser import ParsedIntents, parsed_for
@@ -121,12 +121,13 @@ class Recommender:
         self.context = context
         self.item_ids = catalogue.items["item_id"].to_numpy()
         self.ids, self._ids_dir = ids or IdMap(), ids_dir
-        self._users_seen_at = modified(users_file(ids_dir)) if ids_dir is not None else 0.0
+        self._users_seen_at = modified(users_file(ids_dir)) if ids_dir is not None else 0
         self.item_keys = self.ids.keys(self.item_ids, "item")  # what callers are told
         self.titles = catalogue.items["title"].to_list() if "title" in catalogue.items.columns \
             else [str(i) for i in self.item_ids]
         self.title_array = np.asarray(self.titles, dtype=object)
         self._by_id = np.argsort(self.item_ids, kind="stable")  # id -> row, by searchsorted
+        self._sorted_ids = self.item_ids[self._by_id]
         self.explainer = Explainer(self)
         self.reranker: Any = None  # ranking.rerank.llm.LLMReranker when configured
         self._data_end: tuple[float, int] = (-float("inf"), 0)
@@ -249,10 +250,8 @@ class Recommender:
             raise InvalidRequestError(f"history must be a list of at most "
                                       f"{MAX_SESSION_ITEMS} item ids")
         ids = [self.ids.id_of(k, "item") for k in history]
-        unknown = [str(k)[:40] for k, i in zip(history, ids, strict=True) if i is None]
         rows = self._rows(np.asarray([-1 if i is None else i for i in ids], dtype=np.int64))
-        unknown += [str(k)[:40] for k, r in zip(history, rows, strict=True)
-                    if r < 0 and str(k)[:40] not in unknown]
+        unknown = [str(k)[:40] for k, r in zip(history, rows, strict=True) if r < 0]
         if unknown:
             raise InvalidRequestError(f"history names items the catalogue does not hold: "
                                       f"{unknown[:5]}")
@@ -261,7 +260,7 @@ class Recommender:
 
     def _rows(self, ids: np.ndarray) -> np.ndarray:
         """Catalogue rows of internal item ids, -1 where none."""
-        sorted_ids = self.item_ids[self._by_id]
+        sorted_ids = self._sorted_ids
         pos = np.clip(np.searchsorted(sorted_ids, ids), 0, max(len(sorted_ids) - 1, 0))
         hit = sorted_ids[pos] == ids if len(sorted_ids) else np.zeros(len(ids), bool)
         return np.where(hit, self._by_id[pos], -1)
@@ -327,8 +326,9 @@ class Recommender:
         req = self._features(uid, text, at, timings, self.session_rows(history))
         batch, known, cands, frame = req.batch, req.known, req.cands, req.frame
         t3 = time.perf_counter()
-        scores = constrain(self.model.predict(frame, threads=1)[None, :], req.parsed,
-                           self.items, cands.idx)[0]
+        # what the request rules out ranks after what it allows (ranking.constraints)
+        bad = violations(req.parsed, self.items, cands.idx)[0]
+        scores = self.model.predict(frame, threads=1) - PENALTY * bad
         valid = cands.valid[0]
         top = np.lexsort((cands.idx[0], -scores))
         top = top[valid[top]]
@@ -337,8 +337,7 @@ class Recommender:
         if self.reranker is not None:
             top, scores = self._rerank(batch, cands.idx[0], top, scores)
             # the LLM may reorder, never lift what the request rules out over what it allows
-            bad = violations(req.parsed, self.items, cands.idx)[0][top]
-            top = np.concatenate([top[~bad], top[bad]])
+            top = np.concatenate([top[~bad[top]], top[bad[top]]])
             t5 = time.perf_counter()
             timings["llm"] = (t5 - t4) * 1000
             t4 = t5
@@ -347,7 +346,7 @@ class Recommender:
         reasons = self.explainer.reasons(batch, frame[top.tolist()], contrib,
                                          cands.idx[0][top], uid if known else None,
                                          req.parsed, req.rated)
-        asked = self.explainer.request_reasons(req.parsed, cands.idx[0][top])
+        asked = self.explainer.request_reasons(req.parsed, cands.idx[0][top], bad[top])
         reasons = [a + r for a, r in zip(asked, reasons, strict=True)]
         timings["explain"] = (time.perf_counter() - t4) * 1000
         out = [Recommended(self.item_keys[cands.idx[0][j]],
@@ -368,10 +367,9 @@ class Recommender:
                               user.get("user_seen__ratings") or []], dtype=np.float64)
         if len(ratings) != len(ids):
             ratings = np.full(len(ids), np.nan)
-        sorted_ids = self.item_ids[self._by_id]
-        pos = np.clip(np.searchsorted(sorted_ids, ids), 0, max(len(sorted_ids) - 1, 0))
-        known = sorted_ids[pos] == ids if len(sorted_ids) else np.zeros(len(ids), bool)
-        rows, ratings = self._by_id[pos[known]], ratings[known]
+        rows = self._rows(ids)
+        known = rows >= 0
+        rows, ratings = rows[known], ratings[known]
         _, first = np.unique(rows, return_index=True)
         first = np.sort(first)  # the most recent occurrence of each item, in recency order
         rows, ratings = rows[first], ratings[first]

@@ -176,9 +176,9 @@ def users_file(folder: Path) -> Path:
     return folder / "users.parquet"
 
 
-def modified(path: Path) -> float:
-    """The file's modification time (0 when absent): how serving notices a refresh."""
+def modified(path: Path) -> int:
+    """The file's modification time in ns (0 when absent): how serving notices a refresh."""
     try:
         return os.stat(path).st_mtime_ns
     except FileNotFoundError:
-        return 0.0
+        return 0
