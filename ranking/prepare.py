@@ -4,7 +4,7 @@ that `train()` and `evaluate()` see exactly the same requests."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import polars as pl
@@ -23,7 +23,7 @@ from ranking.inputs import (
 from ranking.scorers.base import scorer_class
 from recdata.dataset import Dataset
 from recdata.instructions import generate_requests
-from recdata.logged import LOGGED_TASK
+from recdata.logged import LOGGED_TASK, load_logged_requests
 
 
 @dataclass
@@ -40,13 +40,28 @@ class Prepared:
     tiebreak: np.ndarray
     # test task -> (task whose tuned config scores it, cut its models are fitted on)
     test_tasks: dict[str, tuple[str, str]]
+    # logged requests the ranker learns from, each group with the fit of its cut
+    train_logged: list[tuple[FitData, RequestBatch]] = field(default_factory=list)
+    held_out_users: int = 0  # users whose test requests left evaluation (train_logged's)
 
 
-def prepare(cfg: EvalConfig, ds: Dataset, logged: pl.DataFrame | None = None) -> Prepared:
+def prepare(cfg: EvalConfig, ds: Dataset, logged: pl.DataFrame | None = None,
+            train_logged: pl.DataFrame | None = None) -> Prepared:
     """Requests, fits and batches of a run. `logged` (see recdata.logged) adds test requests
     scored with the configuration tuned for `intent`, each by the models of the cut the
-    protocol gives its position (see `_logged_groups`)."""
+    protocol gives its position (see `_logged_groups`). `train_logged` are logged requests
+    the ranker learns from, placed the same way; their users' test requests (generated and
+    logged) are not evaluated: under leave-one-out their targets are the same items."""
+    if train_logged is None and cfg.train_requests_file is not None:
+        train_logged = load_logged_requests(cfg.train_requests_file, ds)
     requests = generate_requests(ds, cfg.instructions)
+    learners = pl.Series("user_id", [], dtype=pl.Int64)
+    if train_logged is not None:
+        learners = train_logged.filter(pl.col("user_id") >= 0)["user_id"].unique()
+        requests = requests.filter((pl.col("split") != "test")
+                                   | ~pl.col("user_id").is_in(learners.implode()))
+        if logged is not None:
+            logged = logged.filter(~pl.col("user_id").is_in(learners.implode()))
     if cfg.eval_users is not None:
         users = requests.select(pl.col("user_id").unique().sort()).sample(
             n=min(cfg.eval_users, requests["user_id"].n_unique()), seed=cfg.seed)
@@ -73,6 +88,14 @@ def prepare(cfg: EvalConfig, ds: Dataset, logged: pl.DataFrame | None = None) ->
                     pl.col("timestamp") < part["timestamp"].min()), catalogue)
             batches[("test", task)] = request_batch(part, split, catalogue)
             test_tasks[task] = (tuned, cut)
+    learned = []
+    if train_logged is not None:
+        for _, cut, part in _logged_groups(train_logged, split):
+            part = part.with_columns(pl.concat_str(pl.lit("learn-"), "request_id")
+                                     .alias("request_id"))
+            fit = fits.get(cut) or FitData("train_logged", split.filter(
+                pl.col("timestamp") < part["timestamp"].min()), catalogue)
+            learned.append((fit, request_batch(part, split, catalogue)))
     negatives = {}
     for task in test_tasks:
         batch = batches[("test", task)]
@@ -84,7 +107,8 @@ def prepare(cfg: EvalConfig, ds: Dataset, logged: pl.DataFrame | None = None) ->
         negatives[task] = sample_negatives(
             seen, batch.requests["target_idx"].to_numpy(), cfg.sampled_negatives, cfg.seed)
     return Prepared(ds, catalogue, requests, split, fits, batches, negatives,
-                    tie_permutation(catalogue.n_items, cfg.seed), test_tasks)
+                    tie_permutation(catalogue.n_items, cfg.seed), test_tasks, learned,
+                    len(learners))
 
 
 def run_dataset(cfg: EvalConfig, dataset: Dataset | None = None) -> Dataset:

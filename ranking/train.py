@@ -257,6 +257,7 @@ def ltr_resources(cfg: EvalConfig, ds: Dataset, prep: Prepared, context: ScorerC
         val_fit=prep.fits["val"], serving_fit=FitData("serving", prep.split, prep.catalogue),
         train_batch=request_batch(train_requests, prep.split, prep.catalogue),
         val_batches=[prep.batches[("val", t)] for t in cfg.tasks],
+        logged_batches=prep.train_logged,
         data_fingerprint=cfg.training_fingerprint(ds.fingerprint()),
         models_dir=cfg.data_dir / "models", progress=progress, trained=trained)
 

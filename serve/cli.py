@@ -361,6 +361,14 @@ def _run_config(config: Path | None, **overrides: Any) -> Any:
     return EvalConfig.model_validate(base)
 
 
+TrainRequests = Annotated[Path | None, typer.Option(
+    "--train-requests",
+    help="Logged requests with the item each person chose (CSV/parquet: user_id, "
+         "instruction, timestamp, target_item_id) for the ranker to learn from beside the "
+         "generated ones; give the same file to train and evaluate. Their users' test "
+         "requests are left out of evaluation.")]
+
+
 @app.command("train")
 @user_errors
 def train_cmd(
@@ -375,6 +383,7 @@ def train_cmd(
     seed: Seed = None,
     external_triples: ExternalTriples = None,
     entity_map: EntityMap = None,
+    train_requests: TrainRequests = None,
     repo: Repo = None,
     data_dir: DataDir = Path("data"),
     quiet: Quiet = False,
@@ -394,7 +403,8 @@ def train_cmd(
                       interactions=interactions, items=items, schema_file=schema,
                       sample_users=sample_users,
                       seed=seed, data_dir=data_dir, feature_repo=repo,
-                      external_triples=external_triples, entity_map=entity_map)
+                      external_triples=external_triples, entity_map=entity_map,
+                      train_requests_file=train_requests)
     result = train(cfg, progress=not quiet)
     m = result.manifest
     table = Table(title=f"trained for {cfg.dataset} ({m.fingerprint})")
@@ -427,6 +437,7 @@ def evaluate_cmd(
     requests: Annotated[Path | None, typer.Option(
         "--requests", help="Your logged requests (CSV/parquet: user_id, instruction, "
                            "timestamp, target_item_id), scored as task 'logged'.")] = None,
+    train_requests: TrainRequests = None,
     external_triples: ExternalTriples = None,
     entity_map: EntityMap = None,
     repo: Repo = None,
@@ -452,7 +463,8 @@ def evaluate_cmd(
                       interactions=interactions, items=items, schema_file=schema,
                       sample_users=sample_users,
                       seed=seed, data_dir=data_dir, results_dir=results_dir,
-                      requests_file=requests, feature_repo=repo,
+                      requests_file=requests, train_requests_file=train_requests,
+                      feature_repo=repo,
                       external_triples=external_triples, entity_map=entity_map)
     result = evaluate(cfg, progress=not quiet)
     paths = result.save()

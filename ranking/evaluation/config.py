@@ -49,6 +49,11 @@ class EvalConfig(DatasetSource):
     requests_file: Path | None = Field(
         None, description="logged requests (user_id, instruction, timestamp, target_item_id; "
                           "CSV or parquet) scored as task 'logged' beside the generated ones")
+    train_requests_file: Path | None = Field(
+        None, description="logged requests with the item each person chose (the columns of "
+                          "`requests_file`) that the ranker learns from beside the generated "
+                          "ones; their users' test requests leave every evaluated task, "
+                          "since their targets are then training labels")
     ltr: LTRConfig = Field(default_factory=LTRConfig)
     kg: KGConfig = Field(default_factory=KGConfig)
     external_triples: Path | None = Field(
@@ -87,9 +92,7 @@ class EvalConfig(DatasetSource):
         payload = self.model_dump(mode="json", exclude={"data_dir", "results_dir",
                                                         "feature_repo"})
         payload["grids"] = {m: scorer_class(m).grid if self.tune else {} for m in self.models}
-        if self.requests_file is not None and Path(self.requests_file).exists():
-            payload["requests_file"] = hashlib.sha1(
-                Path(self.requests_file).read_bytes()).hexdigest()
+        payload.update(self._file_hashes("requests_file", "train_requests_file"))
         text = (json.dumps(payload, sort_keys=True, default=str) + data_fingerprint
                 + f":generator-v{GENERATOR_VERSION}")
         return hashlib.sha1(text.encode()).hexdigest()[:12]
@@ -100,9 +103,20 @@ class EvalConfig(DatasetSource):
         logged requests) are left out, so evaluating another model list or cut-off reads the
         same trained models."""
         payload = self.model_dump(mode="json", exclude=EVALUATION_ONLY)
+        payload.update(self._file_hashes("train_requests_file"))
         text = (json.dumps(payload, sort_keys=True, default=str) + data_fingerprint
                 + f":generator-v{GENERATOR_VERSION}")
         return hashlib.sha1(text.encode()).hexdigest()[:12]
+
+    def _file_hashes(self, *fields: str) -> dict[str, str]:
+        """A file's content stands for it in a fingerprint: the same path with new requests
+        is another run."""
+        out = {}
+        for name in fields:
+            path = getattr(self, name)
+            if path is not None and Path(path).exists():
+                out[name] = hashlib.sha1(Path(path).read_bytes()).hexdigest()
+        return out
 
     @classmethod
     def from_file(cls, path: Path) -> EvalConfig:

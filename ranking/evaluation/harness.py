@@ -140,6 +140,9 @@ def evaluate(cfg: EvalConfig, *, dataset: Dataset | None = None,
         ds = run_dataset(cfg, dataset)
         logged = load_logged_requests(cfg.requests_file, ds) if cfg.requests_file else None
         prep = prepare(cfg, ds, logged)
+    if prep.held_out_users:
+        tqdm.write(f"{prep.held_out_users} users' test requests are not scored: their logged "
+                   f"requests ({cfg.train_requests_file}) train the ranker")
     models, skipped = runnable_models(cfg.models, prep.catalogue.n_items)
     for m, why in skipped.items():
         tqdm.write(f"skipping {m}: {why}")

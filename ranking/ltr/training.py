@@ -139,6 +139,8 @@ class TrainingSet:
     train_idx: np.ndarray  # requests x N candidates of train_batch
     train_valid: np.ndarray
     features: list[str]    # the columns of x and vx
+    weights: np.ndarray | None = None  # per row of x, when logged requests joined
+    logged_groups: int = 0  # of `groups`, the last ones, from logged requests
 
     def columns(self, features: list[str]) -> list[int]:
         return [self.features.index(f) for f in features]
@@ -198,6 +200,8 @@ class LTRResources:
     val_batches: list[RequestBatch]
     data_fingerprint: str
     models_dir: Path
+    # logged requests with their chosen items, each group with the fit of its cut
+    logged_batches: list[tuple[FitData, RequestBatch]] = field(default_factory=list)
     serving_fit: FitData | None = None  # the whole log: what serving's sources are fitted on
     kg_key: str | None = None
     progress: bool = True
@@ -318,6 +322,12 @@ class LTRResources:
                 parts.append(_groups(ex, cfg.negatives_per_request, rng))
                 idx.append(ex.cands.idx)
                 valid.append(ex.cands.valid)
+        logged = []
+        if self.logged_batches:
+            with stage("ltr logged-request examples"):
+                for fit, batch in self.logged_batches:
+                    logged += [_groups(ex, cfg.negatives_per_request, rng)
+                               for ex in self.iter_examples(fit, batch, keep=False)]
         vparts = []
         budget = cfg.max_valid_requests
         with stage("ltr validation examples"):
@@ -329,12 +339,16 @@ class LTRResources:
                            for ex in self.iter_examples(self.val_fit, sampled, keep=keep)]
         self.release()
         width = len(self.features)
-        x, y, g = _stack(parts, width)
+        x, y, g = _stack(parts + logged, width)
         vx, vy, vg = _stack(vparts, width)
+        weights, n_logged = None, sum(len(p[2]) for p in logged)
+        if n_logged:
+            weights = _logged_weights(sum(len(p[1]) for p in parts),
+                                      sum(len(p[1]) for p in logged), cfg.logged_share)
         return TrainingSet(x, y, g, vx, vy, vg, train_batch,
                            np.concatenate(idx) if idx else np.zeros((0, 0), np.int64),
                            np.concatenate(valid) if valid else np.zeros((0, 0), bool),
-                           self.features)
+                           self.features, weights, n_logged)
 
     def train(self, ablation: str, name: str | None = None) -> LTRModel:
         """Train (once per ablation) on the training requests, stopping early on validation;
@@ -385,7 +399,7 @@ class LTRResources:
         with stage(f"{name} training"):
             booster, best, ndcg = fit_lambdarank(
                 self.cfg, (ts.x[:, cols], ts.y, ts.groups), (ts.vx[:, cols], ts.vy, ts.vgroups),
-                features)
+                features, ts.weights)
         serving = self.save_serving_sources(encoder)
         model = LTRModel(booster, features, ablation, self.cfg.model_dump(mode="json"), key,
                          best, ndcg, extra={
@@ -393,6 +407,7 @@ class LTRResources:
                              "kg_key": self.kg_key, "encoder": encoder,
                              "data_fingerprint": self.data_fingerprint,
                              "train_requests": len(ts.groups), "valid_requests": len(ts.vgroups),
+                             "logged_train_requests": ts.logged_groups,
                              "train_rows": int(ts.x.shape[0])})
         folder = model.save(self.models_dir / f"{name}-{key}")
         write_text_atomic(self.models_dir / f"{name}.latest", folder.name)
@@ -462,6 +477,13 @@ def _groups(ex: Examples, negatives: int | None, rng: np.random.Generator | None
     x = ex.frame.to_numpy()[mask]
     y = ex.labels.ravel()[mask]
     return x, y, keep.sum(axis=1)[has]
+
+
+def _logged_weights(generated: int, logged: int, share: float) -> np.ndarray:
+    """Row weights giving the logged rows `share` of the total weight: generated rows weigh
+    1, so the ranker's scale (and early stopping) stays that of the generated requests."""
+    w = share / (1 - share) * generated / logged if generated else 1.0
+    return np.concatenate([np.ones(generated), np.full(logged, w)])
 
 
 def _stack(parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]], width: int
