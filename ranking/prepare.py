@@ -22,6 +22,7 @@ from ranking.inputs import (
 )
 from ranking.scorers.base import scorer_class
 from recdata.dataset import Dataset
+from recdata.errors import ConfigError
 from recdata.instructions import generate_requests
 from recdata.logged import LOGGED_TASK, load_logged_requests
 
@@ -61,7 +62,13 @@ def prepare(cfg: EvalConfig, ds: Dataset, logged: pl.DataFrame | None = None,
         requests = requests.filter((pl.col("split") != "test")
                                    | ~pl.col("user_id").is_in(learners.implode()))
         if logged is not None:
-            logged = logged.filter(~pl.col("user_id").is_in(learners.implode()))
+            scored = logged.filter(~pl.col("user_id").is_in(learners.implode()))
+            if scored.height == 0:
+                raise ConfigError(
+                    f"every logged request to score ({cfg.requests_file}) comes from a user "
+                    f"the ranker learns from ({cfg.train_requests_file}): their targets would "
+                    "be training labels; score requests of other users")
+            logged = scored
     if cfg.eval_users is not None:
         users = requests.select(pl.col("user_id").unique().sort()).sample(
             n=min(cfg.eval_users, requests["user_id"].n_unique()), seed=cfg.seed)

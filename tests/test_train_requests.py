@@ -46,6 +46,21 @@ def test_learners_test_requests_leave_every_task(tmp_path, synthetic):
     assert held.height == 0
 
 
+def test_scoring_only_the_learners_is_refused(tmp_path, synthetic):
+    import pytest
+
+    from ranking.prepare import prepare
+    from recdata.errors import ConfigError
+    from recdata.logged import load_logged_requests
+
+    _test_targets(synthetic, slice(0, 20)).write_csv(tmp_path / "learn.csv")
+    cfg = EvalConfig(dataset="synthetic", models=["popularity"], tasks=["intent"],
+                     data_dir=tmp_path, train_requests_file=tmp_path / "learn.csv",
+                     requests_file=tmp_path / "learn.csv")
+    with pytest.raises(ConfigError, match="training labels"):
+        prepare(cfg, synthetic, load_logged_requests(tmp_path / "learn.csv", synthetic))
+
+
 def test_the_training_fingerprint_reads_the_file(tmp_path):
     path = tmp_path / "learn.csv"
     path.write_text("user_id,instruction,timestamp,target_item_id\n1,a,2004-01-01,3\n")
