@@ -34,7 +34,7 @@ def _ndcg_at_10(scores: np.ndarray, labels: np.ndarray, valid: np.ndarray) -> np
 def main() -> None:
     from ranking.evaluation.config import EvalConfig
     from ranking.ltr.model import fit_lambdarank
-    from ranking.ltr.training import _groups, _logged_weights, _stack
+    from ranking.ltr.training import _logged_weights, _stack, kept_rows
     from ranking.prepare import prepare, run_dataset
     from ranking.train import run_context
     from recdata.logged import load_logged_requests
@@ -62,9 +62,9 @@ def main() -> None:
         for fold in range(args.folds):
             learn = folds != fold
             # the rows `train` keeps of a logged request: target and sampled negatives
-            part = _groups(_Rows(frame.reshape(n, k, -1)[learn].reshape(-1, frame.shape[1]),
-                                 dev.labels[learn], dev.cands.valid[learn]),
-                           cfg.ltr.negatives_per_request, np.random.default_rng(cfg.ltr.seed))
+            part = kept_rows(frame.reshape(n, k, -1)[learn].reshape(-1, frame.shape[1]),
+                             dev.labels[learn], dev.cands.valid[learn],
+                             cfg.ltr.negatives_per_request, np.random.default_rng(cfg.ltr.seed))
             x, y, g = _stack([(ts.x, ts.y, ts.groups), part], ts.x.shape[1])
             w = _logged_weights(len(ts.y), len(part[1]), share)
             booster, best, valid = fit_lambdarank(cfg.ltr, (x, y, g), (ts.vx, ts.vy, ts.vgroups),
@@ -83,15 +83,6 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     out.write_csv(args.out)
     print(f"wrote {args.out}  (.venv/bin/python bench/logged_share.py)")
-
-
-class _Rows:
-    """A fold's part of the dev examples, shaped as `_groups` reads them."""
-
-    def __init__(self, x: np.ndarray, labels: np.ndarray, valid: np.ndarray) -> None:
-        self.frame = pl.DataFrame(x)
-        self.labels = labels
-        self.cands = type("Cands", (), {"valid": valid})()
 
 
 if __name__ == "__main__":

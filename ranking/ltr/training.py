@@ -460,23 +460,26 @@ def _sample(batch: RequestBatch, limit: int | None, seed: int) -> RequestBatch:
 
 def _groups(ex: Examples, negatives: int | None, rng: np.random.Generator | None
             ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    return kept_rows(ex.frame.to_numpy(), ex.labels, ex.cands.valid, negatives, rng)
+
+
+def kept_rows(x: np.ndarray, labels: np.ndarray, valid: np.ndarray, negatives: int | None,
+              rng: np.random.Generator | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Requests whose target is a candidate, each with the target and up to `negatives`
     random other candidates (drawn from `rng`, one row of noise per request); every
-    feature column."""
-    n, k = ex.labels.shape
-    has = ex.labels.any(axis=1)
+    feature column. `x` holds (request, candidate) rows in row-major order."""
+    n, k = labels.shape
+    has = labels.any(axis=1)
     keep = np.zeros((n, k), dtype=bool)
     keep[has] = True
-    keep &= ex.cands.valid
+    keep &= valid
     if negatives is not None and negatives < k - 1 and rng is not None:
         noise = rng.random((n, k))
-        noise[ex.labels == 1] = -1.0  # the target always stays
+        noise[labels == 1] = -1.0  # the target always stays
         cut = np.sort(noise, axis=1)[:, negatives][:, None]
         keep &= noise <= cut
     mask = keep.ravel()
-    x = ex.frame.to_numpy()[mask]
-    y = ex.labels.ravel()[mask]
-    return x, y, keep.sum(axis=1)[has]
+    return x[mask], labels.ravel()[mask], keep.sum(axis=1)[has]
 
 
 def _logged_weights(generated: int, logged: int, share: float) -> np.ndarray:
