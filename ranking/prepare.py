@@ -56,13 +56,13 @@ def prepare(cfg: EvalConfig, ds: Dataset, logged: pl.DataFrame | None = None,
     if train_logged is None and cfg.train_requests_file is not None:
         train_logged = load_logged_requests(cfg.train_requests_file, ds)
     requests = generate_requests(ds, cfg.instructions)
-    learners = pl.Series("user_id", [], dtype=pl.Int64)
+    learners: list[int] = []  # known users whose logged requests train the ranker
     if train_logged is not None:
-        learners = train_logged.filter(pl.col("user_id") >= 0)["user_id"].unique()
-        requests = requests.filter((pl.col("split") != "test")
-                                   | ~pl.col("user_id").is_in(learners.implode()))
+        learners = train_logged.filter(pl.col("user_id") >= 0)["user_id"].unique().to_list()
+        learner = pl.col("user_id").is_in(learners)
+        requests = requests.filter((pl.col("split") != "test") | ~learner)
         if logged is not None:
-            scored = logged.filter(~pl.col("user_id").is_in(learners.implode()))
+            scored = logged.filter(~learner)
             if scored.height == 0:
                 raise ConfigError(
                     f"every logged request to score ({cfg.requests_file}) comes from a user "
