@@ -65,13 +65,20 @@ class ScorerContext:
             self.memo[slot] = self.memo.pop(slot)
         return hit[1]
 
+    def peek(self, owner: object, key: tuple) -> Any:
+        """What `cached(owner, key, ...)` holds, or None: nothing is computed."""
+        hit = self.memo.get((id(owner), *key))
+        return hit[1] if hit is not None and hit[0] is owner else None
+
     def forget(self, owner: object) -> None:
-        """Drop every memo entry of `owner`, here and in the tuned context (the online path
-        calls this per request, the evaluation per chunk of requests; a tuned model memoises
-        in the tuned context, and a chunk's similarities left there once grew a 10^4-item
-        evaluation by 10 GB)."""
+        """Drop every memo entry of `owner` (and of its `requests` frame, which owns what
+        depends on the requests alone and is shared by a batch and its seeded copy), here
+        and in the tuned context (the online path calls this per request, the evaluation per
+        chunk of requests; a tuned model memoises in the tuned context, and a chunk's
+        similarities left there once grew a 10^4-item evaluation by 10 GB)."""
+        requests = getattr(owner, "requests", None)
         for slot, hit in list(self.memo.items()):
-            if hit[0] is owner:
+            if hit[0] is owner or (requests is not None and hit[0] is requests):
                 self.memo.pop(slot, None)
         if self.tuned is not None and self.tuned is not self:
             self.tuned.forget(owner)
