@@ -190,6 +190,58 @@ class RequestStream:
         return out
 
 
+class HumanStream:
+    """Requests as people write them: the hand-written ML-100k requests (bench/requests/,
+    test and dev sets, each with its user), under ~5% unknown and ~5% anonymous users as
+    the generated stream. The 320 texts are made distinct for the whole run with a short
+    greeting or sign-off ("hi! ...", "... thanks!"; at most three words), so every request
+    is really encoded while its length stays what a person wrote."""
+
+    FILES = ("movielens-100k-handwritten.csv", "movielens-100k-handwritten-dev.csv")
+    OPENERS = ["", "hi! ", "hey, ", "ok so ", "hello, ", "so, ", "um, ", "quick one: ",
+               "hi there. ", "evening! "]
+    CLOSERS = ["", " thanks!", " thx", " please", " cheers", " :)", " any ideas?", " ty"]
+
+    def __init__(self, folder: Path, seed: int) -> None:
+        frames = [pl.read_csv(folder / f, columns=["user_id", "instruction"])
+                  for f in self.FILES]
+        requests = pl.concat(frames)
+        self.users = requests["user_id"].to_list()
+        self.texts = requests["instruction"].to_list()
+        self.rng = np.random.default_rng(seed)
+        self.seen: set[str] = set()
+        self.repeats = 0
+        variants = [(o, c) for o in self.OPENERS for c in self.CLOSERS]
+        order = self.rng.permutation(len(variants))
+        self.variants = [variants[i] for i in order]
+        self.order = self.rng.permutation(len(self.texts))  # each text once per round
+        self.used = 0
+
+    def words(self) -> tuple[float, int]:
+        """Median and largest number of words of the texts as written."""
+        counts = [len(t.split()) for t in self.texts]
+        return float(np.median(counts)), max(counts)
+
+    def take(self, n: int) -> list[Request]:
+        out = []
+        for _ in range(n):
+            i = int(self.order[self.used % len(self.texts)])
+            opener, closer = self.variants[(self.used // len(self.texts)) % len(self.variants)]
+            self.used += 1
+            text = f"{opener}{self.texts[i]}{closer}"
+            if text in self.seen:
+                self.repeats += 1
+            self.seen.add(text)
+            u = self.rng.random()
+            user: int | None = int(self.users[i])
+            if u < UNKNOWN_SHARE:
+                user = 100_000 + int(self.rng.integers(900_000))
+            elif u < UNKNOWN_SHARE + ANONYMOUS_SHARE:
+                user = None
+            out.append(Request(user, text))
+        return out
+
+
 def catalogue_titles(repo: Path) -> list[str]:
     """Titles as people say them: 'Spanish Prisoner, The (1997)' -> 'The Spanish Prisoner'."""
     items = pl.read_parquet(repo / "data" / "sources" / "items.parquet", columns=["title"])

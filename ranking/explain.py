@@ -1,8 +1,15 @@
-"""Reasons for a recommendation, in words, from LightGBM's per-feature contributions.
+"""Reasons for a recommendation, in words, from what each family of features adds to its score.
 
-`pred_contrib` splits each item's score into one contribution per feature (SHAP values).
 Features are grouped into families that a person understands ("matches your request",
-"similar to something you rated"); the families that pushed the item up most are rendered
+"similar to something you rated"). A family's contribution to an item is measured one of
+two ways (`ATTRIBUTIONS`, chosen by name):
+- `occlusion` (the default): the item's score less its score with that family's features
+  set to the median of the request's candidates: what the family gives this item over a
+  typical candidate of this request. One LightGBM call over k x families rows, ~0.5 ms
+  for ten items.
+- `shap`: LightGBM's `pred_contrib` (TreeSHAP) summed over the family: additive, exact
+  Shapley values, at ~1.1 ms per item on one core (a third of a request's budget for ten).
+The families that pushed the item up most are rendered
 with the item's own values: the category words it matched, the history title it is close
 to, its recent interactions. A reason is only said when its family's contribution is
 positive. The sentences are the domain schema's (`wording.explanations`), so a music
@@ -25,6 +32,7 @@ if TYPE_CHECKING:
     from ranking.inputs import RequestBatch
     from ranking.recommend import Recommender
 
+ATTRIBUTIONS = ("occlusion", "shap")
 MIN_CONTRIBUTION = 0.02
 MAX_REASONS = 3
 MENTION_SIMILARITY = 0.5  # item-text cosine above which an item is 'like' a named one
@@ -66,11 +74,40 @@ class Explainer:
         self.members = {family: [j for j, f in enumerate(names) if f in members]
                         for family, members in families().items()}
 
+    def contributions(self, x: np.ndarray, top: np.ndarray, valid: np.ndarray,
+                      how: str = "occlusion") -> np.ndarray:
+        """len(top) x families (in `self.members` order): what each family adds to the
+        score of rows `top` of `x` (the request's candidates x the model's features, `valid`
+        marking real candidates); see the module's docstring for `how`."""
+        model, fams = self.rec.model, list(self.members.values())
+        if how == "shap":
+            shap = model.booster.predict(x[top], pred_contrib=True, num_threads=1,
+                                         num_iteration=model.best_iteration or None)
+            return np.stack([shap[:, cols].sum(axis=1) for cols in fams], axis=1)
+        if how != "occlusion":
+            from recdata.errors import UnknownNameError
+
+            raise UnknownNameError("attribution", how, list(ATTRIBUTIONS))
+        import warnings
+
+        with warnings.catch_warnings():  # a feature missing for every candidate stays NaN
+            warnings.simplefilter("ignore", RuntimeWarning)
+            typical = np.nanmedian(x[valid] if valid.any() else x, axis=0)
+        items = x[top]
+        occluded = np.repeat(items[None], len(fams), axis=0)  # families x items x features
+        for f, cols in enumerate(fams):
+            occluded[f][:, cols] = typical[cols]
+        scores = model.predict_array(np.concatenate([items, occluded.reshape(-1, x.shape[1])]),
+                                     threads=1)
+        full, without = scores[:len(top)], scores[len(top):].reshape(len(fams), len(top))
+        return (full[None, :] - without).T
+
     def reasons(self, batch: RequestBatch, frame: pl.DataFrame, contrib: np.ndarray,
                 idx: np.ndarray, user_id: int | None, parsed: ParsedIntents,
                 rated: dict[int, float] | None = None) -> list[list[Reason]]:
-        """For each row of `frame` (item `idx[i]`): its top families, best first. `rated`:
-        the user's ratings by catalogue index."""
+        """For each row of `frame` (item `idx[i]`): its top families, best first. `contrib`:
+        rows x families, from `contributions`; `rated`: the user's ratings by catalogue
+        index."""
         rated = rated or {}
         names = self.rec.model.features
         recent = batch.history.tocoo()
@@ -80,10 +117,10 @@ class Explainer:
         out = []
         for i, item in enumerate(idx):
             per_family = []
-            for family, cols in self.members.items():
+            for f, (family, cols) in enumerate(self.members.items()):
                 if not cols:
                     continue
-                total = float(contrib[i, cols].sum())
+                total = float(contrib[i, f])
                 if total < MIN_CONTRIBUTION:
                     continue
                 values = {names[j]: float(frame[names[j]][i]) for j in cols}

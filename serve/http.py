@@ -94,7 +94,12 @@ def create_app(load: Callable[[], Recommender]) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(_: FastAPI):
+        import gc
+
         state["recommender"] = load()
+        # what was loaded lives as long as the process: out of the collector's way, so a
+        # full collection no longer walks it in the middle of a request (p99 42 -> 36 ms)
+        gc.freeze()
         yield
         state.clear()
 
@@ -126,3 +131,20 @@ def create_app(load: Callable[[], Recommender]) -> FastAPI:
                 "online_store": recommender.cfg.online}
 
     return app
+
+
+CONFIG_ENV = "INSTRUCTRANK_SERVE_CONFIG"
+
+
+def app_from_env() -> FastAPI:
+    """The app of one worker process of `instructrank serve --workers N`: uvicorn starts
+    each worker from this import string, so the recommender's config travels as JSON in
+    `INSTRUCTRANK_SERVE_CONFIG` (set by the parent; it holds paths and URLs, no secret).
+    Each worker loads its own model, encoder and sources: the Python parts of a request
+    hold the GIL, so processes, not threads, are what use a second core."""
+    import os
+
+    from ranking.recommend import Recommender, RecommenderConfig
+
+    cfg = RecommenderConfig.model_validate_json(os.environ[CONFIG_ENV])
+    return create_app(lambda: Recommender.load(cfg))

@@ -32,3 +32,35 @@ def test_cache_writes_shards_and_folds_them_into_one_file(tmp_path, monkeypatch)
         assert np.array_equal(again.encode([t])[0], v)
     again.encode(["four"])
     assert again._model is None, "main file and shards are both read"
+
+
+TEXTS = ["a funny film from the '90s", "no horror please",
+         "something like Alien but funnier, not too long, for a rainy Sunday with my kids",
+         "x", "ünïcödé and emoji 🎬 " * 40,  # past the model's 256 tokens: truncated alike
+         "a war drama about friendship, released before 1980, with a strong female lead"]
+
+
+def test_onnx_runtime_computes_the_torch_vectors(tmp_path):
+    """Serving encodes with ONNX Runtime; evaluation figures came from the same function."""
+    onnx = TextEncoder(show_progress=False, persist=False, cache_dir=tmp_path, threads=1)
+    torch = TextEncoder(show_progress=False, persist=False, runtime="torch")
+    a, b = onnx.encode(TEXTS), torch.encode(TEXTS)
+    assert onnx.runtime == "onnx" and a.dtype == np.float32
+    assert np.abs(a - b).max() < 1e-5
+    assert (a * b).sum(1).min() > 0.999999
+    # one request alone gets the vector it gets in a padded batch
+    assert np.abs(onnx.encode_uncached(TEXTS[2:3])[0] - a[2]).max() < 1e-5
+    graph = tmp_path / "onnx" / f"{onnx.fingerprint}.onnx"
+    assert graph.exists(), "exported once per model, beside the cache"
+    stamp = graph.stat().st_mtime_ns
+    TextEncoder(show_progress=False, persist=False, cache_dir=tmp_path).encode_uncached(["y"])
+    assert graph.stat().st_mtime_ns == stamp, "a second encoder reuses the export"
+
+
+def test_unknown_runtime_lists_the_valid_ones():
+    import pytest
+
+    from recdata.errors import UnknownNameError
+
+    with pytest.raises(UnknownNameError, match="onnx, torch"):
+        TextEncoder(runtime="tensorrt")

@@ -88,8 +88,11 @@ class LTRModel:
         """Scores; `threads=1` for one request's few hundred rows, where starting OpenMP
         threads costs more than it saves and concurrent requests would fight over them
         (0: LightGBM's default, all cores)."""
-        return self.booster.predict(frame.select(self.features).to_numpy(),
-                                    num_iteration=self.best_iteration or None,
+        return self.predict_array(frame.select(self.features).to_numpy(), threads)
+
+    def predict_array(self, x: np.ndarray, threads: int = 0) -> np.ndarray:
+        """Scores of rows already in the model's feature order."""
+        return self.booster.predict(x, num_iteration=self.best_iteration or None,
                                     num_threads=threads)
 
     def contributions(self, frame: pl.DataFrame, threads: int = 0) -> np.ndarray:
