@@ -2,20 +2,24 @@
 
     .venv/bin/python bench/latency.py        # bench/results/latency.csv + latency_breakdown.csv
 
-Options: --stores sqlite,redis  --requests 2000 (per row)  --clients 1,8  --warmup 50  --k 10
---seed 0  --out bench/results. Run it on an otherwise idle machine (about 6 minutes on 2
-cores), from the repository root, after `make run` (it needs the trained ranker and the
+Options: --stores sqlite,redis  --mix generated,human  --requests 2000 (per row)
+--clients 1,8  --workers (http; default one per core)  --warmup 50  --k 10  --seed 0
+--out bench/results. Run it on an otherwise idle machine (about 15 minutes on 2 cores),
+from the repository root, after `make run` (it needs the trained ranker and the
 materialized SQLite online store). With `--llm-adapter DIR` (and `--stores none` to skip the
 rest) it adds the `inprocess_llm` row: the LLM reranker on (`--llm-requests`, default 200,
 because each costs about a second). Rows measured replace the file's rows of the same
-(path, store, clients); the others stay.
+(path, store, mix, clients); the others stay.
 
-Rows of latency.csv (`path,store,clients,candidates,requests,errors,p50_ms,p99_ms,rps`):
+Rows of latency.csv (`path,store,mix,clients,workers,candidates,requests,errors,p50_ms,
+p99_ms,rps`):
 - path `inprocess`: `Recommender.recommend()` called directly; with 8 clients from a
-  ThreadPoolExecutor(8) sharing one Recommender.
-- path `http`: `POST /recommend` to `instructrank serve` (uvicorn, one worker process, the
-  production entry point: `create_app(lambda: Recommender.load(cfg))`) on a free loopback
-  port, from 1 or 8 client threads, each with its own keep-alive httpx client.
+  ThreadPoolExecutor(8) sharing one Recommender (one process: workers 1).
+- path `http`: `POST /recommend` to `instructrank serve --workers N` (uvicorn, N processes
+  each loading its own recommender, the production entry point) on a free loopback port,
+  from 1 or 8 client threads in this process, each with its own keep-alive httpx client.
+- mix `generated`: the template phrases below; mix `human`: the 320 hand-written requests
+  of bench/requests/ (median 23 words, up to 47), each with its own user (HumanStream).
 - latency is measured by the caller around each request (for http: the client's round trip,
   JSON included); p50/p99 over the successful requests; errors = exceptions plus non-200
   answers, all counted and their first messages printed; rps = requests / wall seconds of the
@@ -23,7 +27,7 @@ Rows of latency.csv (`path,store,clients,candidates,requests,errors,p50_ms,p99_m
 - store `redis`: a private redis-server on a free loopback port (`--save "" --appendonly no`),
   materialized first with `instructrank features build --online redis --redis-url`, stopped
   at the end; skipped, saying so, where no redis-server is installed.
-latency_breakdown.csv (`store,stage,p50_ms,p99_ms`): the recommender's own per-stage
+latency_breakdown.csv (`store,mix,stage,p50_ms,p99_ms`): the recommender's own per-stage
 `timings_ms` over the in-process 1-client requests.
 
 Requests are seeded and varied: ~90% known MovieLens users (1..943), ~5% unknown ids (100000+,
@@ -61,8 +65,9 @@ from tqdm import tqdm
 from recdata.atomic_io import write_text_atomic
 
 ROOT = Path(__file__).resolve().parents[1]
-COLUMNS = ["path", "store", "clients", "candidates", "requests", "errors", "p50_ms", "p99_ms",
-           "rps"]
+COLUMNS = ["path", "store", "mix", "clients", "workers", "candidates", "requests", "errors",
+           "p50_ms", "p99_ms", "rps"]
+KEYS = ["path", "store", "mix", "clients"]
 STAGES = ["user_read", "candidates", "item_read", "score", "llm", "explain", "total"]
 UNKNOWN_SHARE, ANONYMOUS_SHARE = 0.05, 0.05
 N_USERS = 943  # MovieLens-100k user ids are 1..943
@@ -198,9 +203,9 @@ class HumanStream:
     is really encoded while its length stays what a person wrote."""
 
     FILES = ("movielens-100k-handwritten.csv", "movielens-100k-handwritten-dev.csv")
-    OPENERS = ["", "hi! ", "hey, ", "ok so ", "hello, ", "so, ", "um, ", "quick one: ",
-               "hi there. ", "evening! "]
-    CLOSERS = ["", " thanks!", " thx", " please", " cheers", " :)", " any ideas?", " ty"]
+    OPENERS = ("", "hi! ", "hey, ", "ok so ", "hello, ", "so, ", "um, ", "quick one: ",
+               "hi there. ", "evening! ")
+    CLOSERS = ("", " thanks!", " thx", " please", " cheers", " :)", " any ideas?", " ty")
 
     def __init__(self, folder: Path, seed: int) -> None:
         frames = [pl.read_csv(folder / f, columns=["user_id", "instruction"])
@@ -240,6 +245,9 @@ class HumanStream:
                 user = None
             out.append(Request(user, text))
         return out
+
+
+Stream = RequestStream | HumanStream
 
 
 def catalogue_titles(repo: Path) -> list[str]:
@@ -343,13 +351,14 @@ def http_factory(base_url: str, k: int) -> ClientFactory:
     return make
 
 
-def summarise(path: str, store: str, clients: int, result: RunResult) -> dict[str, Any]:
+def summarise(path: str, store: str, mix: str, clients: int, workers: int,
+              result: RunResult) -> dict[str, Any]:
     ok = result.ok
     lat = np.array([o.latency_ms for o in ok]) if ok else np.array([np.nan])
     cands = Counter(o.candidates for o in ok)
     if len(cands) > 1:
         print(f"  note: candidates per request varied: {dict(cands.most_common(5))}")
-    return {"path": path, "store": store, "clients": clients,
+    return {"path": path, "store": store, "mix": mix, "clients": clients, "workers": workers,
             "candidates": cands.most_common(1)[0][0] if cands else 0,
             "requests": len(result.outcomes), "errors": len(result.errors),
             "p50_ms": round(float(np.percentile(lat, 50)), 2),
@@ -364,12 +373,12 @@ def report_errors(result: RunResult) -> None:
             print(f"    {n} x {msg}")
 
 
-def breakdown(store: str, result: RunResult) -> list[dict[str, Any]]:
+def breakdown(store: str, mix: str, result: RunResult) -> list[dict[str, Any]]:
     rows = []
     for stage in STAGES:
         values = [o.timings[stage] for o in result.ok if o.timings and stage in o.timings]
         if values:
-            rows.append({"store": store, "stage": stage,
+            rows.append({"store": store, "mix": mix, "stage": stage,
                          "p50_ms": round(float(np.percentile(values, 50)), 2),
                          "p99_ms": round(float(np.percentile(values, 99)), 2)})
     return rows
@@ -466,13 +475,14 @@ def store_args(args: argparse.Namespace, store: str, redis_url: str | None) -> l
 @contextmanager
 def http_server(args: argparse.Namespace, store: str,
                 redis_url: str | None) -> Iterator[str]:
-    """`instructrank serve` (uvicorn, one worker) on a free loopback port, up when
-    /healthz answers 200."""
+    """`instructrank serve --workers N` on a free loopback port, up when /healthz answers
+    200 (with several workers, the one that answers; the others load alongside)."""
     import httpx
 
     port = free_port()
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     proc = subprocess.Popen(cli("serve", "--host", "127.0.0.1", "--port", str(port),
+                                "--workers", str(args.workers),
                                 *store_args(args, store, redis_url)), env=env)
     OWN_PIDS.add(proc.pid)
     base = f"http://127.0.0.1:{port}"
@@ -496,25 +506,25 @@ def http_server(args: argparse.Namespace, store: str,
 
 # --- the benchmark ----------------------------------------------------------------------
 
-def measure(path: str, store: str, factory: ClientFactory, stream: RequestStream,
-            args: argparse.Namespace, clients: int) -> RunResult:
+def measure(path: str, store: str, factory: ClientFactory, stream: Stream,
+            args: argparse.Namespace, clients: int, mix: str = "generated") -> RunResult:
     warm = stream.take(args.warmup)
     if warm:
         run_load(factory, warm, clients, None)
     gc.collect()
     before = cpu_ticks()
     result = run_load(factory, stream.take(args.requests), clients,
-                      f"{path}/{store}/{clients} client(s)")
+                      f"{path}/{store}/{mix}/{clients} client(s)")
     others = foreign_cpus(before, cpu_ticks(), result.wall_s)
     if others is not None:
-        DISTURBED.append((f"{path}/{store}/{clients}", others))
+        DISTURBED.append((f"{path}/{store}/{mix}/{clients}", others))
         flag = "  <- DISTURBED: rerun on an idle machine" if others > DISTURBED_CPUS else ""
-        print(f"  {path}/{store}/{clients}: other processes used {others:.2f} of "
+        print(f"  {path}/{store}/{mix}/{clients}: other processes used {others:.2f} of "
               f"{os.cpu_count()} CPUs{flag}")
     return result
 
 
-def bench_store(store: str, redis_url: str | None, stream: RequestStream,
+def bench_store(store: str, redis_url: str | None, streams: dict[str, Stream],
                 args: argparse.Namespace, rows: list[dict], stages: list[dict]) -> None:
     from ranking.recommend import Recommender, RecommenderConfig
 
@@ -522,28 +532,32 @@ def bench_store(store: str, redis_url: str | None, stream: RequestStream,
     t = time.perf_counter()
     rec = Recommender.load(RecommenderConfig(repo=args.repo, online=store, redis_url=redis_url,
                                              data_dir=args.data_dir, torch_threads=1))
+    gc.freeze()  # as `instructrank serve` does after loading
     print(f"[{store}] loaded in {time.perf_counter() - t:.1f} s")
     factory = inprocess_factory(rec, args.k)
-    for clients in args.clients:
-        result = measure("inprocess", store, factory, stream, args, clients)
-        rows.append(summarise("inprocess", store, clients, result))
-        print(f"  {rows[-1]}")
-        report_errors(result)
-        if clients == 1:
-            stages.extend(breakdown(store, result))
+    for mix, stream in streams.items():
+        for clients in args.clients:
+            result = measure("inprocess", store, factory, stream, args, clients, mix)
+            rows.append(summarise("inprocess", store, mix, clients, 1, result))
+            print(f"  {rows[-1]}")
+            report_errors(result)
+            if clients == 1:
+                stages.extend(breakdown(store, mix, result))
+    gc.unfreeze()
     del rec, factory
     gc.collect()
 
-    print(f"[{store}] starting `instructrank serve` ...")
+    print(f"[{store}] starting `instructrank serve --workers {args.workers}` ...")
     t = time.perf_counter()
     with http_server(args, store, redis_url) as base:
         print(f"[{store}] serving at {base} after {time.perf_counter() - t:.1f} s")
         factory = http_factory(base, args.k)
-        for clients in args.clients:
-            result = measure("http", store, factory, stream, args, clients)
-            rows.append(summarise("http", store, clients, result))
-            print(f"  {rows[-1]}")
-            report_errors(result)
+        for mix, stream in streams.items():
+            for clients in args.clients:
+                result = measure("http", store, factory, stream, args, clients, mix)
+                rows.append(summarise("http", store, mix, clients, args.workers, result))
+                print(f"  {rows[-1]}")
+                report_errors(result)
 
 
 def bench_llm(stream: RequestStream, args: argparse.Namespace, rows: list[dict],
@@ -562,10 +576,10 @@ def bench_llm(stream: RequestStream, args: argparse.Namespace, rows: list[dict],
     sub = argparse.Namespace(**{**vars(args), "requests": args.llm_requests,
                                 "warmup": min(args.warmup, 5)})
     result = measure("inprocess_llm", "sqlite", factory, stream, sub, 1)
-    rows.append(summarise("inprocess_llm", "sqlite", 1, result))
+    rows.append(summarise("inprocess_llm", "sqlite", "generated", 1, 1, result))
     print(f"  {rows[-1]}")
     report_errors(result)
-    stages.extend(breakdown("sqlite+llm", result))
+    stages.extend(breakdown("sqlite+llm", "generated", result))
 
 
 def merged(path: Path, new: pl.DataFrame, keys: list[str]) -> pl.DataFrame:
@@ -573,7 +587,11 @@ def merged(path: Path, new: pl.DataFrame, keys: list[str]) -> pl.DataFrame:
     slow LLM rows can be measured on their own)."""
     if not path.exists() or new.is_empty():
         return new
-    old = pl.read_csv(path).cast({k: new.schema[k] for k in keys})
+    old = pl.read_csv(path)
+    if set(old.columns) != set(new.columns):
+        print(f"{path} has other columns ({', '.join(old.columns)}): its rows are replaced")
+        return new
+    old = old.cast({k: new.schema[k] for k in keys})
     return pl.concat([old.join(new.select(keys), on=keys, how="anti").select(new.columns),
                       new], how="vertical_relaxed")
 
@@ -587,7 +605,7 @@ def materialize_redis(args: argparse.Namespace, redis_url: str) -> None:
     print(f"[redis] materialized in {time.perf_counter() - t:.1f} s")
 
 
-def cache_share(stream: RequestStream, args: argparse.Namespace) -> float:
+def cache_share(stream: Stream, args: argparse.Namespace) -> float:
     """Share of this benchmark's instructions already in the encoder's on-disk cache (those
     are looked up, not encoded)."""
     from encoders.text import TextEncoder
@@ -607,6 +625,12 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=50, help="unmeasured requests per row")
     parser.add_argument("--k", type=int, default=10, help="items per request")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--mix", default="generated,human",
+                        help="request mixes: generated (short phrases from templates), human "
+                             "(the hand-written requests of bench/requests/)")
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1,
+                        help="`instructrank serve --workers` for the http rows (default: one "
+                             "per core)")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     parser.add_argument("--repo", type=Path, default=ROOT / "feature_repo")
     parser.add_argument("--data-dir", type=Path, default=ROOT / "data")
@@ -620,6 +644,10 @@ def main() -> None:
                         help="measured requests of the inprocess_llm row")
     args = parser.parse_args()
     args.clients = [int(c) for c in args.clients.split(",") if c.strip()]
+    args.mix = [m.strip() for m in args.mix.split(",") if m.strip()]
+    if set(args.mix) - {"generated", "human"}:
+        parser.error(f"unknown mix(es): {', '.join(sorted(set(args.mix) - {'generated', 'human'}))}"
+                     "; valid: generated, human")
     stores = [s.strip() for s in args.stores.split(",") if s.strip() and s.strip() != "none"]
     unknown = set(stores) - {"sqlite", "redis"}
     if unknown:
@@ -628,11 +656,18 @@ def main() -> None:
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
     stream = RequestStream(catalogue_titles(args.repo), args.seed)
+    streams: dict[str, Stream] = {"generated": stream}
+    if "human" in args.mix:
+        streams["human"] = HumanStream(ROOT / "bench" / "requests", args.seed)
+        median, most = streams["human"].words()
+        print(f"human mix: {len(streams['human'].texts)} hand-written requests, median "
+              f"{median:g} words, at most {most}")
+    streams = {m: streams[m] for m in args.mix}
     rows: list[dict] = []
     stages: list[dict] = []
     for store in stores:
         if store == "sqlite":
-            bench_store("sqlite", None, stream, args, rows, stages)
+            bench_store("sqlite", None, streams, args, rows, stages)
             continue
         with redis_server() as url:
             if url is None:
@@ -640,20 +675,22 @@ def main() -> None:
                       "skipped (`make redis` installs it)")
                 continue
             materialize_redis(args, url)
-            bench_store("redis", url, stream, args, rows, stages)
+            bench_store("redis", url, streams, args, rows, stages)
 
     if args.llm_adapter is not None or args.llm_model is not None:
         bench_llm(stream, args, rows, stages)
 
     frame = pl.DataFrame(rows).select(COLUMNS) if rows else pl.DataFrame(schema=COLUMNS)
-    split = pl.DataFrame(stages).select("store", "stage", "p50_ms", "p99_ms") if stages \
-        else pl.DataFrame(schema=["store", "stage", "p50_ms", "p99_ms"])
-    frame = merged(args.out / "latency.csv", frame, ["path", "store", "clients"])
-    split = merged(args.out / "latency_breakdown.csv", split, ["store", "stage"])
+    split_columns = ["store", "mix", "stage", "p50_ms", "p99_ms"]
+    split = pl.DataFrame(stages).select(split_columns) if stages \
+        else pl.DataFrame(schema=split_columns)
+    frame = merged(args.out / "latency.csv", frame, KEYS)
+    split = merged(args.out / "latency_breakdown.csv", split, ["store", "mix", "stage"])
     write_text_atomic(args.out / "latency.csv", frame.write_csv())
     write_text_atomic(args.out / "latency_breakdown.csv", split.write_csv())
-    print(f"\n{len(stream.seen):,} distinct instructions ({stream.repeats} repeats); "
-          f"{cache_share(stream, args):.1%} were already in the encoder's disk cache")
+    for mix, one in streams.items():
+        print(f"\n{mix}: {len(one.seen):,} distinct instructions ({one.repeats} repeats); "
+              f"{cache_share(one, args):.1%} were already in the encoder's disk cache")
     with pl.Config(tbl_rows=-1, tbl_cols=-1, tbl_width_chars=160,
                    tbl_hide_dataframe_shape=True, tbl_hide_column_data_types=True):
         print(frame)

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 import scipy.sparse as sp
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from feature_repo.ranker import refs_of
 from featurestore import store as fs
@@ -74,6 +74,20 @@ class RecommenderConfig(BaseModel):
                                 "against each other and anything else running")
     llm: LLMRerankConfig | None = Field(None, description="optional LLM reranker of the top "
                                                           "N (off when None)")
+
+    @field_validator("encoder_runtime", "attribution")
+    @classmethod
+    def _known(cls, name: str, info: Any) -> str:
+        """A wrong name fails when the config is made, listing the valid ones."""
+        from encoders.text import RUNTIMES
+        from ranking.explain import ATTRIBUTIONS
+
+        valid = RUNTIMES if info.field_name == "encoder_runtime" else ATTRIBUTIONS
+        if name not in valid:
+            from recdata.errors import UnknownNameError
+
+            raise UnknownNameError(info.field_name.replace("_", " "), name, list(valid))
+        return name
 
 
 @dataclass(frozen=True)

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import json
 import shutil
+import warnings
 
 import numpy as np
 import polars as pl
 import pytest
 
-from recdata.errors import ConfigError, InvalidRequestError
+from recdata.errors import ConfigError, InvalidRequestError, UnknownNameError
 from recdata.instructions import TASKS
 
 
@@ -164,3 +165,31 @@ def test_bad_input_is_refused_with_a_reason(recommender, instruction, k, message
 def test_control_characters_are_cleaned(recommender):
     rec = recommender.recommend(1, "a\x00 comedy\u200b\x1b[31m  please\n", k=3)
     assert rec.instruction == "a comedy [31m please"
+
+
+def test_occlusion_measures_what_a_family_adds(recommender):
+    """An item's occlusion contribution of a family is its score less its score with that
+    family at the request's median candidate, computed here by hand for one family; the
+    SHAP attribution of a family is the sum of its features' TreeSHAP values."""
+    req = recommender._features(None, "a comedy from the 1990s", 10**9, {})
+    x = req.frame.select(recommender.model.features).to_numpy()
+    valid = req.cands.valid[0]
+    top = np.argsort(-recommender.model.predict_array(x, threads=1))[:5]
+    explainer = recommender.explainer
+    occ = explainer.contributions(x, top, valid, "occlusion")
+    families = list(explainer.members)
+    assert occ.shape == (5, len(families))
+    f = next(i for i, cols in enumerate(explainer.members.values()) if cols)
+    cols = list(explainer.members.values())[f]
+    by_hand = x[top].copy()
+    with warnings.catch_warnings():  # a feature no candidate has stays NaN, as in the code
+        warnings.simplefilter("ignore", RuntimeWarning)
+        by_hand[:, cols] = np.nanmedian(x[valid], axis=0)[cols]
+    expected = recommender.model.predict_array(x[top]) - recommender.model.predict_array(by_hand)
+    assert np.allclose(occ[:, f], expected, atol=1e-9)
+    shap = explainer.contributions(x, top, valid, "shap")
+    raw = recommender.model.booster.predict(x[top], pred_contrib=True)
+    for i, cols in enumerate(explainer.members.values()):
+        assert np.allclose(shap[:, i], raw[:, cols].sum(axis=1), atol=1e-9)
+    with pytest.raises(UnknownNameError, match="occlusion, shap"):
+        explainer.contributions(x, top, valid, "lime")

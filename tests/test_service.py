@@ -145,3 +145,43 @@ def test_store_outage_gives_503_and_the_service_recovers(trained, synthetic, tmp
         proc.terminate()
         proc.wait(timeout=10)
 
+
+
+def test_serve_with_two_workers_answers_from_both(trained):
+    """`instructrank serve --workers 2`: two processes, each with its own recommender
+    (the config travels to them as JSON), both answering the same port."""
+    import os
+    import sys
+
+    import httpx
+    import psutil
+
+    from tests.conftest import _free_port
+
+    port = _free_port()
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "serve.cli", "serve", "--workers", "2",
+                             "--port", str(port), "--repo", str(trained["repo"]),
+                             "--data-dir", str(trained["data"])], env=env)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 240
+        ready = 0
+        while ready < 2 and time.monotonic() < deadline:
+            assert proc.poll() is None, f"serve exited with {proc.returncode}"
+            try:  # each worker answers /healthz only once it has loaded
+                ready = ready + 1 if httpx.get(f"{base}/healthz", timeout=2).status_code \
+                    == 200 else 0
+            except httpx.HTTPError:
+                ready = 0
+            time.sleep(0.5)
+        assert ready == 2, "no answer within 240 s"
+        workers = psutil.Process(proc.pid).children(recursive=True)
+        assert len([w for w in workers if "python" in w.name().lower()]) >= 2
+        with httpx.Client(base_url=base, timeout=60) as http:
+            answers = [http.post("/recommend", json=GOOD) for _ in range(6)]
+        assert all(a.status_code == 200 for a in answers), answers[0].text
+        assert len({tuple(i["item_id"] for i in a.json()["items"]) for a in answers}) == 1
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
