@@ -13,11 +13,13 @@ because each costs about a second). Rows measured replace the file's rows of the
 
 Rows of latency.csv (`path,store,mix,clients,workers,candidates,requests,errors,p50_ms,
 p99_ms,rps`):
-- path `inprocess`: `Recommender.recommend()` called directly; with 8 clients from a
+- path `inprocess`: `Recommender.recommend()` called directly, `max_batch=16` (what arrives
+  together is computed together, ranking.batching); with 8 clients from a
   ThreadPoolExecutor(8) sharing one Recommender (one process: workers 1).
-- path `http`: `POST /recommend` to `instructrank serve --workers N` (uvicorn, N processes
-  each loading its own recommender, the production entry point) on a free loopback port,
-  from 1 or 8 client threads in this process, each with its own keep-alive httpx client.
+- path `http`: `POST /recommend` to `instructrank serve --workers N` (one HTTP process, N
+  compute processes each with its own recommender, taking batches: serve/workers.py; the
+  production entry point) on a free loopback port, from 1 or 8 client threads in this
+  process, each with its own keep-alive httpx client.
 - mix `generated`: the template phrases below; mix `human`: the 320 hand-written requests
   of bench/requests/ (median 23 words, up to 47), each with its own user (HumanStream).
 - latency is measured by the caller around each request (for http: the client's round trip,
@@ -499,6 +501,10 @@ def http_server(args: argparse.Namespace, store: str,
             except httpx.HTTPError:
                 pass
             time.sleep(0.5)
+        import psutil
+
+        # its worker processes are ours too, for the idle-machine check
+        OWN_PIDS.update(c.pid for c in psutil.Process(proc.pid).children(recursive=True))
         yield base
     finally:
         stop(proc)
@@ -531,7 +537,8 @@ def bench_store(store: str, redis_url: str | None, streams: dict[str, Stream],
     print(f"[{store}] loading the recommender in process ...")
     t = time.perf_counter()
     rec = Recommender.load(RecommenderConfig(repo=args.repo, online=store, redis_url=redis_url,
-                                             data_dir=args.data_dir, torch_threads=1))
+                                             data_dir=args.data_dir, torch_threads=1,
+                                             max_batch=16))
     gc.freeze()  # as `instructrank serve` does after loading
     print(f"[{store}] loaded in {time.perf_counter() - t:.1f} s")
     factory = inprocess_factory(rec, args.k)

@@ -363,6 +363,37 @@ def packed_views() -> dict[str, tuple[str, str, tuple[str, ...]]]:
     return out
 
 
+def _registry_file(store: Any) -> Path | None:
+    """The store's registry when it is a local file (its stamp dates the last
+    materialization), else None."""
+    registry = getattr(store.config, "registry", None)
+    path = getattr(registry, "path", registry)
+    if not isinstance(path, str) or "://" in path:
+        return None
+    file = Path(path)
+    return file if file.is_absolute() else Path(store.repo_path) / file
+
+
+class _ItemRows:
+    """Item rows read since the registry had `stamp` (OnlineReader.cached_items)."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self.lock = threading.Lock()
+        self.reset(None)
+
+    def reset(self, stamp: tuple[int, int] | None) -> None:
+        self.stamp = stamp
+        self.table: pl.DataFrame | None = None
+        self.at: dict[int, int] = {}  # item id -> row of `table`
+
+    def add(self, ids: list[int], rows: pl.DataFrame) -> None:
+        start = 0 if self.table is None else self.table.height
+        self.table = rows if self.table is None else pl.concat([self.table, rows])
+        self.at.update(zip(ids, range(start, start + len(ids)), strict=True))
+
+
 class OnlineReader:
     """Reads a feature service for one user and N candidates with one online-store read per
     view: user views with the user's key, item views with the candidates' keys, through
@@ -403,6 +434,8 @@ class OnlineReader:
                 view = store.get_feature_view(proj.name)
                 self.plan.append((view, entities[view.entities[0]].join_key, names, None))
         self.user_columns = [c for c in self.types if _view_of(c) in _user_views()]
+        self._registry = _registry_file(store)
+        self._items = _ItemRows()
 
     def read(self, user_id: int, item_ids: list[int]) -> OnlineFeatures:
         user = self.read_user(user_id)
@@ -411,8 +444,12 @@ class OnlineReader:
 
     def read_user(self, user_id: int) -> dict[str, Any]:
         """The user views' values (None where the store has no row for the user)."""
-        columns = self._read("user_id", [user_id])
-        return {c: columns[c][0] for c in self.user_columns}
+        return self.read_users([user_id])[0]
+
+    def read_users(self, user_ids: list[int]) -> list[dict[str, Any]]:
+        """`read_user` of several users in one read per view."""
+        columns = self._read("user_id", user_ids)
+        return [{c: columns[c][i] for c in self.user_columns} for i in range(len(user_ids))]
 
     def read_items(self, item_ids: list[int]) -> pl.DataFrame:
         """One row per item id, in order, with the item views' values (offline names)."""
@@ -420,6 +457,28 @@ class OnlineReader:
         columns |= self._read("item_id", item_ids)
         return pl.DataFrame(columns, schema={"item_id": pl.Int64(), **{
             c: t for c, t in self.types.items() if c not in self.user_columns}}, strict=False)
+
+    def cached_items(self, item_ids: list[int]) -> pl.DataFrame:
+        """`read_items`, from rows kept since the last materialization: item views change
+        only when the store is materialized (`features build`/`refresh`), which rewrites
+        the registry file, so its modification stamp (one stat per call) tells when every
+        kept row is stale and all are dropped at once: each answer's item rows come from one
+        materialization. Without a local registry file nothing is kept."""
+        if self._registry is None:
+            return self.read_items(item_ids)
+        try:
+            info = os.stat(self._registry)
+            stamp = (info.st_mtime_ns, info.st_size)
+        except OSError:
+            return self.read_items(item_ids)
+        with self._items.lock:
+            kept = self._items
+            if kept.stamp != stamp:
+                kept.reset(stamp)
+            missing = [i for i in dict.fromkeys(item_ids) if i not in kept.at]
+            if missing:
+                kept.add(missing, self.read_items(missing))
+            return kept.table[[kept.at[i] for i in item_ids]]
 
     def _read(self, entity: str, ids: list[int]) -> dict[str, list[Any]]:
         from feast.protos.feast.types.EntityKey_pb2 import EntityKey

@@ -22,7 +22,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
-import polars as pl
 
 from ranking.intent_parser import ParsedIntents
 from ranking.ltr.features import families
@@ -88,11 +87,10 @@ class Explainer:
             from recdata.errors import UnknownNameError
 
             raise UnknownNameError("attribution", how, list(ATTRIBUTIONS))
-        import warnings
-
-        with warnings.catch_warnings():  # a feature missing for every candidate stays NaN
-            warnings.simplefilter("ignore", RuntimeWarning)
-            typical = np.nanmedian(x[valid] if valid.any() else x, axis=0)
+        pool = x[valid] if valid.any() else x
+        typical = np.full(x.shape[1], np.nan)  # a feature no candidate has stays missing
+        some = ~np.isnan(pool).all(axis=0)
+        typical[some] = np.nanmedian(pool[:, some], axis=0)
         items = x[top]
         occluded = np.repeat(items[None], len(fams), axis=0)  # families x items x features
         for f, cols in enumerate(fams):
@@ -102,12 +100,12 @@ class Explainer:
         full, without = scores[:len(top)], scores[len(top):].reshape(len(fams), len(top))
         return (full[None, :] - without).T
 
-    def reasons(self, batch: RequestBatch, frame: pl.DataFrame, contrib: np.ndarray,
+    def reasons(self, batch: RequestBatch, x: np.ndarray, contrib: np.ndarray,
                 idx: np.ndarray, user_id: int | None, parsed: ParsedIntents,
                 rated: dict[int, float] | None = None) -> list[list[Reason]]:
-        """For each row of `frame` (item `idx[i]`): its top families, best first. `contrib`:
-        rows x families, from `contributions`; `rated`: the user's ratings by catalogue
-        index."""
+        """For each row of `x` (item `idx[i]`'s features, in the model's order): its top
+        families, best first. `contrib`: rows x families, from `contributions`; `rated`: the
+        user's ratings by catalogue index."""
         rated = rated or {}
         names = self.rec.model.features
         recent = batch.history.tocoo()
@@ -123,7 +121,7 @@ class Explainer:
                 total = float(contrib[i, f])
                 if total < MIN_CONTRIBUTION:
                     continue
-                values = {names[j]: float(frame[names[j]][i]) for j in cols}
+                values = {names[j]: float(x[i, j]) for j in cols}
                 text = self._say(family, int(item), values, parsed, history, user_id, rated,
                                  named)
                 if text:

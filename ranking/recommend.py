@@ -29,6 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from feature_repo.ranker import refs_of
 from featurestore import store as fs
+from ranking.batching import RequestBatcher
 from ranking.candidates import CandidateGenerator, Candidates
 from ranking.constraints import PENALTY, violations, with_items
 from ranking.explain import Explainer, Reason
@@ -66,14 +67,17 @@ class RecommenderConfig(BaseModel):
                                                       "(ranking.explain)")
     max_instruction_chars: int = Field(MAX_INSTRUCTION_CHARS, ge=1)
     torch_threads: int | None = Field(
-        None, ge=1, description="torch and ONNX Runtime intra-op threads (None: leave "
-                                "torch's setting, ONNX Runtime one per core). "
+        None, ge=1, description="threads of torch, ONNX Runtime, BLAS and OpenMP in this "
+                                "process (None: leave them, ONNX Runtime one per core). "
                                 "`instructrank serve` sets 1: one short "
                                 "sentence is too small to split across cores, concurrent "
                                 "requests are the parallelism, and extra threads spin "
                                 "against each other and anything else running")
     llm: LLMRerankConfig | None = Field(None, description="optional LLM reranker of the top "
                                                           "N (off when None)")
+    max_batch: int = Field(1, ge=1, description="requests computed together when they "
+                                                "arrive together (ranking.batching; 1: each "
+                                                "alone). `instructrank serve` sets 16")
 
     @field_validator("encoder_runtime", "attribution")
     @classmethod
@@ -111,15 +115,27 @@ class Recommendation:
 
 
 @dataclass(frozen=True)
+class Asked:
+    """A request, checked (`Recommender.ask`) and in internal terms."""
+
+    user_id: Key | None  # as the caller gave it
+    uid: int | None      # the internal id; None for an unknown user
+    text: str            # the cleaned instruction
+    k: int
+    now: int             # unix seconds
+    session: np.ndarray  # catalogue rows of the session's items, most recent first
+
+
+@dataclass(frozen=True)
 class OnlineRequest:
-    """One request on its way through the online path."""
+    """Requests on their way through the online path (one or a batch)."""
 
     batch: RequestBatch
-    known: bool
+    known: np.ndarray  # per request: the store knows the user
     cands: Candidates
     frame: pl.DataFrame
     parsed: ParsedIntents
-    rated: dict[int, float]  # the user's ratings by catalogue row, for the explanations
+    rated: list[dict[int, float]]  # the users' ratings by catalogue row, for the reasons
 
 
 def latest_model(models_dir: Path, name: str = "ltr_full") -> Path:
@@ -151,6 +167,7 @@ class Recommender:
         self._sorted_ids = self.item_ids[self._by_id]
         self.explainer = Explainer(self)
         self.reranker: Any = None  # ranking.rerank.llm.LLMReranker when configured
+        self._batcher: RequestBatcher | None = None
         self._data_end: tuple[float, int] = (-float("inf"), 0)
 
     @classmethod
@@ -209,6 +226,16 @@ class Recommender:
 
             rec.reranker = LLMReranker.load(in_domain_words(cfg.llm, catalogue.schema))
         rec.recommend(None, "warm-up request", 1)  # first-call costs (regex, LightGBM) now
+        if cfg.max_batch > 1:
+            rec._batcher = RequestBatcher(rec.recommend_many, cfg.max_batch)
+        if cfg.torch_threads is not None:
+            # BLAS and OpenMP pools (numpy's and scipy's OpenBLAS, the libgomp LightGBM and
+            # faiss share) are loaded by now; at their default of one thread per core their
+            # workers spin after each small call: 57 ms of CPU per 29 ms request on 2 cores
+            # before, 28 after, which is what lets a second worker process use the second
+            from threadpoolctl import threadpool_limits
+
+            threadpool_limits(cfg.torch_threads)
         return rec
 
     def request_time(self, now: int | float | datetime | str | None) -> int:
@@ -298,34 +325,65 @@ class Recommender:
 
     def _features(self, user_id: int | None, text: str, now: int, timings: dict[str, float],
                   session: np.ndarray | None = None) -> OnlineRequest:
+        """One request's way to its feature frame (`_features_many` of one)."""
+        asked = Asked(user_id, user_id, text, 1, now,
+                      session if session is not None else np.zeros(0, np.int64))
+        return self._features_many([asked], timings)
+
+    def _features_many(self, asked: list[Asked], timings: dict[str, float]) -> OnlineRequest:
+        """Requests to their feature frame, together: one read of the users' views, one
+        batch through the candidate sources (one parse, one encode), one read of the items
+        the candidates name, one assembly; the offline path's batch code, with the fixed
+        cost of each call shared by the requests of the batch."""
         t0 = time.perf_counter()
-        user = self.reader.read_user(user_id) if user_id is not None else \
-            dict.fromkeys(self.reader.user_columns)
-        known = any(v is not None for v in user.values())
+        ids = [a.uid for a in asked if a.uid is not None]
+        read = self.reader.read_users(ids) if ids else []
+        empty = dict.fromkeys(self.reader.user_columns)
+        by_id = dict(zip(ids, read, strict=True))
+        users = [by_id[a.uid] if a.uid is not None else empty for a in asked]
+        known = np.array([any(v is not None for v in u.values()) for u in users], dtype=bool)
         t1 = time.perf_counter()
         timings["user_read"] = (t1 - t0) * 1000
-        seen, rated = self._seen(user) if known else (np.zeros(0, np.int64), {})
-        if session is not None and len(session):  # a session's items are the most recent
-            seen = np.concatenate([session, seen[~np.isin(seen, session)]])
-        base = self._batch(user_id if known else None, seen, text, now)
+        seen, rated = [], []
+        for a, user, has in zip(asked, users, known, strict=True):
+            rows, ratings = self._seen(user) if has else (np.zeros(0, np.int64), {})
+            if len(a.session):  # a session's items are the most recent
+                rows = np.concatenate([a.session, rows[~np.isin(rows, a.session)]])
+            seen.append(rows)
+            rated.append(ratings)
+        base = self._batch([a.uid if has else None for a, has in zip(asked, known,
+                                                                        strict=True)],
+                           seen, [a.text for a in asked], [a.now for a in asked])
         parsed = parsed_for(self.context, base, self.items.genres, self.items.schema,
                             self.items.titles)
-        batch = with_items(base, parsed.mentions(1))  # named items seed the history
+        batch = with_items(base, parsed.mentions(len(asked)))  # named items seed the history
         cands = self.generator.generate(batch)
         self.context.forget(base)
         self.context.forget(batch)
         t2 = time.perf_counter()
         timings["candidates"] = (t2 - t1) * 1000
-        ids = self.item_ids[cands.idx[0]]
-        item_rows = self.reader.read_items(ids.tolist())
+        # each item once, however many requests name it
+        unique, where = np.unique(self.item_ids[cands.idx].ravel(), return_inverse=True)
+        item_rows = self.reader.cached_items(unique.tolist())[where]
         timings["item_read"] = (time.perf_counter() - t2) * 1000
-        user_rows = pl.DataFrame([{c: user.get(c) for c in self.reader.user_columns}],
+        user_rows = pl.DataFrame([{c: u.get(c) for c in self.reader.user_columns}
+                                  for u in users],
                                  schema={c: self.reader.types[c]
                                          for c in self.reader.user_columns})
         frame = assemble(batch, cands, user_rows, item_rows, self.items, kg=self.context.kg,
-                         anonymous=np.array([not known]), parsed=parsed,
-                         features=self.model.features)
+                         anonymous=~known, parsed=parsed, features=self.model.features)
         return OnlineRequest(batch, known, cands, frame, parsed, rated)
+
+    def ask(self, user_id: Key | None, instruction: Any, k: int = 10, *,
+            now: int | float | datetime | str | None = None,
+            history: list[Key] | None = None) -> Asked:
+        """A request checked and read into internal terms (an InvalidRequestError naming
+        what is wrong, before anything is computed or queued)."""
+        text = clean_instruction(instruction, self.cfg.max_instruction_chars)
+        if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= MAX_K:
+            raise InvalidRequestError(f"k must be an integer from 1 to {MAX_K}, got {k!r}")
+        return Asked(user_id, self.user_id(user_id), text, k, self.request_time(now),
+                     self.session_rows(history))
 
     def recommend(self, user_id: Key | None, instruction: Any, k: int = 10, *,
                   now: int | float | datetime | str | None = None,
@@ -336,49 +394,93 @@ class Recommender:
         the current session (most recent first) for an anonymous or fresh session; they feed
         the history sources and are not recommended back. What the request excludes or
         bounds ranks after what it allows (ranking.constraints). Ids are the catalogue's
-        own, in and out."""
+        own, in and out. With `max_batch` > 1, requests that arrive while others are being
+        computed are computed together with them (RequestBatcher)."""
+        asked = self.ask(user_id, instruction, k, now=now, history=history)
+        if self._batcher is not None:
+            return self._batcher.submit(asked)
+        return self.recommend_many([asked])[0]
+
+    def answer(self, requests: list[tuple]) -> list[Recommendation | BaseException]:
+        """`recommend` of each (user_id, instruction, k, now, history), computed as one
+        batch; a request's own error (a bad instruction, an unknown item) is its answer and
+        does not fail the others. For a compute process (serve.workers): every answer can
+        be pickled back."""
+        from recdata.errors import transportable
+
+        out: list[Any] = [None] * len(requests)
+        asked: list[tuple[int, Asked]] = []
+        for i, (user_id, instruction, k, now, history) in enumerate(requests):
+            try:
+                asked.append((i, self.ask(user_id, instruction, k, now=now, history=history)))
+            except Exception as exc:
+                out[i] = exc
+        if asked:
+            try:
+                done: list[Any] = self.recommend_many([a for _, a in asked])
+            except Exception as exc:  # the store is down: every request of the batch
+                done = [exc] * len(asked)
+            for (i, _), result in zip(asked, done, strict=True):
+                out[i] = result
+        return [transportable(o) if isinstance(o, BaseException) else o for o in out]
+
+    def health(self) -> dict[str, Any]:
+        """The loaded model and store; raises StoreUnavailableError when the online store
+        does not answer right now."""
+        self.reader.read_user(-1)
+        return {"model": self.model.key, "online_store": self.cfg.online}
+
+    def recommend_many(self, asked: list[Asked]) -> list[Recommendation]:
+        """`recommend` for several checked requests (`ask`) at once; each answer is the one
+        the request gets alone (tests/test_ranker.py compares them). Stage times are the
+        batch's."""
         t0 = time.perf_counter()
-        text = clean_instruction(instruction, self.cfg.max_instruction_chars)
-        if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= MAX_K:
-            raise InvalidRequestError(f"k must be an integer from 1 to {MAX_K}, got {k!r}")
         timings: dict[str, float] = {}
-        at = self.request_time(now)
-        uid = self.user_id(user_id)
-        req = self._features(uid, text, at, timings, self.session_rows(history))
-        batch, known, cands, frame = req.batch, req.known, req.cands, req.frame
+        req = self._features_many(asked, timings)
+        batch, cands, frame = req.batch, req.cands, req.frame
         t3 = time.perf_counter()
-        # what the request rules out ranks after what it allows (ranking.constraints)
-        bad = violations(req.parsed, self.items, cands.idx)[0]
-        scores = self.model.predict(frame, threads=1) - PENALTY * bad
-        valid = cands.valid[0]
-        top = np.lexsort((cands.idx[0], -scores))
-        top = top[valid[top]]
-        t4 = time.perf_counter()
-        timings["score"] = (t4 - t3) * 1000
-        if self.reranker is not None:
-            top, scores = self._rerank(batch, cands.idx[0], top, scores)
-            # the LLM may reorder, never lift what the request rules out over what it allows
-            top = np.concatenate([top[~bad[top]], top[bad[top]]])
-            t5 = time.perf_counter()
-            timings["llm"] = (t5 - t4) * 1000
-            t4 = t5
-        top = top[:k]
-        contrib = self.explainer.contributions(frame.select(self.model.features).to_numpy(),
-                                               top, valid, self.cfg.attribution)
-        reasons = self.explainer.reasons(batch, frame[top.tolist()], contrib,
-                                         cands.idx[0][top], uid if known else None,
-                                         req.parsed, req.rated)
-        asked = self.explainer.request_reasons(req.parsed, cands.idx[0][top], bad[top])
-        reasons = [a + r for a, r in zip(asked, reasons, strict=True)]
-        timings["explain"] = (time.perf_counter() - t4) * 1000
-        out = [Recommended(self.item_keys[cands.idx[0][j]],
-                           self.titles[cands.idx[0][j]], float(scores[j]), reasons[n])
-               for n, j in enumerate(top)]
-        timings["total"] = (time.perf_counter() - t0) * 1000
-        return Recommendation(user_id, text, not known and not len(batch.history.indices),
-                              out, int(valid.sum()),
-                              {k_: round(v, 2) for k_, v in timings.items()}, at,
-                              self.explainer.understood(req.parsed))
+        # what a request rules out ranks after what it allows (ranking.constraints)
+        bad = violations(req.parsed, self.items, cands.idx)
+        x = frame.select(self.model.features).to_numpy()
+        n, width = cands.idx.shape
+        scores = self.model.predict_array(x, threads=1).reshape(n, width) - PENALTY * bad
+        timings["score"] = (time.perf_counter() - t3) * 1000
+        out = []
+        for i, a in enumerate(asked):
+            t4 = time.perf_counter()
+            step = {k_: v for k_, v in timings.items()}
+            idx, valid, score, wrong = cands.idx[i], cands.valid[i], scores[i], bad[i]
+            top = np.lexsort((idx, -score))
+            top = top[valid[top]]
+            one = batch.slice(i, i + 1)
+            parsed = req.parsed.rows(i, i + 1)
+            if self.reranker is not None:
+                top, score = self._rerank(one, idx, top, score)
+                # the LLM may reorder, never lift what the request rules out over what it
+                # allows
+                top = np.concatenate([top[~wrong[top]], top[wrong[top]]])
+                t5 = time.perf_counter()
+                step["llm"] = (t5 - t4) * 1000
+                t4 = t5
+            top = top[:a.k]
+            rows = x[i * width:(i + 1) * width]
+            contrib = self.explainer.contributions(rows, top, valid, self.cfg.attribution)
+            uid = a.uid if req.known[i] else None
+            reasons = self.explainer.reasons(one, rows[top], contrib, idx[top], uid, parsed,
+                                             req.rated[i])
+            said = self.explainer.request_reasons(parsed, idx[top], wrong[top])
+            reasons = [x_ + r for x_, r in zip(said, reasons, strict=True)]
+            step["explain"] = (time.perf_counter() - t4) * 1000
+            items = [Recommended(self.item_keys[idx[j]], self.titles[idx[j]], float(score[j]),
+                                 reasons[m]) for m, j in enumerate(top)]
+            step["total"] = (time.perf_counter() - t0) * 1000
+            if len(asked) > 1:
+                step["batch_size"] = float(len(asked))
+            out.append(Recommendation(
+                a.user_id, a.text, not req.known[i] and not len(one.history.indices), items,
+                int(valid.sum()), {k_: round(v, 2) for k_, v in step.items()}, a.now,
+                self.explainer.understood(parsed)))
+        return out
 
     def _seen(self, user: dict[str, Any]) -> tuple[np.ndarray, dict[int, float]]:
         """From the store's `user_seen` row: the catalogue rows the user has seen, most
@@ -413,19 +515,23 @@ class Recommender:
         new_scores[reordered] = fused
         return reordered, new_scores
 
-    def _batch(self, user_id: int | None, seen: np.ndarray, text: str,
-               now: int) -> RequestBatch:
-        """A one-request batch whose history is `seen` (catalogue rows, most recent first:
-        recency rank 1..): what the sources start from and what is excluded."""
-        cols = seen.astype(np.int64)  # the store's history, a session's, or none
-        history = sp.csr_matrix((np.arange(1, len(cols) + 1, dtype=np.float32),
-                                 (np.zeros(len(cols), dtype=np.int64), cols)),
-                                shape=(1, len(self.item_ids)))
+    def _batch(self, user_ids: list[int | None], seen: list[np.ndarray], texts: list[str],
+               now: list[int]) -> RequestBatch:
+        """A batch of the requests whose histories are `seen` (catalogue rows, most recent
+        first: recency rank 1..): what the sources start from and what is excluded."""
+        n = len(texts)
+        cols = [s_.astype(np.int64) for s_ in seen]  # the store's history, a session's, or none
+        history = sp.csr_matrix(
+            (np.concatenate([np.arange(1, len(c) + 1, dtype=np.float32) for c in cols]),
+             (np.repeat(np.arange(n), [len(c) for c in cols]), np.concatenate(cols))),
+            shape=(n, len(self.item_ids)))
         requests = pl.DataFrame({
-            "request_id": ["online"], "user_id": [int(user_id) if user_id is not None else -1],
-            "task": ["intent" if len(cols) else "search"], "instruction": [text],
-            "target_idx": [-1], "timestamp": [now],
-        })
+            "request_id": [f"online-{i}" for i in range(n)],
+            "user_id": [int(u) if u is not None else -1 for u in user_ids],
+            "task": ["intent" if len(c) else "search" for c in cols], "instruction": texts,
+            "target_idx": [-1] * n, "timestamp": now,
+        }, schema_overrides={"user_id": pl.Int64, "target_idx": pl.Int64,
+                             "timestamp": pl.Int64})
         return RequestBatch(requests, history, len(self.item_ids))
 
 

@@ -76,3 +76,14 @@ class StoreUnavailableError(InstructRankError):
 
 class InvalidRequestError(InstructRankError):
     """A request the system will not score (empty or non-text instruction, bad k)."""
+
+
+def transportable(exc: BaseException) -> BaseException:
+    """The error a request raised, as one that survives pickling to another process (one
+    whose constructor takes other arguments than its message would not): the kinds a
+    caller acts on keep their kind and message, the rest become a RuntimeError naming
+    theirs."""
+    for kind in (InvalidRequestError, StoreUnavailableError, ConfigError):
+        if isinstance(exc, kind):
+            return kind(str(exc))
+    return RuntimeError(f"{type(exc).__name__}: {exc}")

@@ -595,33 +595,35 @@ def serve_cmd(
     llm_weight: LLMWeight = 0.5,
     llm_top_n: LLMTopN = 20,
     workers: Annotated[int, typer.Option(
-        min=1, help="Worker processes, each with its own copy of the model, encoder and "
-                    "sources (~1 GB each): one per core serves the most requests per "
-                    "second (bench/results/latency.csv).")] = 1,
+        min=1, help="Compute processes behind the HTTP process, each with its own copy of "
+                    "the model, encoder and sources (~1 GB each); one per core serves the "
+                    "most requests per second (serve/workers.py, "
+                    "bench/results/latency.csv).")] = 1,
 ) -> None:
     """Serve POST /recommend and GET /healthz over HTTP (OpenAPI docs at /docs).
 
-    The model, encoder and features load once at start-up, in each worker. A bad body gets
-    422; an unreachable online store gets 503 and the service recovers when the store
-    returns.
+    The model, encoder and features load once at start-up, in each compute process.
+    Requests that arrive together are computed together. A bad body gets 422; an
+    unreachable online store gets 503 and the service recovers when the store returns.
     """
-    import os
-
     import uvicorn
 
     from ranking.recommend import Recommender
-    from serve.http import CONFIG_ENV, create_app
+    from serve.http import create_app
 
     cfg = _recommender_config(model, repo, online, redis_url, data_dir, encoder_path,
                               llm_adapter, llm_model, llm_weight, llm_top_n)
     if workers == 1:
-        uvicorn.run(create_app(lambda: Recommender.load(cfg)), host=host, port=port,
-                    log_level="warning")
-        return
-    Recommender.load(cfg)  # a bad config fails here, once, not in every worker
-    os.environ[CONFIG_ENV] = cfg.model_dump_json()
-    uvicorn.run("serve.http:app_from_env", factory=True, workers=workers, host=host,
-                port=port, log_level="warning")
+        from serve.workers import MAX_BATCH
+
+        # concurrent requests are computed together (ranking.batching)
+        cfg = cfg.model_copy(update={"max_batch": MAX_BATCH})
+        app = create_app(lambda: Recommender.load(cfg))
+    else:
+        from serve.workers import WorkerPool
+
+        app = create_app(lambda: WorkerPool(cfg, workers))
+    uvicorn.run(app, host=host, port=port, log_level="warning")
 
 
 def main() -> None:

@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from datetime import datetime
 
@@ -121,3 +122,20 @@ def test_serving_starts_and_answers_without_the_raw_sources(served, synthetic):
     assert len(got.items) == 10 and not got.cold_start
     assert not {i.item_id for i in got.items} & seen
     assert not sources.exists()
+
+
+def test_kept_item_rows_are_the_stores_until_it_is_materialized_again(served):
+    """cached_items answers from rows kept since the last materialization; a new one (the
+    registry file rewritten) drops them all."""
+    repo_path, data = served
+    rec = Recommender.load(RecommenderConfig(repo=repo_path, data_dir=data))
+    reader = rec.reader
+    ids = rec.item_ids[:30].tolist()
+    assert reader.cached_items(ids).equals(reader.read_items(ids))
+    assert reader.cached_items(ids[::-1]).equals(reader.read_items(ids[::-1]))
+    assert set(ids) <= set(reader._items.at)  # (with the load's warm-up request's)
+    registry = reader._registry
+    stat = registry.stat()  # a materialization rewrites the registry file
+    os.utime(registry, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    assert reader.cached_items(ids[:3]).equals(reader.read_items(ids[:3]))
+    assert set(reader._items.at) == set(ids[:3]), "a new materialization drops every row"

@@ -193,3 +193,51 @@ def test_occlusion_measures_what_a_family_adds(recommender):
         assert np.allclose(shap[:, i], raw[:, cols].sum(axis=1), atol=1e-9)
     with pytest.raises(UnknownNameError, match="occlusion, shap"):
         explainer.contributions(x, top, valid, "lime")
+
+
+def test_requests_computed_together_get_the_answers_they_get_alone(recommender):
+    """recommend_many (what a batch of concurrent requests runs) changes nothing about any
+    answer: the same items, scores and reasons as each request alone."""
+    asked = [recommender.ask(u, text, 6) for u, text in (
+        (1, "a comedy from the 1990s"), (None, "no horror please, something light"),
+        (10**9, "a drama"), (2, "like the last one I watched"), (3, "an action film"))]
+    together = recommender.recommend_many(asked)
+    for one, many in zip((recommender.recommend_many([a])[0] for a in asked), together,
+                         strict=True):
+        assert [i.item_id for i in one.items] == [i.item_id for i in many.items]
+        assert [i.score for i in one.items] == pytest.approx([i.score for i in many.items],
+                                                             abs=1e-9)
+        assert [[r.text for r in i.reasons] for i in one.items] == \
+            [[r.text for r in i.reasons] for i in many.items]
+        assert one.cold_start == many.cold_start and many.timings_ms["batch_size"] == 5
+
+
+def test_a_bad_request_in_a_batch_fails_alone(recommender):
+    answers = recommender.answer([(1, "a comedy", 5, None, None), (1, "   ", 5, None, None),
+                                  (None, "a drama", 500, None, None),
+                                  (None, "a drama", 3, None, [10**12])])
+    assert len(answers[0].items) == 5
+    assert isinstance(answers[1], InvalidRequestError) and "instruction" in str(answers[1])
+    assert isinstance(answers[2], InvalidRequestError) and "k must be" in str(answers[2])
+    assert isinstance(answers[3], InvalidRequestError) and "history" in str(answers[3])
+
+
+def test_concurrent_callers_share_batches_and_get_their_own_answers(recommender):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from ranking.batching import RequestBatcher
+
+    texts = [f"a {g} film, something {m}" for g in ("comedy", "drama", "war", "crime")
+             for m in ("light", "dark", "old")]
+    alone = {t: [i.item_id for i in recommender.recommend(None, t, 5).items] for t in texts}
+    sizes: list[int] = []
+
+    def run(asked):
+        sizes.append(len(asked))
+        return recommender.recommend_many(asked)
+
+    batcher = RequestBatcher(run, max_batch=8)
+    with ThreadPoolExecutor(6) as pool:
+        got = list(pool.map(lambda t: batcher.submit(recommender.ask(None, t, 5)), texts))
+    assert [[i.item_id for i in g.items] for g in got] == [alone[t] for t in texts]
+    assert sum(sizes) == len(texts) and max(sizes) > 1, sizes
