@@ -4,7 +4,7 @@
 
 Options: --stores sqlite,redis  --mix generated,human  --requests 2000 (per row)
 --clients 1,8  --workers (http; default one per core)  --warmup 50  --k 10  --seed 0
---out bench/results. Run it on an otherwise idle machine (about 15 minutes on 2 cores),
+--out bench/results. Run it on an otherwise idle machine (about 18 minutes on 2 cores),
 from the repository root, after `make run` (it needs the trained ranker and the
 materialized SQLite online store). With `--llm-adapter DIR` (and `--stores none` to skip the
 rest) it adds the `inprocess_llm` row: the LLM reranker on (`--llm-requests`, default 200,
