@@ -1,12 +1,14 @@
 """Requests that arrive together are computed together.
 
 Most of an online request's cost is fixed per call, not per request: a polars query, an
-ONNX Runtime run, a LightGBM call, a store read. `RequestBatcher` runs one worker thread
-that takes every request waiting when it is free and computes them as one batch
-(`Recommender.recommend_many`), so under load the fixed costs are shared and at one client
-nothing waits: a request that finds the worker idle is computed at once, alone. Callers
-block on their own answer; an error in a batch reaches every caller of that batch (the
-store being down is everyone's 503), while a bad request is refused before it is queued.
+ONNX Runtime run, a LightGBM call, a store read. `RequestBatcher` runs worker threads that
+each take every request waiting when they are free and compute them as one batch
+(`Recommender.recommend_many`, or a compute process: serve.workers), so under load the
+fixed costs are shared and at one client nothing waits: a request that finds a worker idle
+is computed at once, alone. Callers block on their own answer. `run` answers each request
+of a batch with a result or the error that request raised (one bad request fails alone);
+an error `run` raises reaches every caller of that batch (the store being down is
+everyone's 503).
 """
 
 from __future__ import annotations
@@ -19,11 +21,14 @@ from typing import Any
 
 
 class RequestBatcher:
-    def __init__(self, run: Callable[[list[Any]], list[Any]], max_batch: int) -> None:
+    def __init__(self, run: Callable[[list[Any]], list[Any]], max_batch: int,
+                 threads: int = 1) -> None:
+        """`threads`: batches in flight at once (one per compute process behind `run`)."""
         self.run, self.max_batch = run, max_batch
         self.waiting: queue.SimpleQueue[tuple[Any, Future]] = queue.SimpleQueue()
-        self.worker = threading.Thread(target=self._loop, name="request-batcher", daemon=True)
-        self.worker.start()
+        for i in range(threads):
+            threading.Thread(target=self._loop, name=f"request-batcher-{i}",
+                             daemon=True).start()
 
     def submit(self, request: Any) -> Any:
         """The answer to `request`, computed with whatever else is waiting."""
@@ -42,8 +47,9 @@ class RequestBatcher:
             try:
                 answers = self.run([request for request, _ in batch])
             except BaseException as exc:  # every caller of the batch hears of it
-                for _, answer in batch:
-                    answer.set_exception(exc)
-                continue
-            for (_, answer), result in zip(batch, answers, strict=True):
-                answer.set_result(result)
+                answers = [exc] * len(batch)
+            for (_, future), answer in zip(batch, answers, strict=True):
+                if isinstance(answer, BaseException):
+                    future.set_exception(answer)
+                else:
+                    future.set_result(answer)

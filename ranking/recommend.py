@@ -448,7 +448,7 @@ class Recommender:
         out = []
         for i, a in enumerate(asked):
             t4 = time.perf_counter()
-            step = {k_: v for k_, v in timings.items()}
+            step = dict(timings)
             idx, valid, score, wrong = cands.idx[i], cands.valid[i], scores[i], bad[i]
             top = np.lexsort((idx, -score))
             top = top[valid[top]]
@@ -469,7 +469,7 @@ class Recommender:
             reasons = self.explainer.reasons(one, rows[top], contrib, idx[top], uid, parsed,
                                              req.rated[i])
             said = self.explainer.request_reasons(parsed, idx[top], wrong[top])
-            reasons = [x_ + r for x_, r in zip(said, reasons, strict=True)]
+            reasons = [a_ + r for a_, r in zip(said, reasons, strict=True)]
             step["explain"] = (time.perf_counter() - t4) * 1000
             items = [Recommended(self.item_keys[idx[j]], self.titles[idx[j]], float(score[j]),
                                  reasons[m]) for m, j in enumerate(top)]

@@ -7,8 +7,9 @@ as often as 4:4, and the busy process set the pace (47-73 requests/s). Here one 
 process takes every request and N compute processes, each with its own recommender, take
 *batches*: a dispatcher thread per process waits until its process is free, then hands it
 every request waiting at that moment (`Recommender.answer`). A process that falls behind
-is simply given less; under load the batches grow and the fixed cost of each stage is
-shared (ranking.batching); at one client a request is computed at once, alone.
+is simply given less (ranking.batching, one batch in flight per process); under load the
+batches grow and the fixed cost of each stage is shared; at one client a request is
+computed at once, alone.
 
 Requests travel as plain tuples and answers as `Recommendation`s or the error each
 request raised, so one bad request never fails its batch-mates. A compute process that
@@ -18,11 +19,11 @@ dies is replaced (its batch answers 503, the next request finds a fresh one).
 from __future__ import annotations
 
 import multiprocessing
-import queue
 import threading
-from concurrent.futures import BrokenExecutor, Future, ProcessPoolExecutor
+from concurrent.futures import BrokenExecutor, ProcessPoolExecutor
 from typing import Any
 
+from ranking.batching import RequestBatcher
 from recdata.errors import ConfigError, StoreUnavailableError
 
 _RECOMMENDER: Any = None  # the compute process's own, loaded by `_load`
@@ -45,7 +46,7 @@ def _load(cfg_json: str) -> None:
             time.sleep(1.0)
         os._exit(0)
 
-    threading.Thread(target=orphaned, name="parent-watch", daemon=True).start()
+    threading.Thread(target=orphaned, name="parent-check", daemon=True).start()
     _RECOMMENDER = Recommender.load(RecommenderConfig.model_validate_json(cfg_json))
     gc.freeze()
 
@@ -64,11 +65,10 @@ class WorkerPool:
 
     def __init__(self, cfg: Any, n: int) -> None:
         self.cfg_json, self.n = cfg.model_dump_json(), n
-        self.waiting: queue.SimpleQueue[tuple[tuple, Future]] = queue.SimpleQueue()
         self.pool = self._start()
         self.lock = threading.Lock()
-        for i in range(n):
-            threading.Thread(target=self._dispatch, name=f"dispatch-{i}", daemon=True).start()
+        # one batch in flight per process: a process that is free takes what is waiting
+        self.batcher = RequestBatcher(self._run, MAX_BATCH, threads=n)
 
     def _start(self) -> ProcessPoolExecutor:
         pool = ProcessPoolExecutor(self.n, mp_context=multiprocessing.get_context("spawn"),
@@ -84,36 +84,21 @@ class WorkerPool:
                                   "see why") from exc
         return pool
 
-    def _dispatch(self) -> None:
-        """One per process: take what is waiting once the last batch is answered."""
-        while True:
-            batch = [self.waiting.get()]
-            while len(batch) < MAX_BATCH:
-                try:
-                    batch.append(self.waiting.get_nowait())
-                except queue.Empty:
-                    break
-            try:
-                answers = self.pool.submit(_answer, [r for r, _ in batch]).result()
-            except BrokenExecutor:
-                with self.lock:  # one thread replaces the pool; the batch is told why
-                    self.pool.shutdown(wait=False, cancel_futures=True)
+    def _run(self, requests: list[tuple]) -> list[Any]:
+        pool = self.pool
+        try:
+            return pool.submit(_answer, requests).result()
+        except BrokenExecutor:
+            with self.lock:  # the first to see it replaces the pool; the batch is told why
+                if self.pool is pool:
+                    pool.shutdown(wait=False, cancel_futures=True)
                     self.pool = self._start()
-                answers = [StoreUnavailableError("a compute process died; the request can "
-                                                 "be retried")] * len(batch)
-            except BaseException as exc:
-                answers = [exc] * len(batch)
-            for (_, future), answer in zip(batch, answers, strict=True):
-                if isinstance(answer, BaseException):
-                    future.set_exception(answer)
-                else:
-                    future.set_result(answer)
+            raise StoreUnavailableError("a compute process died; the request can be "
+                                        "retried") from None
 
     def recommend(self, user_id: Any, instruction: Any, k: int = 10, *, now: Any = None,
                   history: list | None = None) -> Any:
-        done: Future = Future()
-        self.waiting.put(((user_id, instruction, k, now, history), done))
-        return done.result()
+        return self.batcher.submit((user_id, instruction, k, now, history))
 
     def health(self) -> dict[str, Any]:
         return self.pool.submit(_health).result(timeout=30)
@@ -121,4 +106,3 @@ class WorkerPool:
     def close(self) -> None:
         """Stop the compute processes (each finishes the batch it is on)."""
         self.pool.shutdown(wait=True, cancel_futures=True)
-

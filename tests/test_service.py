@@ -185,3 +185,32 @@ def test_serve_with_two_workers_answers_from_both(trained):
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def test_a_compute_process_that_dies_is_replaced(trained):
+    """Kill one compute process under the pool: what was in flight answers 503 (or is
+    answered by the other), and the pool serves again without a restart."""
+    import psutil
+
+    from ranking.recommend import RecommenderConfig
+    from recdata.errors import InvalidRequestError, StoreUnavailableError
+    from serve.workers import WorkerPool
+
+    pool = WorkerPool(RecommenderConfig(repo=trained["repo"], data_dir=trained["data"]), 2)
+    try:
+        assert len(pool.recommend(1, "a comedy", 5).items) == 5
+        with pytest.raises(InvalidRequestError, match="k must be"):
+            pool.recommend(1, "a comedy", 0)  # a request's own error, from the process
+        victim = next(iter(pool.pool._processes.values())).pid
+        psutil.Process(victim).kill()
+        answered = 0
+        for _ in range(6):
+            try:
+                answered += len(pool.recommend(1, "a drama", 3).items) == 3
+            except StoreUnavailableError as exc:
+                assert "compute process died" in str(exc)
+        assert answered >= 4
+        assert victim not in {p.pid for p in pool.pool._processes.values()}
+        assert pool.health()["model"]
+    finally:
+        pool.close()
