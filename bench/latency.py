@@ -145,6 +145,16 @@ FEATURES = [
 ]
 
 
+def pick_user(rng: np.random.Generator, known: Callable[[], int]) -> int | None:
+    """~UNKNOWN_SHARE an id no user has (cold start), ~ANONYMOUS_SHARE none, else `known()`."""
+    u = rng.random()
+    if u < UNKNOWN_SHARE:
+        return 100_000 + int(rng.integers(900_000))
+    if u < UNKNOWN_SHARE + ANONYMOUS_SHARE:
+        return None
+    return known()
+
+
 @dataclass(frozen=True)
 class Request:
     user_id: int | None
@@ -176,12 +186,7 @@ class RequestStream:
         return text.replace(" ?", "?").replace(" ,", ",")
 
     def _user(self) -> int | None:
-        u = self.rng.random()
-        if u < UNKNOWN_SHARE:
-            return 100_000 + int(self.rng.integers(900_000))
-        if u < UNKNOWN_SHARE + ANONYMOUS_SHARE:
-            return None
-        return int(self.rng.integers(1, N_USERS + 1))
+        return pick_user(self.rng, lambda: int(self.rng.integers(1, N_USERS + 1)))
 
     def take(self, n: int) -> list[Request]:
         out = []
@@ -239,13 +244,7 @@ class HumanStream:
             if text in self.seen:
                 self.repeats += 1
             self.seen.add(text)
-            u = self.rng.random()
-            user: int | None = int(self.users[i])
-            if u < UNKNOWN_SHARE:
-                user = 100_000 + int(self.rng.integers(900_000))
-            elif u < UNKNOWN_SHARE + ANONYMOUS_SHARE:
-                user = None
-            out.append(Request(user, text))
+            out.append(Request(pick_user(self.rng, lambda i=i: int(self.users[i])), text))
         return out
 
 

@@ -80,8 +80,7 @@ class Explainer:
         marking real candidates); see the module's docstring for `how`."""
         model, fams = self.rec.model, list(self.members.values())
         if how == "shap":
-            shap = model.booster.predict(x[top], pred_contrib=True, num_threads=1,
-                                         num_iteration=model.best_iteration or None)
+            shap = model.contributions(x[top], threads=1)
             return np.stack([shap[:, cols].sum(axis=1) for cols in fams], axis=1)
         if how != "occlusion":
             from recdata.errors import UnknownNameError

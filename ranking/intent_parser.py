@@ -428,7 +428,19 @@ def parsed_for(context: object, batch: object, genres: list[str],
     if linked is not None:
         return linked
     now = owner["timestamp"].to_numpy()
+
+    def parse() -> ParsedIntents:
+        parsed = parse_instructions(batch.instructions, genres, schema,  # type: ignore[attr-defined]
+                                    titles=titles, now=now)
+        context.cached(owner, ("remainder",), lambda: parsed.remainder)  # type: ignore[attr-defined]
+        return parsed
+
+    return context.cached(owner, (*key, titles is not None), parse)  # type: ignore[attr-defined]
+
+
+def remainder_for(context: object, batch: object) -> list[str]:
+    """`semantic_text` of a batch's instructions, once per requests frame: what the
+    encoder reads; a parse of the same requests has already left it here."""
     return context.cached(  # type: ignore[attr-defined]
-        owner, (*key, titles is not None),
-        lambda: parse_instructions(batch.instructions, genres, schema,  # type: ignore[attr-defined]
-                                   titles=titles, now=now))
+        batch.requests, ("remainder",),  # type: ignore[attr-defined]
+        lambda: semantic_text(batch.instructions))  # type: ignore[attr-defined]

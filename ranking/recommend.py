@@ -6,9 +6,10 @@ feature service it names, the candidate sources training fitted on the whole log
 Per request: clean the instruction; read the user's views from the online store (one read:
 features, and everything the user has seen, so a `features refresh` reaches a running
 service); generate candidates (the instruction is encoded once, inside the embedding
-source); read the candidates' item views (one read); assemble the same features as
-training, at the request's time (the clock, or the caller's `now`); score with LightGBM;
-explain the top k with `pred_contrib`.
+source); read the candidates' item views (kept until the store is materialized again);
+assemble the same features as training, at the request's time (the clock, or the caller's
+`now`); score with LightGBM; explain the top k (ranking.explain). Requests that arrive
+together go through these steps as one batch (`recommend_many`, ranking.batching).
 
 Callers speak the dataset's own ids: a string-id catalogue's keys are read from the feature
 repo's id map (recdata.ids) at load, and users it learns of by a refresh on first sight.
@@ -336,7 +337,7 @@ class Recommender:
         the candidates name, one assembly; the offline path's batch code, with the fixed
         cost of each call shared by the requests of the batch."""
         t0 = time.perf_counter()
-        ids = [a.uid for a in asked if a.uid is not None]
+        ids = list(dict.fromkeys(a.uid for a in asked if a.uid is not None))  # each user once
         read = self.reader.read_users(ids) if ids else []
         empty = dict.fromkeys(self.reader.user_columns)
         by_id = dict(zip(ids, read, strict=True))

@@ -95,9 +95,10 @@ class LTRModel:
         return self.booster.predict(x, num_iteration=self.best_iteration or None,
                                     num_threads=threads)
 
-    def contributions(self, frame: pl.DataFrame, threads: int = 0) -> np.ndarray:
-        """Per-row, per-feature contributions (SHAP values); the last column is the bias."""
-        return self.booster.predict(frame.select(self.features).to_numpy(), pred_contrib=True,
+    def contributions(self, x: np.ndarray, threads: int = 0) -> np.ndarray:
+        """Per-row, per-feature contributions (SHAP values) of rows in the model's feature
+        order; the last column is the bias."""
+        return self.booster.predict(x, pred_contrib=True,
                                     num_iteration=self.best_iteration or None,
                                     num_threads=threads)
 

@@ -92,9 +92,9 @@ class ScorerContext:
         """The text the encoder reads for each request of `batch`: the instruction without
         its negated clauses (the embedding of 'no horror' is close to horror)."""
         if self.query_titles is None:
-            from ranking.intent_parser import semantic_text
+            from ranking.intent_parser import remainder_for
 
-            return semantic_text(batch.instructions)
+            return remainder_for(self, batch)
         from ranking.queries import query_texts
 
         return query_texts(batch, self.query_titles, label=self.query_label)
