@@ -1,2 +1,32 @@
 """The Feast repository. `definitions.py` holds declarations only (Feast imports it on
-`feast apply`); `jobs/` holds the polars jobs that write the sources (ignored by Feast)."""
+`feast apply`); `jobs/` holds the polars jobs that write the sources (ignored by Feast).
+
+Importing this package (featurestore does, before anything imports Feast) turns off the
+run-time type checks Feast asks of typeguard: its `@typechecked` decorator re-parses and
+recompiles the source of each decorated function when Feast is imported, ~3 s of the ~6 s
+every process that touches the store spent importing Feast (each CLI command, each server
+worker, each test process). typeguard's documentation makes the decorator a no-op under
+`python -O`, its production setting; this does the same without turning off `assert`
+everywhere else. Feast is the only installed package that uses typeguard.
+`INSTRUCTRANK_FEAST_TYPECHECKS=1` keeps the checks (debugging a Feast call)."""
+
+import os
+
+
+def _feast_without_typechecks() -> None:
+    import sys
+
+    if os.environ.get("INSTRUCTRANK_FEAST_TYPECHECKS") == "1" or "feast" in sys.modules:
+        return
+    try:
+        import typeguard
+    except ImportError:  # a Feast without typeguard has nothing to turn off
+        return
+
+    def typechecked(target: object = None, **_options: object) -> object:
+        return target if target is not None else (lambda decorated: decorated)
+
+    typeguard.typechecked = typechecked
+
+
+_feast_without_typechecks()
