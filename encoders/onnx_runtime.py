@@ -14,6 +14,7 @@ read half a file; the tokenizer stays the model's own, in Python.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -57,7 +58,7 @@ def export(model: Any, target: Path) -> Path:
 class OnnxEncoder:
     """`encode(texts)` -> float32 vectors, L2-normalised, from an exported graph."""
 
-    def __init__(self, model: Any, graph: Path, threads: int | None = None) -> None:
+    def __init__(self, graph: Path, tokenize: Tokenize, threads: int | None = None) -> None:
         import onnxruntime as ort
 
         options = ort.SessionOptions()
@@ -67,17 +68,23 @@ class OnnxEncoder:
             options.inter_op_num_threads = 1
         self.session = ort.InferenceSession(str(graph), options,
                                             providers=["CPUExecutionProvider"])
-        self.tokenizer = model.tokenizer
-        self.max_tokens = int(model.max_seq_length or 512)
+        self.tokenize = tokenize
         self.wants = [i.name for i in self.session.get_inputs()]
 
     @classmethod
-    def for_model(cls, model: Any, fingerprint: str, directory: Path,
-                  threads: int | None = None) -> OnnxEncoder:
+    def for_model(cls, model_path: Path, fingerprint: str, directory: Path,
+                  load_model: Callable[[], Any], threads: int | None = None) -> OnnxEncoder:
+        """The graph of the model at `model_path`, exported on first use. `load_model` (the
+        SentenceTransformer) is called only to export, or when the directory has no fast
+        tokenizer file: a process whose graph exists never imports sentence-transformers
+        (~4-7 s of every start-up) nor PyTorch."""
         graph = Path(directory) / f"{fingerprint}.onnx"
         if not graph.exists():
-            export(model, graph)
-        return cls(model, graph, threads)
+            export(load_model(), graph)
+        tokenize = fast_tokenizer(Path(model_path))
+        if tokenize is None:
+            tokenize = _model_tokenizer(load_model())
+        return cls(graph, tokenize, threads)
 
     def encode(self, texts: list[str], batch_size: int = 64, progress: bool = False,
                desc: str = "encoding") -> np.ndarray:
@@ -88,11 +95,8 @@ class OnnxEncoder:
         order = np.argsort([len(t) for t in texts], kind="stable")
         for start in tqdm(range(0, len(texts), batch_size), desc=desc, unit="batch",
                           disable=not progress or len(texts) <= batch_size):
-            chunk = [texts[i] for i in order[start:start + batch_size]]
-            tokens = self.tokenizer(chunk, padding=True, truncation=True,
-                                    max_length=self.max_tokens, return_tensors="np")
-            feed = {n: np.asarray(tokens[n] if n in tokens else
-                                  np.zeros_like(tokens["input_ids"]), dtype=np.int64)
+            tokens = self.tokenize([texts[i] for i in order[start:start + batch_size]])
+            feed = {n: tokens[n] if n in tokens else np.zeros_like(tokens["input_ids"])
                     for n in self.wants}
             out.append(self.session.run(None, feed)[0])
         if not out:
@@ -101,3 +105,64 @@ class OnnxEncoder:
         vectors[order] = np.concatenate(out)
         norms = np.linalg.norm(vectors, axis=1, keepdims=True)
         return vectors / np.where(norms > 0, norms, 1.0)
+
+
+Tokenize = Callable[[list[str]], dict[str, np.ndarray]]
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    import json
+
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def max_tokens(model_path: Path) -> int:
+    """The sentence-transformer's own limit (sentence_bert_config.json), else the
+    tokenizer's, else BERT's 512: what SentenceTransformer truncates at."""
+    limit = _read_json(model_path / "sentence_bert_config.json").get("max_seq_length")
+    if limit is None:
+        limit = _read_json(model_path / "tokenizer_config.json").get("model_max_length")
+    return int(limit) if limit and int(limit) < 10**6 else 512
+
+
+def fast_tokenizer(model_path: Path) -> Tokenize | None:
+    """The model's tokenizer read straight from its `tokenizer.json` by the `tokenizers`
+    library (what transformers' fast tokenizer wraps), padding to the batch's longest and
+    truncating as SentenceTransformer does; None when the directory has no such file.
+    tests/test_encoder.py holds its ids equal to the transformers tokenizer's."""
+    file = model_path / "tokenizer.json"
+    if not file.exists():
+        return None
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_file(str(file))
+    config = _read_json(model_path / "tokenizer_config.json")
+    pad = config.get("pad_token") or _read_json(
+        model_path / "special_tokens_map.json").get("pad_token") or "[PAD]"
+    pad = pad["content"] if isinstance(pad, dict) else str(pad)
+    pad_id = tokenizer.token_to_id(pad)
+    if pad_id is None:
+        return None
+    tokenizer.enable_truncation(max_length=max_tokens(model_path))
+    tokenizer.enable_padding(pad_id=pad_id, pad_token=pad)
+    lower = bool(_read_json(model_path / "sentence_bert_config.json").get("do_lower_case"))
+
+    def tokenize(texts: list[str]) -> dict[str, np.ndarray]:
+        encoded = tokenizer.encode_batch([t.lower() for t in texts] if lower else texts)
+        return {"input_ids": np.array([e.ids for e in encoded], dtype=np.int64),
+                "attention_mask": np.array([e.attention_mask for e in encoded], dtype=np.int64),
+                "token_type_ids": np.array([e.type_ids for e in encoded], dtype=np.int64)}
+
+    return tokenize
+
+
+def _model_tokenizer(model: Any) -> Tokenize:
+    """The loaded SentenceTransformer's own tokenizer (a model without tokenizer.json)."""
+    limit = int(model.max_seq_length or 512)
+
+    def tokenize(texts: list[str]) -> dict[str, np.ndarray]:
+        tokens = model.tokenizer(texts, padding=True, truncation=True, max_length=limit,
+                                 return_tensors="np")
+        return {n: np.asarray(v, dtype=np.int64) for n, v in tokens.items()}
+
+    return tokenize

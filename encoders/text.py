@@ -98,11 +98,10 @@ class TextEncoder:
         return self._model
 
     def _run(self, texts: list[str], progress: bool, desc: str = "encoding") -> np.ndarray:
-        model = self._load()
         if self.runtime == "torch":
-            return model.encode(texts, batch_size=self.batch_size, convert_to_numpy=True,
-                                normalize_embeddings=True,
-                                show_progress_bar=progress).astype(np.float32)
+            return self._load().encode(texts, batch_size=self.batch_size, convert_to_numpy=True,
+                                       normalize_embeddings=True,
+                                       show_progress_bar=progress).astype(np.float32)
         if self._onnx is None:
             import tempfile
 
@@ -111,8 +110,8 @@ class TextEncoder:
             where = (self.cache_file.parent if self.cache_file is not None
                      else Path(tempfile.gettempdir()) / "instructrank") / "onnx"
             try:
-                self._onnx = OnnxEncoder.for_model(model, self.fingerprint, where,
-                                                   self.threads)
+                self._onnx = OnnxEncoder.for_model(self.model_path, self.fingerprint, where,
+                                                   self._load, self.threads)
             except Exception as exc:  # an architecture the exporter cannot trace
                 import warnings
 
@@ -125,7 +124,6 @@ class TextEncoder:
 
     def warm(self) -> TextEncoder:
         """Load the model now (a server does this at start-up, not on its first request)."""
-        self._load()
         self.encode_uncached(["warm-up"])
         return self
 
@@ -138,7 +136,7 @@ class TextEncoder:
     @property
     def dim(self) -> int:
         if self._dim is None:
-            self._dim = int(self._load().get_sentence_embedding_dimension())
+            self._dim = int(self.encode_uncached(["dimension"]).shape[1])
         return self._dim
 
     def encode(self, texts: Sequence[str], desc: str = "encoding") -> np.ndarray:

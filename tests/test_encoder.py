@@ -64,3 +64,40 @@ def test_unknown_runtime_lists_the_valid_ones():
 
     with pytest.raises(UnknownNameError, match="onnx, torch"):
         TextEncoder(runtime="tensorrt")
+
+
+def test_fast_tokenizer_gives_the_transformers_ids():
+    """The serving path reads tokenizer.json with `tokenizers` alone; its ids, masks and
+    truncation must be the ones SentenceTransformer's tokenizer produces."""
+    from sentence_transformers import SentenceTransformer
+
+    from encoders.onnx_runtime import _model_tokenizer, fast_tokenizer
+    from encoders.text import default_model_path
+
+    path = default_model_path()
+    fast = fast_tokenizer(path)
+    assert fast is not None
+    reference = _model_tokenizer(SentenceTransformer(str(path), device="cpu"))
+    long = "a war drama about friendship " * 100
+    for batch in (TEXTS, TEXTS[3:4], [t.upper() for t in TEXTS], [" padded  ", "\tx\n"],
+                  [long, "x"]):
+        ours, theirs = fast(batch), reference(batch)
+        for name in ("input_ids", "attention_mask", "token_type_ids"):
+            assert np.array_equal(ours[name], theirs[name]), (name, batch)
+    assert fast([long])["input_ids"].shape[1] == 256, "truncated at the model's limit"
+
+
+def test_an_exported_encoder_starts_without_sentence_transformers(tmp_path):
+    """A server or CLI process whose graph exists never imports sentence-transformers or
+    PyTorch (seconds of every start-up)."""
+    import subprocess
+    import sys
+
+    TextEncoder(show_progress=False, persist=False, cache_dir=tmp_path).encode_uncached(["x"])
+    code = ("import sys; from encoders.text import TextEncoder; "
+            f"v = TextEncoder(cache_dir={str(tmp_path)!r}, persist=False).warm()"
+            ".encode_uncached(['a scary movie']); "
+            "print(v.shape, 'sentence_transformers' in sys.modules, 'torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout
+    assert out.strip() == "(1, 384) False False"
