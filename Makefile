@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: run test lint setup clean redis llm lastfm
+.PHONY: run study test lint setup clean redis llm lastfm
 
 setup: $(STAMP)
 
@@ -21,17 +21,26 @@ $(STAMP): pyproject.toml
 # hand-written requests of 150 users the ranker learns from (bench/requests/README.md); the
 # 170 of the test set are other users, only scored
 ML_LEARN := bench/requests/movielens-100k-handwritten-dev.csv
+ML_ARGS := --dataset movielens-100k --train-requests $(ML_LEARN)
+ML_TEST := --requests bench/requests/movielens-100k-handwritten.csv
+# `make run`: the served ranker and the baselines that explain it, in minutes. `make study`:
+# every model of bench/results/quality.csv (the ranker's ablations, the history baselines'
+# grids, the instruction-tuned encoder and the ranker on it), ~17 min on 2 cores.
+RUN_MODELS := popularity,transition,filter_popularity,embedding,kg,ltr_full
 run: $(STAMP)
 	$(VENV)/bin/instructrank data fetch movielens-100k
 	$(VENV)/bin/instructrank features build --dataset movielens-100k
 	$(VENV)/bin/instructrank kg train --dataset movielens-100k
-	$(VENV)/bin/instructrank train --dataset movielens-100k --train-requests $(ML_LEARN)
-	$(VENV)/bin/instructrank evaluate --dataset movielens-100k --train-requests $(ML_LEARN) \
-		--requests bench/requests/movielens-100k-handwritten.csv
+	$(VENV)/bin/instructrank train $(ML_ARGS) --models $(RUN_MODELS)
+	$(VENV)/bin/instructrank evaluate $(ML_ARGS) $(ML_TEST) --models $(RUN_MODELS)
 	$(VENV)/bin/instructrank recommend --user 42 -k 5 --now data-end "a light 90s comedy"
 	$(VENV)/bin/instructrank recommend -k 5 --now data-end "something like Alien but funnier, no horror please"
 	$(VENV)/bin/instructrank recommend --user 7 -k 5 --now data-end "something scary from the eighties"
 	$(VENV)/bin/instructrank recommend --user 500 -k 5 --now data-end "recommend me something for tonight"
+
+study: run
+	$(VENV)/bin/instructrank train $(ML_ARGS)
+	$(VENV)/bin/instructrank evaluate $(ML_ARGS) $(ML_TEST)
 
 # Last.fm (music: 1,891 users, 17,632 artists, the KGCN music KG) through bring-your-own,
 # with its schema (configs/schemas/lastfm.json); its rows go to bench/results/quality.csv
