@@ -33,10 +33,7 @@ run: $(STAMP)
 	$(VENV)/bin/instructrank kg train --dataset movielens-100k
 	$(VENV)/bin/instructrank train $(ML_ARGS) --models $(RUN_MODELS)
 	$(VENV)/bin/instructrank evaluate $(ML_ARGS) $(ML_TEST) --models $(RUN_MODELS)
-	$(VENV)/bin/instructrank recommend --user 42 -k 5 --now data-end "a light 90s comedy"
-	$(VENV)/bin/instructrank recommend -k 5 --now data-end "something like Alien but funnier, no horror please"
-	$(VENV)/bin/instructrank recommend --user 7 -k 5 --now data-end "something scary from the eighties"
-	$(VENV)/bin/instructrank recommend --user 500 -k 5 --now data-end "recommend me something for tonight"
+	$(VENV)/bin/instructrank recommend -k 5 --now data-end --requests configs/movielens-100k-samples.csv
 
 study: run
 	$(VENV)/bin/instructrank train $(ML_ARGS)

@@ -8,6 +8,7 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
+from recdata.errors import ConfigError
 from serve.cli_llm import llm_app
 from serve.errors import user_errors
 
@@ -515,7 +516,13 @@ def _recommender_config(model: Path | None, repo: Path | None, online: str,
 @app.command("recommend")
 @user_errors
 def recommend_cmd(
-    instruction: Annotated[str, typer.Argument(help="What the person wants, in plain words.")],
+    instruction: Annotated[str | None, typer.Argument(
+        help="What the person wants, in plain words.")] = None,
+    requests: Annotated[Path | None, typer.Option(
+        "--requests", help="A CSV or parquet file of requests (columns user_id, instruction; "
+                           "optional history: item ids, comma-separated, most recent first) "
+                           "ranked one after the other with one load; instead of "
+                           "INSTRUCTION. An empty user_id is the cold-start path.")] = None,
     user: Annotated[str | None, typer.Option(
         "--user", help="User id, the catalogue's own (an integer or a string key); omit it "
                        "(or give an unknown id) for the cold-start path.")] = None,
@@ -545,18 +552,55 @@ def recommend_cmd(
     Examples: instructrank recommend --user 42 "a light 90s comedy"
               instructrank recommend "something like Alien but funnier, no horror"
               instructrank recommend --history 50,181 "more of the same, before 1990"
+              instructrank recommend --requests my_requests.csv --now data-end
     """
-    from rich.table import Table
-
     from ranking.recommend import Recommender
-    from serve.http import to_response
 
+    if (instruction is None) == (requests is None):
+        raise ConfigError("give an INSTRUCTION or --requests FILE (one of them)")
+    asks = [(user, instruction, _split(history))] if requests is None else \
+        _request_rows(requests)
     rec = Recommender.load(_recommender_config(model, repo, online, redis_url, data_dir,
                                                encoder_path, llm_adapter, llm_model,
                                                llm_weight, llm_top_n))
-    result = rec.recommend(user, instruction, k,
-                           now=int(now) if now is not None and now.isdigit() else now,
-                           history=_split(history))
+    at = int(now) if now is not None and now.isdigit() else now
+    for who, text, seen in asks:
+        _print_recommendation(rec.recommend(who, text, k, now=at, history=seen), who, as_json)
+
+
+def _request_rows(path: Path) -> list[tuple[str | None, str, list[str] | None]]:
+    """(user, instruction, history) per row of a requests file; a missing column or an
+    empty instruction is an error naming the file and the row (1-based, as an editor
+    shows it: the header is line 1)."""
+    import polars as pl
+
+    try:
+        frame = (pl.read_parquet(path) if path.suffix == ".parquet" else
+                 pl.read_csv(path, infer_schema=False))
+    except (OSError, pl.exceptions.PolarsError) as exc:
+        raise ConfigError(f"cannot read requests file {path}: {exc}") from exc
+    missing = [c for c in ("user_id", "instruction") if c not in frame.columns]
+    if missing:
+        raise ConfigError(f"requests file {path} lacks column(s) {missing}; expected "
+                          f"user_id, instruction (optional history), got {frame.columns}")
+    frame = frame.with_columns(pl.col("user_id").cast(pl.String),
+                               pl.col("instruction").cast(pl.String).str.strip_chars())
+    empty = frame.with_row_index("line", offset=2).filter(
+        pl.col("instruction").fill_null("") == "")["line"].to_list()
+    if empty:
+        raise ConfigError(f"requests file {path}: empty instruction on line(s) {empty[:10]}")
+    history = (frame["history"].cast(pl.String).to_list() if "history" in frame.columns
+               else [None] * frame.height)
+    return [(u or None, text, _split(h)) for u, text, h in
+            zip(frame["user_id"].to_list(), frame["instruction"].to_list(), history,
+                strict=True)]
+
+
+def _print_recommendation(result: Any, user: str | None, as_json: bool) -> None:
+    from rich.table import Table
+
+    from serve.http import to_response
+
     if as_json:
         console.print_json(to_response(result).model_dump_json())
         return

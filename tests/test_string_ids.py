@@ -135,6 +135,49 @@ def test_the_cli_speaks_the_shops_ids(shop):
     assert look.exit_code == 0 and "known" in look.output and sku in look.output
 
 
+def test_the_cli_ranks_a_file_of_requests_with_one_load(shop, tmp_path):
+    """`recommend --requests FILE`: every row answered in order (a known user, the
+    cold-start path for an empty id, a session history), each as `recommend` alone would."""
+    from typer.testing import CliRunner
+
+    from serve.cli import app
+
+    user = shop["inter"]["user_id"][1]
+    sku = shop["items"]["item_id"][0]
+    file = tmp_path / "asks.csv"
+    pl.DataFrame({"user_id": [user, None, None], "instruction": ["a knife", "a kettle", "more"],
+                  "history": [None, None, sku]}).write_csv(file)
+    args = ["--model", str(shop["model"]), "--repo", str(shop["repo"]),
+            "--data-dir", str(shop["data"]), "-k", "3", "--json", "--now", "data-end"]
+    out = CliRunner().invoke(app, ["recommend", "--requests", str(file), *args])
+    assert out.exit_code == 0, out.output
+    bodies = [json.loads(chunk) for chunk in _json_objects(out.stdout)]
+    assert [b["instruction"] for b in bodies] == ["a knife", "a kettle", "more"]
+    assert bodies[0]["user_id"] == user and not bodies[0]["cold_start"]
+    assert bodies[1]["cold_start"] and len(bodies[1]["items"]) == 3
+    assert sku not in [i["item_id"] for i in bodies[2]["items"]], "the session's item"
+    alone = CliRunner().invoke(app, ["recommend", "a knife", "--user", user, *args])
+    assert json.loads(alone.stdout[alone.stdout.index("{"):])["items"] == bodies[0]["items"]
+
+    for rows, message in (({"user": [user], "instruction": ["x"]}, "lacks column"),
+                          ({"user_id": [user, user], "instruction": ["x", " "]}, "line(s) [3]")):
+        pl.DataFrame(rows).write_csv(file)
+        bad = CliRunner().invoke(app, ["recommend", "--requests", str(file), *args])
+        assert bad.exit_code == 1 and message in bad.output, bad.output
+    both = CliRunner().invoke(app, ["recommend", "a knife", "--requests", str(file), *args])
+    assert both.exit_code == 1 and "one of them" in both.output
+
+
+def _json_objects(text: str) -> list[str]:
+    """The top-level JSON objects printed one after another."""
+    decoder, out, at = json.JSONDecoder(), [], text.find("{")
+    while at != -1:
+        obj, end = decoder.raw_decode(text, at)
+        out.append(json.dumps(obj))
+        at = text.find("{", end)
+    return out
+
+
 def test_evaluation_tables_join_back_to_the_shops_ids(shop):
     from ranking.evaluation.harness import evaluate
     from ranking.evaluation.report import sample_recommendations
