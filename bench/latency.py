@@ -60,6 +60,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+# polars sizes its thread pool when it is imported: one thread, as `instructrank serve` runs
+# its processes (a one-request frame split across cores costs more than it saves)
+os.environ.setdefault("POLARS_MAX_THREADS", "1")
+
 import numpy as np
 import polars as pl
 from tqdm import tqdm
@@ -70,7 +74,8 @@ ROOT = Path(__file__).resolve().parents[1]
 COLUMNS = ["path", "store", "mix", "clients", "workers", "candidates", "requests", "errors",
            "p50_ms", "p99_ms", "rps"]
 KEYS = ["path", "store", "mix", "clients"]
-STAGES = ["user_read", "candidates", "item_read", "score", "llm", "explain", "total"]
+STAGES = ["user_read", "candidates", "item_read", "features", "score", "llm", "explain",
+          "total"]
 UNKNOWN_SHARE, ANONYMOUS_SHARE = 0.05, 0.05
 N_USERS = 943  # MovieLens-100k user ids are 1..943
 

@@ -366,13 +366,15 @@ class Recommender:
         # each item once, however many requests name it
         unique, where = np.unique(self.item_ids[cands.idx].ravel(), return_inverse=True)
         item_rows = self.reader.cached_items(unique.tolist())[where]
-        timings["item_read"] = (time.perf_counter() - t2) * 1000
+        t3 = time.perf_counter()
+        timings["item_read"] = (t3 - t2) * 1000
         user_rows = pl.DataFrame([{c: u.get(c) for c in self.reader.user_columns}
                                   for u in users],
                                  schema={c: self.reader.types[c]
                                          for c in self.reader.user_columns})
         frame = assemble(batch, cands, user_rows, item_rows, self.items, kg=self.context.kg,
                          anonymous=~known, parsed=parsed, features=self.model.features)
+        timings["features"] = (time.perf_counter() - t3) * 1000
         return OnlineRequest(batch, known, cands, frame, parsed, rated)
 
     def ask(self, user_id: Key | None, instruction: Any, k: int = 10, *,
