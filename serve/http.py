@@ -2,7 +2,9 @@
 
 `create_app(load)` takes a function that returns a loaded `Recommender`; it is called once,
 at start-up, so no request pays for loading. Errors map to status codes a client can act on:
-- 422: the body is wrong (empty, non-string or over-long instruction; k out of range);
+- 422: the body is wrong (empty, non-string or over-long instruction; k out of range; a
+  field the API does not have), naming the field and quoting at most the first
+  ECHO_CHARS characters of what was sent;
 - 503: the online store is unreachable. The process stays up; the next request tries the
   store again, so service resumes by itself when the store is back.
 Handlers are plain `def`s: FastAPI runs them in its thread pool, and `recommend()` releases
@@ -11,17 +13,18 @@ the GIL in the encoder, the online read and LightGBM.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Annotated, Any
 
-from pydantic import BaseModel, Field, StrictStr, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, StrictStr, StringConstraints
 
 from ranking.recommend import MAX_K, MAX_SESSION_ITEMS
 from ranking.sanitize import MAX_INSTRUCTION_CHARS
 
 MAX_ID_CHARS = 256
+ECHO_CHARS = 80  # of a rejected value, repeated in a 422: enough to recognise it, no more
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
@@ -30,6 +33,8 @@ if TYPE_CHECKING:
 
 
 class RecommendRequest(BaseModel):
+    # a misspelt field ("instructions", "K") is an error naming it, not a silent default
+    model_config = ConfigDict(extra="forbid")
     user_id: int | Annotated[StrictStr, StringConstraints(max_length=MAX_ID_CHARS)] | None = \
         Field(None, description="The catalogue's own user id (an integer, or a string for a "
                                 "string-id dataset). Omit it (or give an unknown id) for "
@@ -84,8 +89,24 @@ def to_response(rec: Recommendation) -> RecommendResponse:
                for i in rec.items])
 
 
+def short_errors(errors: Sequence[Any]) -> list[dict[str, Any]]:
+    """FastAPI's 422 detail (field, message, type) with each rejected value cut to its
+    first ECHO_CHARS characters: the default repeats the whole input, a megabyte back for a
+    megabyte sent."""
+    out = []
+    for error in errors:
+        item = {k: error[k] for k in ("type", "loc", "msg") if k in error}
+        if "input" in error:
+            text = error["input"] if isinstance(error["input"], str) else repr(error["input"])
+            item["input"] = text if len(text) <= ECHO_CHARS else \
+                f"{text[:ECHO_CHARS]}... ({len(text):,} characters)"
+        out.append(item)
+    return out
+
+
 def create_app(load: Callable[[], Recommender]) -> FastAPI:
     from fastapi import FastAPI, HTTPException
+    from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse
 
     from recdata.errors import InvalidRequestError, StoreUnavailableError
@@ -109,6 +130,10 @@ def create_app(load: Callable[[], Recommender]) -> FastAPI:
     app = FastAPI(title="instructrank", lifespan=lifespan,
                   description="Instruction-following recommendations: a person says what they "
                               "want; the catalogue is ranked for them and that request.")
+
+    @app.exception_handler(RequestValidationError)
+    def bad_body(_: Any, exc: RequestValidationError) -> JSONResponse:
+        return JSONResponse(status_code=422, content={"detail": short_errors(exc.errors())})
 
     @app.exception_handler(StoreUnavailableError)
     def store_down(_: Any, exc: StoreUnavailableError) -> JSONResponse:

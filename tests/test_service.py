@@ -49,6 +49,8 @@ def test_recommend_and_health(client):
     ({**GOOD, "user_id": ["someone"]}, "user_id"),
     ({**GOOD, "user_id": "u" * 257}, "user_id"),
     ({**GOOD, "now": "last tuesday"}, "now"),
+    ({**GOOD, "instructions": "a comedy"}, "instructions"),  # misspelt: not ignored
+    ({**GOOD, "K": 3}, "K"),
 ])
 def test_bad_bodies_get_422_naming_the_field(client, body, field):
     r = client.post("/recommend", json=body)
@@ -81,6 +83,17 @@ def test_the_request_time_is_the_callers_when_given(client):
 
     served_at = datetime.fromisoformat(default.json()["now"]).timestamp()
     assert before - 1 <= served_at <= clock.time() + 1
+
+
+@pytest.mark.parametrize("field", ["instruction", "user_id"])
+def test_a_huge_rejected_value_is_not_echoed_back(client, field):
+    """A 10^6-character value gets a 422 naming the field, quoting only its start."""
+    r = client.post("/recommend", json={**GOOD, field: "x" * 10**6})
+    assert r.status_code == 422
+    assert len(r.content) < 2000, len(r.content)  # one error per type of a union field
+    errors = r.json()["detail"]
+    assert errors and all(field in e["loc"] for e in errors)
+    assert any("1,000,000 characters" in e["input"] for e in errors)
 
 
 def test_whitespace_only_instruction_gets_422_with_the_reason(client):
