@@ -50,6 +50,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections import Counter
@@ -481,37 +482,41 @@ def store_args(args: argparse.Namespace, store: str, redis_url: str | None) -> l
 @contextmanager
 def http_server(args: argparse.Namespace, store: str,
                 redis_url: str | None) -> Iterator[str]:
-    """`instructrank serve --workers N` on a free loopback port, up when /healthz answers
-    200 (with several workers, the one that answers; the others load alongside)."""
+    """`instructrank serve --workers N` on a free loopback port, up when /readyz answers
+    200 (with several workers, every process has loaded: the pool starts them all)."""
     import httpx
 
     port = free_port()
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    proc = subprocess.Popen(cli("serve", "--host", "127.0.0.1", "--port", str(port),
-                                "--workers", str(args.workers),
-                                *store_args(args, store, redis_url)), env=env)
-    OWN_PIDS.add(proc.pid)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 300
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"the HTTP server exited with {proc.returncode}")
-            if time.monotonic() > deadline:
-                raise RuntimeError("the HTTP server did not answer /healthz within 300 s")
-            try:
-                if httpx.get(f"{base}/healthz", timeout=2.0).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.5)
-        import psutil
+    # its access log (a JSON line per request) goes to a file, not into this output
+    with tempfile.TemporaryFile("w+") as log:
+        proc = subprocess.Popen(cli("serve", "--host", "127.0.0.1", "--port", str(port),
+                                    "--workers", str(args.workers),
+                                    *store_args(args, store, redis_url)), env=env, stderr=log)
+        OWN_PIDS.add(proc.pid)
+        base = f"http://127.0.0.1:{port}"
+        try:
+            deadline = time.monotonic() + 300
+            while True:
+                if proc.poll() is not None:
+                    log.seek(0)
+                    raise RuntimeError(f"the HTTP server exited with {proc.returncode}: "
+                                       f"{log.read()[-2000:]}")
+                if time.monotonic() > deadline:
+                    raise RuntimeError("the HTTP server was not ready (/readyz) within 300 s")
+                try:
+                    if httpx.get(f"{base}/readyz", timeout=2.0).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+                time.sleep(0.5)
+            import psutil
 
-        # its worker processes are ours too, for the idle-machine check
-        OWN_PIDS.update(c.pid for c in psutil.Process(proc.pid).children(recursive=True))
-        yield base
-    finally:
-        stop(proc)
+            # its worker processes are ours too, for the idle-machine check
+            OWN_PIDS.update(c.pid for c in psutil.Process(proc.pid).children(recursive=True))
+            yield base
+        finally:
+            stop(proc)
 
 
 # --- the benchmark ----------------------------------------------------------------------

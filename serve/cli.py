@@ -643,8 +643,14 @@ def serve_cmd(
                     "the model, encoder and sources (~1 GB each); one per core serves the "
                     "most requests per second (serve/workers.py, "
                     "bench/results/latency.csv).")] = 1,
+    api_key_file: Annotated[Path | None, typer.Option(
+        help="File whose first line is the API key every request but /healthz and /readyz "
+             "must send (X-API-Key or Authorization: Bearer); or set INSTRUCTRANK_API_KEY. "
+             "Never on the command line, where `ps` shows it. Default: no key.")] = None,
+    max_body_bytes: Annotated[int, typer.Option(
+        min=1, help="Larger request bodies get 413.")] = 64 * 1024,
 ) -> None:
-    """Serve POST /recommend and GET /healthz over HTTP (OpenAPI docs at /docs).
+    """Serve POST /recommend, GET /healthz and GET /readyz over HTTP (OpenAPI docs at /docs).
 
     The model, encoder and features load once at start-up, in each compute process.
     Requests that arrive together are computed together. A bad body gets 422; an
@@ -660,8 +666,11 @@ def serve_cmd(
     import uvicorn
 
     from ranking.recommend import Recommender
+    from serve.guard import read_api_key
     from serve.http import create_app
 
+    key = read_api_key(None if api_key_file is None else str(api_key_file), dict(os.environ))
+    guard = {"api_key": key, "max_body_bytes": max_body_bytes}
     cfg = _recommender_config(model, repo, online, redis_url, data_dir, encoder_path,
                               llm_adapter, llm_model, llm_weight, llm_top_n)
     if workers == 1:
@@ -669,12 +678,30 @@ def serve_cmd(
 
         # concurrent requests are computed together (ranking.batching)
         cfg = cfg.model_copy(update={"max_batch": MAX_BATCH})
-        app = create_app(lambda: Recommender.load(cfg))
+        app = create_app(lambda: Recommender.load(cfg), **guard)
     else:
         from serve.workers import WorkerPool
 
-        app = create_app(lambda: WorkerPool(cfg, workers))
-    uvicorn.run(app, host=host, port=port, log_level="warning")
+        app = create_app(lambda: WorkerPool(cfg, workers), **guard)
+    if key is not None:
+        console.print("API key required (X-API-Key) on every path but /healthz and /readyz")
+    _access_log_to_stderr()
+    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
+
+
+def _access_log_to_stderr() -> None:
+    """serve.guard's JSON lines, one per request, on stderr (uvicorn's own access log,
+    which has no request id or timings, is off)."""
+    import logging
+    import sys
+
+    log = logging.getLogger("instructrank.access")
+    if not log.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
+        log.propagate = False
 
 
 def main() -> None:

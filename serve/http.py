@@ -1,4 +1,5 @@
-"""The HTTP service: `POST /recommend`, `GET /healthz`, OpenAPI at `/docs`.
+"""The HTTP service: `POST /recommend`, `GET /healthz` (liveness), `GET /readyz` (the online
+store answers), OpenAPI at `/docs`; keys, body limits and the access log: serve.guard.
 
 `create_app(load)` takes a function that returns a loaded `Recommender`; it is called once,
 at start-up, so no request pays for loading. Errors map to status codes a client can act on:
@@ -20,6 +21,10 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, StrictStr, StringConstraints
 
+# module level: FastAPI resolves the handlers' (string) annotations in this module's globals
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+
 from ranking.recommend import MAX_K, MAX_SESSION_ITEMS
 from ranking.sanitize import MAX_INSTRUCTION_CHARS
 
@@ -27,9 +32,8 @@ MAX_ID_CHARS = 256
 ECHO_CHARS = 80  # of a rejected value, repeated in a 422: enough to recognise it, no more
 
 if TYPE_CHECKING:
-    from fastapi import FastAPI
-
     from ranking.recommend import Recommendation, Recommender
+    from serve.guard import Guard
 
 
 class RecommendRequest(BaseModel):
@@ -104,10 +108,13 @@ def short_errors(errors: Sequence[Any]) -> list[dict[str, Any]]:
     return out
 
 
-def create_app(load: Callable[[], Recommender]) -> FastAPI:
+def create_app(load: Callable[[], Recommender], *, api_key: str | None = None,
+               max_body_bytes: int | None = None) -> Guard:
+    """The service around `load()`'s recommender; `api_key` (None: open) and
+    `max_body_bytes` (default serve.guard.MAX_BODY_BYTES) are enforced by serve.guard,
+    which also writes the access log."""
     from fastapi import FastAPI, HTTPException
     from fastapi.exceptions import RequestValidationError
-    from fastapi.responses import JSONResponse
 
     from recdata.errors import InvalidRequestError, StoreUnavailableError
 
@@ -140,21 +147,48 @@ def create_app(load: Callable[[], Recommender]) -> FastAPI:
         return JSONResponse(status_code=503, content={"detail": str(exc)})
 
     @app.post("/recommend", response_model=RecommendResponse)
-    def recommend(body: RecommendRequest) -> RecommendResponse:
+    def recommend(body: RecommendRequest, request: Request) -> RecommendResponse:
         try:
             rec = state["recommender"].recommend(body.user_id, body.instruction, body.k,
                                                  now=body.now, history=body.history)
         except InvalidRequestError as exc:
             raise HTTPException(status_code=422, detail=str(exc)) from exc
+        request.state.timings_ms = rec.timings_ms  # for the access log (serve.guard)
         return to_response(rec)
 
     @app.get("/healthz")
     def healthz() -> dict[str, Any]:
-        """Loaded model, and whether the online store answers right now (503 if not)."""
+        """Liveness: 200 while the process serves, with the loaded model and the online
+        store's state; a store outage is reported here, not failed (restarting a live
+        service does not bring a store back; `/readyz` is what routes traffic away)."""
         recommender = state.get("recommender")
         if recommender is None:
             raise HTTPException(status_code=503, detail="still loading")
-        return {"status": "ok", **recommender.health()}  # StoreUnavailableError -> 503
+        return {"status": "ok", **_store_state(recommender)}
 
-    return app
+    @app.get("/readyz")
+    def readyz() -> JSONResponse:
+        """Readiness: 200 when the model is loaded and the online store answers now, else
+        503 with the reason; a load balancer sends requests only while it is 200."""
+        recommender = state.get("recommender")
+        if recommender is None:
+            return JSONResponse(status_code=503, content={"ready": False,
+                                                          "reason": "still loading"})
+        found = _store_state(recommender)
+        ready = found["store"] == "ok"
+        return JSONResponse(status_code=200 if ready else 503,
+                            content={"ready": ready, **found})
+
+    from serve.guard import MAX_BODY_BYTES, Guard
+
+    return Guard(app, api_key=api_key, max_body_bytes=max_body_bytes or MAX_BODY_BYTES)
+
+
+def _store_state(recommender: Any) -> dict[str, Any]:
+    from recdata.errors import StoreUnavailableError
+
+    try:
+        return {**recommender.health(), "store": "ok"}
+    except StoreUnavailableError as exc:
+        return {"store": f"unreachable: {exc}"}
 

@@ -34,8 +34,11 @@ def test_recommend_and_health(client):
     assert anonymous.status_code == 200 and anonymous.json()["cold_start"] is True
     health = client.get("/healthz")
     assert health.status_code == 200 and health.json()["status"] == "ok"
+    assert health.json()["store"] == "ok"
+    assert client.get("/readyz").json() == {**{k: v for k, v in health.json().items()
+                                               if k != "status"}, "ready": True}
     schema = client.get("/openapi.json").json()
-    assert "/recommend" in schema["paths"] and "/healthz" in schema["paths"]
+    assert {"/recommend", "/healthz", "/readyz"} <= set(schema["paths"])
 
 
 @pytest.mark.parametrize(("body", "field"), [
@@ -87,13 +90,105 @@ def test_the_request_time_is_the_callers_when_given(client):
 
 @pytest.mark.parametrize("field", ["instruction", "user_id"])
 def test_a_huge_rejected_value_is_not_echoed_back(client, field):
-    """A 10^6-character value gets a 422 naming the field, quoting only its start."""
-    r = client.post("/recommend", json={**GOOD, field: "x" * 10**6})
+    """A 50,000-character value gets a 422 naming the field and quoting only its start; a
+    10^6-character one is over the body limit: 413, before anything parses it."""
+    r = client.post("/recommend", json={**GOOD, field: "x" * 50_000})
     assert r.status_code == 422
     assert len(r.content) < 2000, len(r.content)  # one error per type of a union field
     errors = r.json()["detail"]
     assert errors and all(field in e["loc"] for e in errors)
-    assert any("1,000,000 characters" in e["input"] for e in errors)
+    assert any("50,000 characters" in e["input"] for e in errors)
+    huge = client.post("/recommend", json={**GOOD, field: "x" * 10**6})
+    assert huge.status_code == 413 and len(huge.content) < 200
+
+
+@pytest.fixture(scope="module")
+def keyed(trained):
+    """The service with an API key and a 2 KiB body limit."""
+    from fastapi.testclient import TestClient
+
+    from ranking.recommend import Recommender, RecommenderConfig
+    from serve.http import create_app
+
+    cfg = RecommenderConfig(repo=trained["repo"], data_dir=trained["data"])
+    app = create_app(lambda: Recommender.load(cfg), api_key="s3cret-key", max_body_bytes=2048)
+    with TestClient(app) as c:
+        yield c
+
+
+def test_an_api_key_is_required_when_set_but_not_by_the_probes(keyed):
+    assert keyed.post("/recommend", json=GOOD).status_code == 401
+    wrong = keyed.post("/recommend", json=GOOD, headers={"X-API-Key": "s3cret-kex"})
+    assert wrong.status_code == 401 and "API key" in wrong.json()["detail"]
+    assert keyed.post("/recommend", json=GOOD,
+                      headers={"X-API-Key": "s3cret-key"}).status_code == 200
+    assert keyed.post("/recommend", json=GOOD,
+                      headers={"Authorization": "Bearer s3cret-key"}).status_code == 200
+    assert keyed.get("/openapi.json").status_code == 401
+    assert keyed.get("/healthz").status_code == 200
+    ready = keyed.get("/readyz")
+    assert ready.status_code == 200 and ready.json()["ready"] is True
+
+
+def test_a_body_over_the_limit_gets_413_announced_or_streamed(keyed):
+    key = {"X-API-Key": "s3cret-key"}
+    big = {**GOOD, "instruction": "a comedy " * 300}  # ~2.7 KiB of JSON
+    assert keyed.post("/recommend", json=big, headers=key).status_code == 413
+    import json as _json
+
+    def chunks():  # no Content-Length: the body is counted as it arrives
+        data = _json.dumps(big).encode()
+        for i in range(0, len(data), 500):
+            yield data[i:i + 500]
+
+    streamed = keyed.post("/recommend", content=chunks(),
+                          headers={**key, "Content-Type": "application/json"})
+    assert streamed.status_code == 413 and "2,048 bytes" in streamed.json()["detail"]
+    assert keyed.post("/recommend", json=GOOD, headers=key).status_code == 200
+
+
+def test_every_request_has_an_id_and_one_access_log_line_without_secrets(keyed, caplog):
+    import json as _json
+    import logging
+
+    with caplog.at_level(logging.INFO, logger="instructrank.access"):
+        mine = keyed.post("/recommend", json=GOOD, headers={"X-API-Key": "s3cret-key",
+                                                            "X-Request-ID": "trace-42"})
+        fresh = keyed.post("/recommend", json=GOOD, headers={"X-API-Key": "s3cret-key",
+                                                             "X-Request-ID": "bad id\n!"})
+        refused = keyed.post("/recommend", json=GOOD)
+    assert mine.headers["x-request-id"] == "trace-42"
+    assert fresh.headers["x-request-id"] != "bad id\n!" and len(fresh.headers["x-request-id"]) == 32
+    lines = [_json.loads(r.getMessage()) for r in caplog.records
+             if r.name == "instructrank.access"]
+    assert [line["status"] for line in lines] == [200, 200, 401]
+    first = lines[0]
+    assert first["request_id"] == "trace-42" and first["path"] == "/recommend"
+    assert {"candidates", "score", "total"} <= set(first["stages_ms"]) and first["ms"] > 0
+    assert refused.headers["x-request-id"] == lines[2]["request_id"]
+    assert "s3cret" not in caplog.text
+
+
+def test_the_key_comes_from_a_file_or_the_environment_never_an_argument(tmp_path):
+    from recdata.errors import ConfigError
+    from serve.guard import read_api_key
+
+    file = tmp_path / "key"
+    file.write_text("from-file\n")
+    assert read_api_key(str(file), {"INSTRUCTRANK_API_KEY": "from-env"}) == "from-file"
+    assert read_api_key(None, {"INSTRUCTRANK_API_KEY": " from-env "}) == "from-env"
+    assert read_api_key(None, {}) is None
+    file.write_text("\n")
+    with pytest.raises(ConfigError, match="empty"):
+        read_api_key(str(file), {})
+    with pytest.raises(ConfigError, match="does not exist"):
+        read_api_key(str(tmp_path / "nope"), {})
+    from typer.testing import CliRunner
+
+    from serve.cli import app
+
+    help_text = CliRunner().invoke(app, ["serve", "--help"]).output
+    assert "--api-key-file" in help_text and "--api-key " not in help_text
 
 
 def test_whitespace_only_instruction_gets_422_with_the_reason(client):
@@ -148,12 +243,17 @@ def test_store_outage_gives_503_and_the_service_recovers(trained, synthetic, tmp
             down = client.post("/recommend", json=GOOD)
             assert down.status_code == 503
             assert "online store unreachable" in down.json()["detail"]
-            assert client.get("/healthz").status_code == 503
+            ready = client.get("/readyz")
+            assert ready.status_code == 503 and ready.json()["ready"] is False
+            assert ready.json()["store"].startswith("unreachable")
+            live = client.get("/healthz")  # alive, and saying what is down
+            assert live.status_code == 200 and live.json()["store"].startswith("unreachable")
             proc = _start_redis(binary, port, tmp_path)
             up = client.post("/recommend", json=GOOD)
             assert up.status_code == 200, up.text
             assert up.json()["cold_start"] is False  # the data came back with the server
-            assert client.get("/healthz").status_code == 200
+            assert client.get("/readyz").status_code == 200
+            assert client.get("/healthz").json()["store"] == "ok"
     finally:
         proc.terminate()
         proc.wait(timeout=10)
