@@ -601,9 +601,11 @@ def bench_llm(stream: RequestStream, args: argparse.Namespace, rows: list[dict],
 def merged(path: Path, new: pl.DataFrame, keys: list[str]) -> pl.DataFrame:
     """Rows measured now replace the file's rows with the same keys; others stay (so the
     slow LLM rows can be measured on their own)."""
-    if not path.exists() or new.is_empty():
+    if not path.exists():
         return new
     old = pl.read_csv(path)
+    if new.is_empty():  # nothing of this kind measured now (no one-client row): kept
+        return old
     if set(old.columns) != set(new.columns):
         print(f"{path} has other columns ({', '.join(old.columns)}): its rows are replaced")
         return new
