@@ -84,7 +84,14 @@ class OnnxEncoder:
         tokenize = fast_tokenizer(Path(model_path))
         if tokenize is None:
             tokenize = _model_tokenizer(load_model())
-        return cls(graph, tokenize, threads)
+        try:
+            return cls(graph, tokenize, threads)
+        except Exception:
+            # a damaged export (cut short by a full disk, edited): it is a cache, so it is
+            # made again from the model; a second failure is the model's, and is raised
+            graph.unlink(missing_ok=True)
+            export(load_model(), graph)
+            return cls(graph, tokenize, threads)
 
     def encode(self, texts: list[str], batch_size: int = 64, progress: bool = False,
                desc: str = "encoding") -> np.ndarray:

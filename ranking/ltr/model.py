@@ -29,6 +29,10 @@ MODEL_FILE = "model.txt"
 META_FILE = "meta.json"
 
 
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
 class LTRConfig(BaseModel):
     """Everything that shapes the ranker; its hash (with the data's) versions the model."""
 
@@ -109,10 +113,10 @@ class LTRModel:
         tmp = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}."))
         self.booster.save_model(str(tmp / MODEL_FILE))
         user_columns, item_columns = store_columns(self.features)
-        meta = {"features": self.features, "ablation": self.ablation, "config": self.config,
-                "key": self.key, "best_iteration": self.best_iteration,
+        meta = {**self.extra, "features": self.features, "ablation": self.ablation,
+                "config": self.config, "key": self.key, "best_iteration": self.best_iteration,
                 "valid_ndcg@10": self.valid_ndcg, "user_columns": user_columns,
-                "item_columns": item_columns, **self.extra}
+                "item_columns": item_columns, "model_sha256": _sha256(tmp / MODEL_FILE)}
         (tmp / META_FILE).write_text(json.dumps(meta, indent=2, default=str))
         if directory.exists():
             shutil.rmtree(directory)
@@ -127,13 +131,35 @@ class LTRModel:
         if not (directory / META_FILE).exists():
             raise ConfigError(f"{directory} is not a ranker model folder (no {META_FILE}); "
                               "train one with `instructrank train`")
-        meta = json.loads((directory / META_FILE).read_text())
-        unknown = [f for f in meta["features"] if f not in FEATURES]
+        retrain = "retrain it with `instructrank train`"
+        try:
+            meta = json.loads((directory / META_FILE).read_text())
+            features = list(meta["features"])
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ConfigError(f"{directory / META_FILE} is damaged ({type(exc).__name__}: "
+                              f"{exc}); {retrain}") from exc
+        unknown = [f for f in features if f not in FEATURES]
         if unknown:
             raise ConfigError(f"model {directory.name} expects features this version does not "
                               f"compute: {', '.join(unknown)}; retrain it")
-        booster = lgb.Booster(model_file=str(directory / MODEL_FILE))
-        known = {"features", "ablation", "config", "key", "best_iteration", "valid_ndcg@10"}
+        model_file = directory / MODEL_FILE
+        if not model_file.exists():
+            raise ConfigError(f"{model_file} is missing; {retrain}")
+        # a file cut short can still parse, as fewer trees: a different model, silently
+        expected = meta.get("model_sha256")
+        if expected is not None and _sha256(model_file) != expected:
+            raise ConfigError(f"{model_file} is not the file this model saved (its checksum "
+                              f"differs: truncated or altered); {retrain}")
+        try:
+            booster = lgb.Booster(model_file=str(model_file))
+        except lgb.basic.LightGBMError as exc:
+            raise ConfigError(f"{model_file} is not a readable LightGBM model ({exc}); "
+                              f"{retrain}") from exc
+        if booster.num_feature() != len(features):
+            raise ConfigError(f"{model_file} holds a model of {booster.num_feature()} "
+                              f"features where {META_FILE} lists {len(features)}; {retrain}")
+        known = {"features", "ablation", "config", "key", "best_iteration", "valid_ndcg@10",
+                 "model_sha256"}
         return cls(booster, meta["features"], meta["ablation"], meta["config"], meta["key"],
                    meta["best_iteration"], meta["valid_ndcg@10"],
                    {k: v for k, v in meta.items() if k not in known})
