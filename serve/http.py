@@ -23,10 +23,27 @@ from pydantic import BaseModel, ConfigDict, Field, StrictStr, StringConstraints
 
 # module level: FastAPI resolves the handlers' (string) annotations in this module's globals
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse as _JSONResponse
 
 from ranking.recommend import MAX_K, MAX_SESSION_ITEMS
 from ranking.sanitize import MAX_INSTRUCTION_CHARS
+
+
+class JSONResponse(_JSONResponse):
+    """JSON that any caller-given string fits in. A lone surrogate (JSON's "\\ud800" decodes
+    to one) has no UTF-8 encoding, so a body quoting one (a 422 naming the value, a user id
+    echoed back) failed as a 500; such a body is written with ASCII escapes instead, which
+    decode to the same strings."""
+
+    def render(self, content: Any) -> bytes:
+        try:
+            return super().render(content)
+        except UnicodeEncodeError:
+            import json
+
+            return json.dumps(content, ensure_ascii=True, allow_nan=False, indent=None,
+                              separators=(",", ":")).encode("ascii")
+
 
 MAX_ID_CHARS = 256
 ECHO_CHARS = 80  # of a rejected value, repeated in a 422: enough to recognise it, no more
@@ -134,7 +151,7 @@ def create_app(load: Callable[[], Recommender], *, api_key: str | None = None,
             close()
         state.clear()
 
-    app = FastAPI(title="instructrank", lifespan=lifespan,
+    app = FastAPI(title="instructrank", lifespan=lifespan, default_response_class=JSONResponse,
                   description="Instruction-following recommendations: a person says what they "
                               "want; the catalogue is ranked for them and that request.")
 
@@ -152,7 +169,7 @@ def create_app(load: Callable[[], Recommender], *, api_key: str | None = None,
             rec = state["recommender"].recommend(body.user_id, body.instruction, body.k,
                                                  now=body.now, history=body.history)
         except InvalidRequestError as exc:
-            raise HTTPException(status_code=422, detail=str(exc)) from exc
+            return JSONResponse(status_code=422, content={"detail": str(exc)})
         request.state.timings_ms = rec.timings_ms  # for the access log (serve.guard)
         return to_response(rec)
 

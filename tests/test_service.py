@@ -191,6 +191,20 @@ def test_the_key_comes_from_a_file_or_the_environment_never_an_argument(tmp_path
     assert "--api-key-file" in help_text and "--api-key " not in help_text
 
 
+@pytest.mark.parametrize("raw", [
+    b'{"instruction": "a \\ud800 comedy"}',
+    b'{"user_id": "\\udfffx", "instruction": "a comedy"}',
+    b'{"history": ["\\ud83d"], "instruction": "a comedy"}',
+])
+def test_a_lone_surrogate_is_a_422_not_a_500(client, raw):
+    """JSON may escape a lone surrogate, which no UTF-8 text can hold: it is refused by
+    field, and the error quoting it is still valid JSON (it was a 500: the body could not
+    be encoded)."""
+    r = client.post("/recommend", content=raw, headers={"Content-Type": "application/json"})
+    assert r.status_code == 422, r.text
+    assert r.json()["detail"]
+
+
 def test_whitespace_only_instruction_gets_422_with_the_reason(client):
     r = client.post("/recommend", json={**GOOD, "instruction": " \n\t "})
     assert r.status_code == 422
