@@ -15,6 +15,7 @@ import json
 import os
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -77,6 +78,36 @@ def genre_vocabulary(items: pl.DataFrame) -> list[str]:
 # users at a time and the item views a partition of items at a time, each written as row
 # groups of one parquet file, so the jobs' memory follows a partition, not the log.
 PART_ROWS = 2_000_000
+
+
+@contextmanager
+def writer_lock(repo: fs.FeatureRepo) -> Iterator[None]:
+    """Hold the repo's writer lock for a build or a refresh: two writers interleaving their
+    source files, registry and materializations would leave a repo neither of them built, so
+    a second one is refused at once with a message naming the holder. An advisory lock
+    (flock) on `<repo>/data/.writer.lock`, released by the kernel if its process dies."""
+    import fcntl
+
+    path = repo.path / "data" / ".writer.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as handle:
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            raise FeatureStoreError(
+                f"the feature repo {repo.path} is being written by {holder}: one `features "
+                f"build` or `features refresh` at a time; run this one when it has finished"
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()} since {datetime.now().isoformat(timespec='seconds')}")
+        handle.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
 
 def _partitions(interactions: pl.DataFrame, key: str, n: int) -> Iterator[pl.DataFrame]:
@@ -177,7 +208,14 @@ def _encoder(cfg: FeatureBuildConfig, progress: bool) -> object | None:
 
 def build_features(cfg: FeatureBuildConfig, *, dataset: Dataset | None = None,
                    progress: bool = True) -> FeatureBuildResult:
-    """Build every source, apply the definitions and backfill the online store."""
+    """Build every source, apply the definitions and backfill the online store (one writer
+    per repo at a time: see `writer_lock`)."""
+    with writer_lock(fs.FeatureRepo(cfg.repo)):
+        return _build_features(cfg, dataset, progress)
+
+
+def _build_features(cfg: FeatureBuildConfig, dataset: Dataset | None,
+                    progress: bool) -> FeatureBuildResult:
 
     seconds: dict[str, float] = {}
     repo = fs.FeatureRepo(cfg.repo)
@@ -250,6 +288,15 @@ def refresh_features(repo_path: Path, new_interactions: pl.DataFrame, *, online:
     New interactions must be later than the data already materialized: older ones would fall
     before the incremental window and never reach the online store, so they are refused
     (rebuild with `instructrank features build` instead)."""
+    with writer_lock(fs.FeatureRepo(repo_path)):
+        return _refresh_features(repo_path, new_interactions, online=online,
+                                 redis_url=redis_url, data_dir=data_dir,
+                                 encoder_path=encoder_path, progress=progress)
+
+
+def _refresh_features(repo_path: Path, new_interactions: pl.DataFrame, *, online: str,
+                      redis_url: str | None, data_dir: Path, encoder_path: Path | None,
+                      progress: bool) -> FeatureBuildResult:
     repo = fs.FeatureRepo(repo_path)
     meta = json.loads((repo.sources / "meta.json").read_text())
     as_of = datetime.fromisoformat(meta["as_of"])

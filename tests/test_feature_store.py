@@ -266,3 +266,25 @@ def test_cli_build_and_lookup(tmp_path):
                               "--repo", str(repo)])  # no embeddings: the no-text service
     assert out.exit_code == 0, out.output
     assert "user 1: known" in out.output and "popularity_7d" in out.output
+
+
+def test_two_writers_of_one_repo_are_refused_with_the_holder_named(tmp_path):
+    """A build or refresh holds the repo's writer lock; a second one fails at once, naming
+    who holds it, and the repo is free again when the first ends."""
+    import os
+
+    from featurestore import build
+    from featurestore.store import FeatureRepo
+    from recdata.errors import FeatureStoreError
+
+    repo = FeatureRepo(tmp_path / "repo")
+    cfg = build.FeatureBuildConfig(dataset="synthetic", repo=repo.path,
+                                   data_dir=tmp_path / "data")
+    with build.writer_lock(repo):
+        with pytest.raises(FeatureStoreError, match=f"being written by pid {os.getpid()}"):
+            build.build_features(cfg, progress=False)
+        with pytest.raises(FeatureStoreError, match="one `features build` or `features "
+                                                    "refresh` at a time"):
+            build.refresh_features(repo.path, pl.DataFrame({"user_id": [1]}))
+    with build.writer_lock(repo):  # released: taken again
+        pass
