@@ -68,3 +68,22 @@ def test_unsupported_format_and_missing_file(tmp_path):
         load_custom(tmp_path / "a.json", tmp_path / "a.json")
     with pytest.raises(DataValidationError, match="does not exist"):
         load_custom(tmp_path / "nope.csv", tmp_path / "nope.csv")
+
+
+def test_every_bad_row_of_a_large_file_is_reported_once(tmp_path):
+    """A 20,000-row items file reads in several chunks (polars 2.1 panicked filtering it
+    for duplicates); each duplicate row is reported, and an empty item id once, as null."""
+    from pathlib import Path
+
+    n = 20_000
+    ids = [f"i{i}" for i in range(n)] + ["i7", "i7"]
+    pl.DataFrame({"item_id": ids, "title": [f"Item {i}" for i in range(n + 2)]}) \
+        .write_csv(tmp_path / "items.csv")
+    pl.DataFrame({"user_id": ["u1", "u2", "u3"], "item_id": ["i1", "", "nope"],
+                  "timestamp": ["1000", "1001", "1002"]}).write_csv(tmp_path / "inter.csv")
+    with pytest.raises(DataValidationError) as caught:
+        load_custom(tmp_path / "inter.csv", tmp_path / "items.csv")
+    found = sorted((Path(p.file).name, p.row, p.column) for p in caught.value.problems)
+    assert found == [("inter.csv", 3, "item_id"), ("inter.csv", 4, "item_id"),
+                     ("items.csv", 9, "item_id"), ("items.csv", n + 2, "item_id"),
+                     ("items.csv", n + 3, "item_id")]
