@@ -123,12 +123,12 @@ def _read_json(path: Path) -> dict[str, Any]:
     return json.loads(path.read_text()) if path.exists() else {}
 
 
-def max_tokens(model_path: Path) -> int:
+def max_tokens(st_config: dict[str, Any], tokenizer_config: dict[str, Any]) -> int:
     """The sentence-transformer's own limit (sentence_bert_config.json), else the
     tokenizer's, else BERT's 512: what SentenceTransformer truncates at."""
-    limit = _read_json(model_path / "sentence_bert_config.json").get("max_seq_length")
+    limit = st_config.get("max_seq_length")
     if limit is None:
-        limit = _read_json(model_path / "tokenizer_config.json").get("model_max_length")
+        limit = tokenizer_config.get("model_max_length")
     return int(limit) if limit and int(limit) < 10**6 else 512
 
 
@@ -144,15 +144,16 @@ def fast_tokenizer(model_path: Path) -> Tokenize | None:
 
     tokenizer = Tokenizer.from_file(str(file))
     config = _read_json(model_path / "tokenizer_config.json")
+    st_config = _read_json(model_path / "sentence_bert_config.json")
     pad = config.get("pad_token") or _read_json(
         model_path / "special_tokens_map.json").get("pad_token") or "[PAD]"
     pad = pad["content"] if isinstance(pad, dict) else str(pad)
     pad_id = tokenizer.token_to_id(pad)
     if pad_id is None:
         return None
-    tokenizer.enable_truncation(max_length=max_tokens(model_path))
+    tokenizer.enable_truncation(max_length=max_tokens(st_config, config))
     tokenizer.enable_padding(pad_id=pad_id, pad_token=pad)
-    lower = bool(_read_json(model_path / "sentence_bert_config.json").get("do_lower_case"))
+    lower = bool(st_config.get("do_lower_case"))
 
     def tokenize(texts: list[str]) -> dict[str, np.ndarray]:
         encoded = tokenizer.encode_batch([t.lower() for t in texts] if lower else texts)

@@ -29,8 +29,8 @@ MODEL_FILE = "model.txt"
 META_FILE = "meta.json"
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
 
 
 class LTRConfig(BaseModel):
@@ -116,7 +116,8 @@ class LTRModel:
         meta = {**self.extra, "features": self.features, "ablation": self.ablation,
                 "config": self.config, "key": self.key, "best_iteration": self.best_iteration,
                 "valid_ndcg@10": self.valid_ndcg, "user_columns": user_columns,
-                "item_columns": item_columns, "model_sha256": _sha256(tmp / MODEL_FILE)}
+                "item_columns": item_columns,
+                "model_sha256": _sha256((tmp / MODEL_FILE).read_bytes())}
         (tmp / META_FILE).write_text(json.dumps(meta, indent=2, default=str))
         if directory.exists():
             shutil.rmtree(directory)
@@ -146,12 +147,13 @@ class LTRModel:
         if not model_file.exists():
             raise ConfigError(f"{model_file} is missing; {retrain}")
         # a file cut short can still parse, as fewer trees: a different model, silently
+        data = model_file.read_bytes()  # read once: hashed, then parsed
         expected = meta.get("model_sha256")
-        if expected is not None and _sha256(model_file) != expected:
+        if expected is not None and _sha256(data) != expected:
             raise ConfigError(f"{model_file} is not the file this model saved (its checksum "
                               f"differs: truncated or altered); {retrain}")
         try:
-            booster = lgb.Booster(model_file=str(model_file))
+            booster = lgb.Booster(model_str=data.decode("utf-8", errors="replace"))
         except lgb.basic.LightGBMError as exc:
             raise ConfigError(f"{model_file} is not a readable LightGBM model ({exc}); "
                               f"{retrain}") from exc
