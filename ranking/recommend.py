@@ -18,6 +18,7 @@ repo's id map (recdata.ids) at load, and users it learns of by a refresh on firs
 from __future__ import annotations
 
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -35,8 +36,8 @@ from ranking.candidates import CandidateGenerator, Candidates
 from ranking.constraints import PENALTY, violations, with_items
 from ranking.explain import Explainer, Reason
 from ranking.inputs import Catalogue, RequestBatch
-from ranking.intent_parser import ParsedIntents, parsed_for
-from ranking.ltr.features import ItemTables, assemble
+from ranking.intent_parser import ParsedIntents, parsed_for, semantic_text
+from ranking.ltr.features import ItemTables, assemble_array
 from ranking.ltr.model import LTRModel
 from ranking.queries import history_label
 from ranking.rerank.llm import LLMRerankConfig
@@ -79,6 +80,12 @@ class RecommenderConfig(BaseModel):
     max_batch: int = Field(1, ge=1, description="requests computed together when they "
                                                 "arrive together (ranking.batching; 1: each "
                                                 "alone). `instructrank serve` sets 16")
+    encode_ahead: bool = Field(True, description="encode a request's text on a second "
+                                                 "thread while its intent is parsed and its "
+                                                 "user read (ONNX Runtime and polars let go "
+                                                 "of the GIL): one request's wait shrinks by "
+                                                 "the shorter of the two where a core is free; "
+                                                 "under full load the work is the same")
 
     @field_validator("encoder_runtime", "attribution")
     @classmethod
@@ -134,9 +141,15 @@ class OnlineRequest:
     batch: RequestBatch
     known: np.ndarray  # per request: the store knows the user
     cands: Candidates
-    frame: pl.DataFrame
+    x: np.ndarray  # rows (request, candidate) x `features`, float32: what is scored
+    features: list[str]
     parsed: ParsedIntents
     rated: list[dict[int, float]]  # the users' ratings by catalogue row, for the reasons
+
+    @property
+    def frame(self) -> pl.DataFrame:
+        """`x` as a frame, a column per feature (what `assemble` gives offline)."""
+        return pl.DataFrame(dict(zip(self.features, self.x.T, strict=True)))
 
 
 def latest_model(models_dir: Path, name: str = "ltr_full") -> Path:
@@ -169,6 +182,7 @@ class Recommender:
         self.explainer = Explainer(self)
         self.reranker: Any = None  # ranking.rerank.llm.LLMReranker when configured
         self._batcher: RequestBatcher | None = None
+        self._ahead: ThreadPoolExecutor | None = None
         self._data_end: tuple[float, int] = (-float("inf"), 0)
 
     @classmethod
@@ -227,6 +241,10 @@ class Recommender:
 
             rec.reranker = LLMReranker.load(in_domain_words(cfg.llm, catalogue.schema))
         rec.recommend(None, "warm-up request", 1)  # first-call costs (regex, LightGBM) now
+        if cfg.encode_ahead and context.query_titles is None:
+            # a tuned encoder's text carries the titles a request names, known only after
+            # the parse: nothing to start early
+            rec._ahead = ThreadPoolExecutor(1, thread_name_prefix="encode-ahead")
         if cfg.max_batch > 1:
             rec._batcher = RequestBatcher(rec.recommend_many, cfg.max_batch)
         if cfg.torch_threads is not None:
@@ -322,7 +340,7 @@ class Recommender:
         req = self._features(self.user_id(user_id), clean_instruction(
             instruction, self.cfg.max_instruction_chars), self.request_time(now), {})
         return req.frame.insert_column(0, pl.Series("item_id", self.item_ids[req.cands.idx[0]])
-                                       ).filter(pl.Series(req.cands.valid[0]))
+                                   ).filter(pl.Series(req.cands.valid[0]))
 
     def _features(self, user_id: int | None, text: str, now: int, timings: dict[str, float],
                   session: np.ndarray | None = None) -> OnlineRequest:
@@ -337,6 +355,9 @@ class Recommender:
         the candidates name, one assembly; the offline path's batch code, with the fixed
         cost of each call shared by the requests of the batch."""
         t0 = time.perf_counter()
+        ahead = None
+        if self._ahead is not None:  # the vectors land in the encoder's memory
+            ahead = self._ahead.submit(self._encode_ahead, [a.text for a in asked])
         ids = list(dict.fromkeys(a.uid for a in asked if a.uid is not None))  # each user once
         read = self.reader.read_users(ids) if ids else []
         empty = dict.fromkeys(self.reader.user_columns)
@@ -358,6 +379,8 @@ class Recommender:
         parsed = parsed_for(self.context, base, self.items.genres, self.items.schema,
                             self.items.titles)
         batch = with_items(base, parsed.mentions(len(asked)))  # named items seed the history
+        if ahead is not None:
+            ahead.result()
         cands = self.generator.generate(batch)
         self.context.forget(base)
         self.context.forget(batch)
@@ -372,10 +395,15 @@ class Recommender:
                                   for u in users],
                                  schema={c: self.reader.types[c]
                                          for c in self.reader.user_columns})
-        frame = assemble(batch, cands, user_rows, item_rows, self.items, kg=self.context.kg,
-                         anonymous=~known, parsed=parsed, features=self.model.features)
+        x = assemble_array(batch, cands, user_rows, item_rows, self.items, kg=self.context.kg,
+                           anonymous=~known, parsed=parsed, features=self.model.features)
         timings["features"] = (time.perf_counter() - t3) * 1000
-        return OnlineRequest(batch, known, cands, frame, parsed, rated)
+        return OnlineRequest(batch, known, cands, x, self.model.features, parsed, rated)
+
+    def _encode_ahead(self, texts: list[str]) -> None:
+        """What the instruction source will encode (ScorerContext.queries), without the
+        context's memo, which the parsing thread writes meanwhile."""
+        self.context.encoder.encode(semantic_text(texts), "instructions")
 
     def ask(self, user_id: Key | None, instruction: Any, k: int = 10, *,
             now: int | float | datetime | str | None = None,
@@ -440,11 +468,10 @@ class Recommender:
         t0 = time.perf_counter()
         timings: dict[str, float] = {}
         req = self._features_many(asked, timings)
-        batch, cands, frame = req.batch, req.cands, req.frame
+        batch, cands, x = req.batch, req.cands, req.x
         t3 = time.perf_counter()
         # what a request rules out ranks after what it allows (ranking.constraints)
         bad = violations(req.parsed, self.items, cands.idx)
-        x = frame.select(self.model.features).to_numpy()
         n, width = cands.idx.shape
         scores = self.model.predict_array(x, threads=1).reshape(n, width) - PENALTY * bad
         timings["score"] = (time.perf_counter() - t3) * 1000

@@ -241,3 +241,32 @@ def test_concurrent_callers_share_batches_and_get_their_own_answers(recommender)
         got = list(pool.map(lambda t: batcher.submit(recommender.ask(None, t, 5)), texts))
     assert [[i.item_id for i in g.items] for g in got] == [alone[t] for t in texts]
     assert sum(sizes) == len(texts) and max(sizes) > 1, sizes
+
+
+def test_the_request_is_encoded_ahead_once_and_the_source_reads_those_vectors(recommender,
+                                                                              monkeypatch):
+    """The encode started before the parse (encode_ahead) must be the one the instruction
+    source uses: one model run per new request, on the encode-ahead thread; a negated
+    clause is dropped there as the source drops it. Off, the same answer comes on the
+    calling thread."""
+    import threading
+
+    encoder = recommender.context.encoder
+    runs: list[tuple[str, list[str]]] = []
+    real = encoder._run
+
+    def counted(texts, progress, desc="encoding"):
+        runs.append((threading.current_thread().name, list(texts)))
+        return real(texts, progress, desc)
+
+    monkeypatch.setattr(encoder, "_run", counted)
+    ahead = recommender.recommend(4, "a heist thriller with a twist, no horror", 5)
+    assert len(runs) == 1 and runs[0][0].startswith("encode-ahead"), runs
+    assert "horror" not in runs[0][1][0]
+    monkeypatch.setattr(recommender, "_ahead", None)
+    runs.clear()
+    recommender.context.encoder._memory.clear()
+    inline = recommender.recommend(4, "a heist thriller with a twist, no horror", 5)
+    assert len(runs) == 1 and runs[0][0] == threading.current_thread().name
+    assert [(i.item_id, i.score) for i in inline.items] == \
+        [(i.item_id, i.score) for i in ahead.items]
