@@ -649,6 +649,10 @@ def serve_cmd(
              "Never on the command line, where `ps` shows it. Default: no key.")] = None,
     max_body_bytes: Annotated[int, typer.Option(
         min=1, help="Larger request bodies get 413.")] = 64 * 1024,
+    rate_limit: Annotated[float | None, typer.Option(
+        min=0.001, help="Requests a second one client address may send (in bursts of as "
+                        "many); past it 429 with Retry-After. Probes are not counted. "
+                        "Default: no limit.")] = None,
 ) -> None:
     """Serve POST /recommend, GET /healthz and GET /readyz over HTTP (OpenAPI docs at /docs).
 
@@ -670,7 +674,7 @@ def serve_cmd(
     from serve.http import create_app
 
     key = read_api_key(None if api_key_file is None else str(api_key_file), dict(os.environ))
-    guard = {"api_key": key, "max_body_bytes": max_body_bytes}
+    guard = {"api_key": key, "max_body_bytes": max_body_bytes, "rate_limit": rate_limit}
     cfg = _recommender_config(model, repo, online, redis_url, data_dir, encoder_path,
                               llm_adapter, llm_model, llm_weight, llm_top_n)
     if workers == 1:

@@ -10,6 +10,10 @@ limit. It reads the (small) body itself and hands it to the app from memory.
   constant time (`hmac.compare_digest`); 401 otherwise. The key is never logged.
 - **Body size**: over `max_body_bytes` is a 413, whether announced by Content-Length or
   found while reading.
+- **Rate limit** (optional): at most `rate_limit` requests a second from one client address,
+  in bursts of up to that many (a token bucket per address); past it 429 with
+  `Retry-After`. Probes are not counted. The table of addresses is bounded: past
+  `MAX_CLIENTS` the ones idle longest are forgotten (a forgotten one starts full).
 - **Request id**: the caller's `X-Request-ID` when it is short and plain, else a new one;
   returned in the response's `X-Request-ID` and written in the access log.
 - **Access log**: one JSON line per request on the `instructrank.access` logger: request id,
@@ -23,6 +27,7 @@ from __future__ import annotations
 import hmac
 import json
 import logging
+import math
 import re
 import time
 import uuid
@@ -37,16 +42,42 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 OPEN_PATHS = frozenset({"/healthz", "/readyz"})  # probes answer without a key
 MAX_BODY_BYTES = 64 * 1024  # a request is a few hundred bytes; 64 KiB leaves room, not harm
+MAX_CLIENTS = 10_000  # addresses the rate limiter remembers
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 access_log = logging.getLogger("instructrank.access")
 
 
+class RateLimiter:
+    """A token bucket per client address: `rate` tokens a second, holding at most
+    `burst`."""
+
+    def __init__(self, rate: float, burst: float | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        if rate <= 0:
+            raise ValueError(f"rate limit must be positive, got {rate}")
+        self.rate, self.burst, self.clock = rate, burst or max(1.0, rate), clock
+        self.buckets: dict[str, tuple[float, float]] = {}  # address -> (tokens, when)
+
+    def wait(self, client: str) -> float:
+        """0 when `client` may go now (a token taken), else seconds until it may."""
+        now = self.clock()
+        tokens, then = self.buckets.pop(client, (self.burst, now))
+        tokens = min(self.burst, tokens + (now - then) * self.rate)
+        wait = 0.0 if tokens >= 1 else (1 - tokens) / self.rate
+        self.buckets[client] = (tokens - 1 if wait == 0 else tokens, now)  # most recent last
+        if len(self.buckets) > MAX_CLIENTS:
+            for stale in list(self.buckets)[:len(self.buckets) - MAX_CLIENTS]:
+                del self.buckets[stale]
+        return wait
+
+
 class Guard:
     def __init__(self, app: ASGIApp, *, api_key: str | None = None,
-                 max_body_bytes: int = MAX_BODY_BYTES) -> None:
+                 max_body_bytes: int = MAX_BODY_BYTES, rate_limit: float | None = None) -> None:
         self.app = app
         self.key = api_key.encode() if api_key else None
         self.max_body_bytes = max_body_bytes
+        self.limiter = RateLimiter(rate_limit) if rate_limit else None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -70,6 +101,13 @@ class Guard:
 
         try:
             refusal = self._refusal(scope["path"], headers)
+            if refusal is None and self.limiter is not None and \
+                    scope["path"] not in OPEN_PATHS:
+                wait = self.limiter.wait((scope.get("client") or ("",))[0])
+                if wait > 0:
+                    await _reply(send_with_id, 429, "too many requests from this client",
+                                 [(b"retry-after", str(max(1, math.ceil(wait))).encode())])
+                    return
             if refusal is None:
                 body = await self._read_body(receive)
                 if body is None:
@@ -134,11 +172,12 @@ def _bearer(value: str) -> str:
     return token.strip() if scheme.lower() == "bearer" else ""
 
 
-async def _reply(send: Send, status: int, detail: str) -> None:
+async def _reply(send: Send, status: int, detail: str,
+                 headers: list[tuple[bytes, bytes]] | None = None) -> None:
     body = json.dumps({"detail": detail}).encode()
     await send({"type": "http.response.start", "status": status,
                 "headers": [(b"content-type", b"application/json"),
-                            (b"content-length", str(len(body)).encode())]})
+                            (b"content-length", str(len(body)).encode()), *(headers or [])]})
     await send({"type": "http.response.body", "body": body})
 
 

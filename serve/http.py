@@ -126,10 +126,10 @@ def short_errors(errors: Sequence[Any]) -> list[dict[str, Any]]:
 
 
 def create_app(load: Callable[[], Recommender], *, api_key: str | None = None,
-               max_body_bytes: int | None = None) -> Guard:
-    """The service around `load()`'s recommender; `api_key` (None: open) and
-    `max_body_bytes` (default serve.guard.MAX_BODY_BYTES) are enforced by serve.guard,
-    which also writes the access log."""
+               max_body_bytes: int | None = None, rate_limit: float | None = None) -> Guard:
+    """The service around `load()`'s recommender; `api_key` (None: open), `max_body_bytes`
+    (default serve.guard.MAX_BODY_BYTES) and `rate_limit` (requests a second per client
+    address; None: none) are enforced by serve.guard, which also writes the access log."""
     from fastapi import FastAPI, HTTPException
     from fastapi.exceptions import RequestValidationError
 
@@ -198,7 +198,8 @@ def create_app(load: Callable[[], Recommender], *, api_key: str | None = None,
 
     from serve.guard import MAX_BODY_BYTES, Guard
 
-    return Guard(app, api_key=api_key, max_body_bytes=max_body_bytes or MAX_BODY_BYTES)
+    return Guard(app, api_key=api_key, max_body_bytes=max_body_bytes or MAX_BODY_BYTES,
+                 rate_limit=rate_limit)
 
 
 def _store_state(recommender: Any) -> dict[str, Any]:
