@@ -407,6 +407,7 @@ class OnlineReader:
         self.store = store
         self.service = service
         self.provider = store._get_provider()
+        bound_waits(store)
         applied = [s.name for s in store.list_feature_services()]
         if service not in applied:
             raise FeatureStoreError(f"feature service {service!r} is not applied in this "
@@ -526,6 +527,36 @@ def _view_of(column: str) -> str:
 
 def _user_views() -> set[str]:
     return {name for name, v in feature_views().items() if list(v.entities) == ["user"]}
+
+
+STORE_WAIT_S = 0.25  # the longest one online-store call may wait on a lock or a socket
+
+
+def bound_waits(store: Any, seconds: float = STORE_WAIT_S) -> None:
+    """Make an online store that cannot answer fail fast, so a request gets its 503 within a
+    second instead of hanging. SQLite: wait at most `seconds` on another process's lock
+    (Python's default is 5 s). Redis: connect and read timeouts of `seconds` (redis-py has
+    none), and one immediate retry on a broken connection, none on a timeout (redis-py's
+    default retries three times with back-offs of up to seconds each); a server restarted
+    under a pooled connection costs that one retry, not an error. Values a connection
+    string sets itself are kept."""
+    config = store.config.online_store
+    online = store._get_provider().online_store
+    if config.type == "sqlite":
+        path = Path(online._get_db_path(store.config))
+        if path.exists():  # connecting would create an empty file
+            online._get_conn(store.config).execute(f"PRAGMA busy_timeout = {int(seconds * 1000)}")
+    elif config.type == "redis":
+        from redis.backoff import NoBackoff
+        from redis.exceptions import ConnectionError as RedisConnectionError
+        from redis.retry import Retry
+
+        client = online._get_client(config)
+        kwargs = client.connection_pool.connection_kwargs
+        for name in ("socket_timeout", "socket_connect_timeout"):
+            if kwargs.get(name) is None:
+                kwargs[name] = seconds
+        client.set_retry(Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)))
 
 
 def _is_connection_error(exc: BaseException) -> bool:

@@ -4,7 +4,9 @@ Redis outage (the server is stopped and started again under a running service)."
 from __future__ import annotations
 
 import shutil
+import signal
 import subprocess
+import sys
 import time
 
 import pytest
@@ -252,10 +254,20 @@ def test_store_outage_gives_503_and_the_service_recovers(trained, synthetic, tmp
                                 online="redis", redis_url=url)
         with TestClient(create_app(lambda: Recommender.load(cfg))) as client:
             assert client.post("/recommend", json=GOOD).status_code == 200
+            proc.send_signal(signal.SIGSTOP)  # frozen: connections hang, only a timeout ends them
+            try:
+                t = time.perf_counter()
+                hung = client.post("/recommend", json=GOOD)
+                waited = time.perf_counter() - t
+            finally:
+                proc.send_signal(signal.SIGCONT)
+            assert hung.status_code == 503 and waited < 1.0, (hung.status_code, waited)
+            assert client.post("/recommend", json=GOOD).status_code == 200  # resumed
             proc.terminate()
             proc.wait(timeout=10)
+            t = time.perf_counter()
             down = client.post("/recommend", json=GOOD)
-            assert down.status_code == 503
+            assert down.status_code == 503 and time.perf_counter() - t < 1.0
             assert "online store unreachable" in down.json()["detail"]
             ready = client.get("/readyz")
             assert ready.status_code == 503 and ready.json()["ready"] is False
@@ -272,6 +284,30 @@ def test_store_outage_gives_503_and_the_service_recovers(trained, synthetic, tmp
         proc.terminate()
         proc.wait(timeout=10)
 
+
+
+def test_a_locked_sqlite_store_gives_503_within_a_second_then_recovers(client, trained):
+    """Another process holding an exclusive lock on the online store's file (a stuck
+    writer): reads are refused after a short wait, not SQLite's default 5 s, and the
+    service answers again once the lock is gone."""
+    code = ("import sqlite3, sys; c = sqlite3.connect(sys.argv[1], isolation_level=None); "
+            "c.execute('BEGIN EXCLUSIVE'); print('locked', flush=True); sys.stdin.read()")
+    holder = subprocess.Popen([sys.executable, "-c", code,
+                               str(trained["repo"] / "data" / "online.db")],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        t = time.perf_counter()
+        locked = client.post("/recommend", json={**GOOD, "user_id": 3})
+        waited = time.perf_counter() - t
+        assert locked.status_code == 503 and waited < 1.0, (locked.status_code, waited)
+        assert "locked" in locked.json()["detail"]
+        assert client.get("/readyz").status_code == 503
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=30)
+    assert client.post("/recommend", json={**GOOD, "user_id": 3}).status_code == 200
+    assert client.get("/readyz").status_code == 200
 
 
 def test_serve_with_two_workers_answers_from_both(trained):
