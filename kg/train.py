@@ -13,7 +13,9 @@ import logging
 import os
 import time
 import warnings
+import zipfile
 from dataclasses import asdict, dataclass
+from dataclasses import fields as dataclass_fields
 from pathlib import Path
 
 import numpy as np
@@ -82,18 +84,48 @@ class KGResult:
     mrr: float
     hits_at_10: float
     cached: bool = False
+    embeddings_sha256: str | None = None  # of embeddings.npz as saved (None: older saves)
 
     def save(self, directory: Path) -> Path:
         directory.mkdir(parents=True, exist_ok=True)
-        self.embeddings.save(directory / "embeddings.npz")
+        self.embeddings.save(directory / EMBEDDINGS_FILE)
+        self.embeddings_sha256 = _sha256(directory / EMBEDDINGS_FILE)
         meta = {k: v for k, v in asdict(self).items() if k not in {"embeddings", "cached"}}
-        write_text_atomic(directory / "result.json", json.dumps(meta, indent=2))
+        write_text_atomic(directory / RESULT_FILE, json.dumps(meta, indent=2))
         return directory
 
     @classmethod
     def load(cls, directory: Path) -> KGResult:
-        meta = json.loads((directory / "result.json").read_text())
-        return cls(KGEmbeddings.load(directory / "embeddings.npz"), **meta, cached=True)
+        """The saved result; a ConfigError naming the file when it is missing, unreadable or
+        not the file that was saved (a checksum), never another model's vectors."""
+        again = "rerun `instructrank train`, which trains it again"
+        try:
+            meta = json.loads((directory / RESULT_FILE).read_text())
+            fields = {f.name for f in dataclass_fields(cls)} - {"embeddings", "cached"}
+            missing = {"key", "config"} - set(meta)
+            if not isinstance(meta, dict) or missing or set(meta) - fields:
+                raise ValueError(f"fields {sorted(missing or set(meta) - fields)}")
+        except (OSError, ValueError, TypeError) as exc:
+            raise ConfigError(f"{directory / RESULT_FILE} is missing or damaged "
+                              f"({type(exc).__name__}: {exc}); {again}") from exc
+        path = directory / EMBEDDINGS_FILE
+        expected = meta.get("embeddings_sha256")
+        try:
+            if expected is not None and _sha256(path) != expected:
+                raise ValueError("its checksum differs from the one saved: truncated or "
+                                 "altered")
+            embeddings = KGEmbeddings.load(path)
+        except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError) as exc:
+            raise ConfigError(f"{path} is missing or damaged ({type(exc).__name__}: {exc}); "
+                              f"{again}") from exc
+        return cls(embeddings, **meta, cached=True)
+
+
+RESULT_FILE, EMBEDDINGS_FILE = "result.json", "embeddings.npz"
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 COLLABORATIVE = ("interacted", "liked")
@@ -144,8 +176,11 @@ def train_kg(triples: pl.DataFrame, cfg: KGConfig, cache_dir: Path, *,
         raise ConfigError(f"the KG has only {triples.height} triples; nothing to learn from")
     key = cache_key(triples, cfg)
     directory = cache_dir / key
-    if (directory / "result.json").exists():
-        return KGResult.load(directory)
+    if (directory / RESULT_FILE).exists():
+        try:
+            return KGResult.load(directory)
+        except ConfigError as exc:  # a damaged cache is trained again, not trusted
+            warnings.warn(f"{exc}: training it again", stacklevel=2)
     os.environ.setdefault("PYSTOW_HOME", str(cache_dir.parent / "pystow"))
     import torch
     from pykeen.pipeline import pipeline

@@ -83,9 +83,9 @@ class RecommenderConfig(BaseModel):
     encode_ahead: bool = Field(True, description="encode a request's text on a second "
                                                  "thread while its intent is parsed and its "
                                                  "user read (ONNX Runtime and polars let go "
-                                                 "of the GIL): one request's wait shrinks by "
-                                                 "the shorter of the two where a core is free; "
-                                                 "under full load the work is the same")
+                                                 "of the GIL), for a request computed alone "
+                                                 "(under load requests come in batches and "
+                                                 "the cores are busy anyway)")
 
     @field_validator("encoder_runtime", "attribution")
     @classmethod
@@ -207,11 +207,15 @@ class Recommender:
                               "an older version); retrain it with `instructrank train`")
         encoder = TextEncoder(cfg.encoder_path, cache_dir=cfg.data_dir / "cache",
                               show_progress=False, persist=False, memory_limit=QUERY_MEMORY,
-                              runtime=cfg.encoder_runtime, threads=cfg.torch_threads).warm()
+                              runtime=cfg.encoder_runtime, threads=cfg.torch_threads)
         trained_with = model.extra.get("encoder")
-        if trained_with and trained_with != encoder.fingerprint:
+        if trained_with and trained_with != encoder.fingerprint:  # before loading it
             raise ConfigError(f"model {model.key} was trained with encoder {trained_with}, "
-                              f"but the configured encoder is {encoder.fingerprint}")
+                              f"but the encoder in {encoder.model_path} is "
+                              f"{encoder.fingerprint} (another model, or its files changed); "
+                              "point --encoder-path at the one it was trained with, or "
+                              "retrain with `instructrank train`")
+        encoder.warm()
         context = ScorerContext(encoder=encoder, kg=_load_kg(model, cfg.data_dir),
                                 artifacts=cfg.data_dir / "indexes")
         # fitted by training on the whole log and saved; nothing is fitted here
@@ -356,7 +360,9 @@ class Recommender:
         cost of each call shared by the requests of the batch."""
         t0 = time.perf_counter()
         ahead = None
-        if self._ahead is not None:  # the vectors land in the encoder's memory
+        # a batch of one means nothing else was waiting: a core is likely idle. Under load
+        # (batches of several) the second thread would only contend with the other work
+        if self._ahead is not None and len(asked) == 1:  # the vectors land in the encoder
             ahead = self._ahead.submit(self._encode_ahead, [a.text for a in asked])
         ids = list(dict.fromkeys(a.uid for a in asked if a.uid is not None))  # each user once
         read = self.reader.read_users(ids) if ids else []
