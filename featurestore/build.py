@@ -304,12 +304,20 @@ def _refresh_features(repo_path: Path, new_interactions: pl.DataFrame, *, online
         new_interactions = new_interactions.with_columns(pl.lit(None, pl.Float64).alias("rating"))
     ids, new = _encoded(IdMap.load(repo.ids), new_interactions)
     new = new.select(pl.col(c).cast(t) for c, t in INTERACTION_SCHEMA.items())
+    log = pl.read_parquet(repo.sources / "interactions.parquet")
+    # a refresh run again (a retried job, the same file twice) changes nothing: what the
+    # log already holds is skipped, and with nothing left nothing is rewritten
+    key = ["user_id", "item_id", "timestamp"]
+    new = new.unique(key, keep="first", maintain_order=True).join(
+        log.select(key), on=key, how="anti", nulls_equal=True)
+    if new.is_empty():
+        return FeatureBuildResult(str(repo.path), online, meta["rows"], as_of.isoformat(),
+                                  meta.get("fingerprint", "refreshed"), {}, reused_sources=True)
     too_old = new.filter(pl.col("timestamp") <= int(as_of.timestamp()))
     if too_old.height:
         raise FeatureStoreError(
             f"{too_old.height} new interaction(s) are not after the materialized time "
             f"{as_of.isoformat()}; rebuild with `instructrank features build`")
-    log = pl.read_parquet(repo.sources / "interactions.parquet")
     items = pl.read_parquet(repo.sources / "items.parquet")
     unknown = new.join(items.select("item_id"), on="item_id", how="anti")
     if unknown.height:

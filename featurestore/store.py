@@ -88,8 +88,10 @@ class FeatureRepo:
     def source_path(self, view: Any) -> Path:
         return self.path / view.batch_source.path
 
-    def store(self, online: str = "sqlite", redis_url: str | None = None) -> Any:
-        """A FeatureStore for this repo with the named online store profile."""
+    def store(self, online: str = "sqlite", redis_url: str | None = None, *,
+              sqlite_path: str | None = None) -> Any:
+        """A FeatureStore for this repo with the named online store profile (`sqlite_path`:
+        another SQLite file than the profile's, relative to the repo)."""
         from feast import FeatureStore, RepoConfig
 
         if online not in ONLINE_STORES:
@@ -101,6 +103,8 @@ class FeatureRepo:
         config = yaml.safe_load(yaml_file.read_text())
         if online == "redis" and redis_url:
             config["online_store"]["connection_string"] = redis_url
+        if online == "sqlite" and sqlite_path:
+            config["online_store"]["path"] = sqlite_path
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)
             return FeatureStore(config=RepoConfig(**config, repo_path=self.path),
@@ -183,16 +187,48 @@ def materialize(repo: FeatureRepo, store: Any, end: datetime,
     online view). The first `materialize_incremental` would start at now - ttl and skip
     older rows, hence this."""
     check_sources(repo, built_views(repo))
-    with offline_calls(repo):
-        store.materialize(start_date=start or BEGINNING, end_date=end,
-                          feature_views=views or _online_views(repo))
+    with swapped_in(repo, store) as target, offline_calls(repo):
+        target.materialize(start_date=start or BEGINNING, end_date=end,
+                           feature_views=views or _online_views(repo))
 
 
 def materialize_incremental(repo: FeatureRepo, store: Any, end: datetime) -> None:
     """From where each view's last materialization ended up to `end`."""
     check_sources(repo, built_views(repo))
-    with offline_calls(repo):
-        store.materialize_incremental(end_date=end, feature_views=_online_views(repo))
+    with swapped_in(repo, store) as target, offline_calls(repo):
+        target.materialize_incremental(end_date=end, feature_views=_online_views(repo))
+
+
+@contextlib.contextmanager
+def swapped_in(repo: FeatureRepo, store: Any) -> Iterator[Any]:
+    """A store to materialize into that readers see only whole. Feast writes view by view,
+    so a service reading a SQLite file while it is materialized could take one view of a
+    user from before and another from after. Instead the file is copied (SQLite's backup
+    API), the copy materialized, and renamed over the live file in one step; readers
+    (OnlineReader) move to the new file on their next read. A failure leaves the live file
+    as it was. Redis, written in place, has no such step: a request during its
+    materialization can mix views of the two states (README, "Operating the service")."""
+    import sqlite3
+
+    config = store.config.online_store
+    live = Path(store.config.online_store.path) if config.type == "sqlite" else None
+    if live is not None and not live.is_absolute():
+        live = Path(store.config.repo_path or repo.path) / live
+    if live is None or not live.exists():  # nothing is being served from it yet
+        yield store
+        return
+    nxt = live.with_name(live.name + ".next")
+    nxt.unlink(missing_ok=True)
+    with contextlib.closing(sqlite3.connect(live)) as src, \
+            contextlib.closing(sqlite3.connect(nxt)) as dst:
+        src.backup(dst)
+    try:
+        yield repo.store("sqlite", sqlite_path=str(nxt))
+        with open(nxt, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(nxt, live)
+    finally:
+        nxt.unlink(missing_ok=True)
 
 
 def _feature_types(refs: list[str]) -> dict[str, pl.DataType]:
@@ -383,7 +419,7 @@ class _ItemRows:
         self.lock = threading.Lock()
         self.reset(None)
 
-    def reset(self, stamp: tuple[int, int] | None) -> None:
+    def reset(self, stamp: tuple | None) -> None:
         self.stamp = stamp
         self.table: pl.DataFrame | None = None
         self.at: dict[int, int] = {}  # item id -> row of `table`
@@ -408,6 +444,13 @@ class OnlineReader:
         self.service = service
         self.provider = store._get_provider()
         bound_waits(store)
+        config = store.config.online_store
+        self._db: Path | None = None  # the SQLite file served, followed across refreshes
+        if config.type == "sqlite":
+            self._db = Path(config.path) if Path(config.path).is_absolute() else \
+                Path(store.repo_path) / config.path
+        self._generation: tuple[tuple[int, int] | None, Any] = (
+            self._identity(), self.provider.online_store)
         applied = [s.name for s in store.list_feature_services()]
         if service not in applied:
             raise FeatureStoreError(f"feature service {service!r} is not applied in this "
@@ -437,6 +480,27 @@ class OnlineReader:
         self.user_columns = [c for c in self.types if _view_of(c) in _user_views()]
         self._registry = _registry_file(store)
         self._items = _ItemRows()
+
+    def _identity(self) -> tuple[int, int] | None:
+        return None if self._db is None else _sqlite_identity(self._db)
+
+    def _online(self) -> tuple[tuple[int, int] | None, Any]:
+        """(the served file's identity, the online store reading it). A refresh renames a
+        new SQLite file over the old (swapped_in): the next read opens it, with its own
+        connection, while reads already under way finish on the old one. A file that has
+        gone (moved away) is not recreated empty: reads go on from the one open."""
+        current = self._generation
+        if self._db is None:
+            return current
+        found = self._identity()
+        if found is None or found == current[0]:
+            return current
+        from feast.infra.online_stores.sqlite import SqliteOnlineStore
+
+        fresh = SqliteOnlineStore()
+        bound_waits(self.store, fresh)
+        self._generation = (found, fresh)
+        return self._generation
 
     def read(self, user_id: int, item_ids: list[int]) -> OnlineFeatures:
         user = self.read_user(user_id)
@@ -469,7 +533,7 @@ class OnlineReader:
             return self.read_items(item_ids)
         try:
             info = os.stat(self._registry)
-            stamp = (info.st_mtime_ns, info.st_size)
+            stamp = (info.st_mtime_ns, info.st_size, self._online()[0])
         except OSError:
             return self.read_items(item_ids)
         with self._items.lock:
@@ -488,12 +552,13 @@ class OnlineReader:
         keys = [EntityKey(join_keys=[entity], entity_values=[Value(int64_val=int(i))])
                 for i in ids]
         columns: dict[str, list[Any]] = {}
+        _, online = self._online()  # every view of this read from the same file
         for view, key, names, unpack in self.plan:
             if key != entity:
                 continue
             try:
                 # a copy: Feast's Redis store appends '_ts:<view>' to the list it is given
-                rows = self.provider.online_read(self.store.config, view, keys, list(names))
+                rows = online.online_read(self.store.config, view, keys, list(names))
             except Exception as exc:
                 if _is_connection_error(exc):
                     raise StoreUnavailableError(f"online store unreachable: {exc}") from exc
@@ -509,6 +574,14 @@ class OnlineReader:
                     columns[f"{source}__{f}"] = [
                         None if v is None or j >= len(v) else v[j] for v in values]
         return columns
+
+
+def _sqlite_identity(path: Path) -> tuple[int, int] | None:
+    try:
+        info = os.stat(path)
+    except OSError:
+        return None
+    return info.st_dev, info.st_ino
 
 
 def online_features_api(store: Any, user_id: int, item_ids: list[int],
@@ -532,16 +605,17 @@ def _user_views() -> set[str]:
 STORE_WAIT_S = 0.25  # the longest one online-store call may wait on a lock or a socket
 
 
-def bound_waits(store: Any, seconds: float = STORE_WAIT_S) -> None:
+def bound_waits(store: Any, online: Any = None, seconds: float = STORE_WAIT_S) -> None:
     """Make an online store that cannot answer fail fast, so a request gets its 503 within a
     second instead of hanging. SQLite: wait at most `seconds` on another process's lock
     (Python's default is 5 s). Redis: connect and read timeouts of `seconds` (redis-py has
     none), and one immediate retry on a broken connection, none on a timeout (redis-py's
     default retries three times with back-offs of up to seconds each); a server restarted
     under a pooled connection costs that one retry, not an error. Values a connection
-    string sets itself are kept."""
+    string sets itself are kept. `online`: the online store object to set (default: the
+    store's own)."""
     config = store.config.online_store
-    online = store._get_provider().online_store
+    online = online if online is not None else store._get_provider().online_store
     if config.type == "sqlite":
         path = Path(online._get_db_path(store.config))
         if path.exists():  # connecting would create an empty file

@@ -139,3 +139,85 @@ def test_kept_item_rows_are_the_stores_until_it_is_materialized_again(served):
     os.utime(registry, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
     assert reader.cached_items(ids[:3]).equals(reader.read_items(ids[:3]))
     assert set(reader._items.at) == set(ids[:3]), "a new materialization drops every row"
+
+
+@pytest.mark.slow
+def test_a_refresh_under_load_fails_no_request_tears_no_read_and_is_idempotent(served,
+                                                                              synthetic):
+    """`instructrank features refresh` (its own process, as an operator runs it) while this
+    process reads users and answers requests without pause: no request fails; every read
+    of a user is wholly the state before or wholly the state after (Feast writes view by
+    view: a read mixing them would be a user who never existed); the new state is served
+    afterwards without a restart; the same refresh run again changes nothing."""
+    import subprocess
+    import sys
+    import threading
+
+    repo_path, data = served
+    repo = fs.FeatureRepo(repo_path)
+    rec = Recommender.load(RecommenderConfig(repo=repo_path, data_dir=data))
+    as_of = int(datetime.fromisoformat(
+        json.loads((repo.sources / "meta.json").read_text())["as_of"]).timestamp())
+    counts = synthetic.interactions["user_id"].value_counts().sort("count", descending=True)
+    users = [int(u) for u in counts["user_id"][:12]]
+    items = synthetic.items["item_id"].to_list()
+    before = {u: rec.reader.read_user(u) for u in users}
+    new = pl.DataFrame({"user_id": users, "item_id": [int(items[i]) for i in
+                                                      range(len(users))],
+                        "timestamp": [as_of + 60 * (i + 1) for i in range(len(users))],
+                        "rating": [4.0] * len(users)})
+    file = repo_path.parent / "new.csv"
+    new.write_csv(file)
+
+    reads: list[tuple[int, dict]] = []
+    failures: list[str] = []
+    answered = [0]
+    stop = threading.Event()
+
+    def read_users() -> None:
+        while not stop.is_set():
+            for u in users:
+                reads.append((u, rec.reader.read_user(u)))
+
+    def ask() -> None:
+        while not stop.is_set():
+            for u in users[:4]:
+                try:
+                    rec.recommend(u, "something light", 5)
+                    answered[0] += 1
+                except Exception as exc:  # every failure is reported, none hidden
+                    failures.append(f"{type(exc).__name__}: {exc}")
+
+    def refresh() -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-m", "serve.cli", "features", "refresh", "--interactions",
+             str(file), "--repo", str(repo_path), "--data-dir", str(data)],
+            capture_output=True, text=True, timeout=600,
+            env={**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"})
+
+    threads = [threading.Thread(target=read_users), threading.Thread(target=ask)]
+    for t in threads:
+        t.start()
+    try:
+        done = refresh()
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    assert done.returncode == 0, done.stderr[-2000:]
+    after = {u: rec.reader.read_user(u) for u in users}
+    assert all(after[u] != before[u] for u in users), "the refresh did not reach the store"
+    assert all(after[u]["user_history__n_interactions"]
+               == before[u]["user_history__n_interactions"] + 1 for u in users)
+    torn = [(u, r) for u, r in reads if r != before[u] and r != after[u]]
+    assert not torn, f"{len(torn)} of {len(reads)} reads mixed the two states"
+    assert not failures and answered[0] > 0, failures[:3]
+    assert len(reads) > 100
+
+    # the same refresh again: nothing to do, nothing rewritten
+    online_db = repo_path / "data" / "online.db"
+    stamp = (online_db.stat().st_ino, online_db.stat().st_mtime_ns)
+    again = refresh()
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert (online_db.stat().st_ino, online_db.stat().st_mtime_ns) == stamp
+    assert {u: rec.reader.read_user(u) for u in users} == after
