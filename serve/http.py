@@ -19,7 +19,7 @@ from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, StrictStr, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, StringConstraints
 
 # module level: FastAPI resolves the handlers' (string) annotations in this module's globals
 from starlette.requests import Request
@@ -56,16 +56,17 @@ if TYPE_CHECKING:
 class RecommendRequest(BaseModel):
     # a misspelt field ("instructions", "K") is an error naming it, not a silent default
     model_config = ConfigDict(extra="forbid")
-    user_id: int | Annotated[StrictStr, StringConstraints(max_length=MAX_ID_CHARS)] | None = \
+    # strict: true, 1.0 or "5" for a number is the caller's mistake, not something to coerce
+    user_id: StrictInt | Annotated[StrictStr, StringConstraints(max_length=MAX_ID_CHARS)] | None = \
         Field(None, description="The catalogue's own user id (an integer, or a string for a "
                                 "string-id dataset). Omit it (or give an unknown id) for "
                                 "cold start.")
     instruction: StrictStr = Field(..., min_length=1, max_length=MAX_INSTRUCTION_CHARS,
                                    description="What the person wants, in plain language.")
-    k: int = Field(10, ge=1, le=MAX_K, description="How many items to return.")
+    k: StrictInt = Field(10, ge=1, le=MAX_K, description="How many items to return.")
     now: datetime | None = Field(None, description="The request's time (ISO 8601 or unix "
                                                    "seconds); default: the server's clock.")
-    history: list[int | Annotated[StrictStr, StringConstraints(max_length=MAX_ID_CHARS)]] \
+    history: list[StrictInt | Annotated[StrictStr, StringConstraints(max_length=MAX_ID_CHARS)]] \
         | None = Field(None, max_length=MAX_SESSION_ITEMS,
                        description="Item ids of this session, most recent first: an anonymous "
                                    "or fresh session's history. They feed the history sources "

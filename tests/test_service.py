@@ -56,6 +56,13 @@ def test_recommend_and_health(client):
     ({**GOOD, "now": "last tuesday"}, "now"),
     ({**GOOD, "instructions": "a comedy"}, "instructions"),  # misspelt: not ignored
     ({**GOOD, "K": 3}, "K"),
+    # numbers are numbers: a boolean, a float or a numeric string is not coerced (the
+    # schemathesis run found `"user_id": false` answered as if it were user 0)
+    ({**GOOD, "user_id": False}, "user_id"),
+    ({**GOOD, "user_id": 1.0}, "user_id"),
+    ({**GOOD, "k": "5"}, "k"),
+    ({**GOOD, "k": 2.0}, "k"),
+    ({**GOOD, "history": [True]}, "history"),
 ])
 def test_bad_bodies_get_422_naming_the_field(client, body, field):
     r = client.post("/recommend", json=body)
