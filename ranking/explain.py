@@ -129,13 +129,14 @@ class Explainer:
             out.append(per_family[:MAX_REASONS])
         return out
 
-    def request_reasons(self, parsed: ParsedIntents, idx: np.ndarray,
-                        bad: np.ndarray) -> list[list[Reason]]:
+    def request_reasons(self, parsed: ParsedIntents, idx: np.ndarray, bad: np.ndarray,
+                        varied: list[bool] | None = None) -> list[list[Reason]]:
         """Per item, what it owes to the request's own constraints: the values it avoids,
         the range it lies in, the named item it is like (text similarity at least
         MENTION_SIMILARITY); and, for an item shown only because too few fit, that it
         breaks the request (`bad`, per item: ranking.constraints.violations). Not from the
-        model's contributions: these are the request's."""
+        model's contributions: these are the request's. `varied`, per item: the diversity
+        stage brought it up past items the ranker put above it."""
         t = self.rec.items
         excluded = [g.lower() for g, x in zip(t.genres, parsed.exclusions[0], strict=True) if x]
         ranges = [(c, lo[0], hi[0]) for c, (lo, hi) in parsed.ranges.items()
@@ -147,6 +148,10 @@ class Explainer:
         out = []
         for i, item in enumerate(idx):
             said: list[Reason] = []
+            if varied is not None and varied[i]:  # brought up by the diversity stage
+                text = self._sentence("variety")
+                if text:
+                    said.append(Reason("variety", text, 0.0, {}))
             if excluded:
                 has = [g.lower() for g, x, h in zip(t.genres, parsed.exclusions[0], t.genre[item],
                                                     strict=True) if x and h]
@@ -185,6 +190,8 @@ class Explainer:
                          for c, (lo, hi) in parsed.ranges.items()
                          if np.isfinite(lo[0]) or np.isfinite(hi[0])}
         out["mentioned"] = [self.rec.item_keys[r] for r in parsed.mentions(1)[0]]
+        if parsed.variety is not None and bool(parsed.variety[0]):
+            out["variety"] = True
         if parsed.remainder is not None:
             out["remainder"] = parsed.remainder[0]
         return out

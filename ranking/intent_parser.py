@@ -73,6 +73,7 @@ class ParsedIntents:
     ranges: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
     mentioned: list[tuple[int, ...]] | None = None  # catalogue rows named in each request
     remainder: list[str] | None = None  # the text semantic matching reads
+    variety: np.ndarray | None = None  # bool per request: it asks for variety
 
     @cached_property
     def exclusions(self) -> np.ndarray:
@@ -88,7 +89,8 @@ class ParsedIntents:
             self.obscure[lo:hi], self.acclaimed[lo:hi], self.exclusions[lo:hi],
             {c: (a[lo:hi], b[lo:hi]) for c, (a, b) in self.ranges.items()},
             None if self.mentioned is None else self.mentioned[lo:hi],
-            None if self.remainder is None else self.remainder[lo:hi])
+            None if self.remainder is None else self.remainder[lo:hi],
+            None if self.variety is None else self.variety[lo:hi])
 
 
 # words are runs of letters and hyphens; any other character is a word of its own ('kids''
@@ -286,6 +288,7 @@ def parse_instructions(texts: list[str], genres: list[str], schema: DomainSchema
         wanted[:, n + 1], wanted[:, n + 2], excluded, ranges,
         titles.mentioned(out["low"]) if titles is not None else None,
         out["remainder"].to_list(),
+        out["variety"].fill_null(False).to_numpy(),
     )
 
 
@@ -332,6 +335,9 @@ def _plan(schema: DomainSchema, genres: tuple[str, ...]) -> _Plan:
         ).fill_null(0).alias("decade"),
         _phrases_in("pos", patterns), _phrases_in("neg", patterns),
     ]
+    variety = [re.escape(p.lower()) for p in schema.wording.variety if p.strip()]
+    exprs.append(pl.col("pos").str.contains(rf"\b(?:{'|'.join(variety)})\b").alias("variety")
+                 if variety else pl.lit(False).alias("variety"))
     time_ = schema.by_role("time")
     if time_ is not None:
         exprs += _year_exprs(tuple(schema.wording.nouns))

@@ -80,6 +80,12 @@ class RecommenderConfig(BaseModel):
     max_batch: int = Field(1, ge=1, description="requests computed together when they "
                                                 "arrive together (ranking.batching; 1: each "
                                                 "alone). `instructrank serve` sets 16")
+    diversity: float = Field(0.0, ge=0, le=1, description="MMR lambda every answer is "
+                                                          "re-ranked with (ranking.diversity; "
+                                                          "0: the ranker's order, off)")
+    variety_diversity: float = Field(0.3, ge=0, le=1, description="the lambda a request "
+                                                                  "asking for variety ('a mix', "
+                                                                  "'surprise me') gets at least")
     encode_ahead: bool = Field(True, description="encode a request's text on a second "
                                                  "thread while its intent is parsed and its "
                                                  "user read (ONNX Runtime and polars let go "
@@ -132,6 +138,7 @@ class Asked:
     k: int
     now: int             # unix seconds
     session: np.ndarray  # catalogue rows of the session's items, most recent first
+    diversity: float | None = None  # MMR lambda asked for (None: the service's default)
 
 
 @dataclass(frozen=True)
@@ -413,18 +420,25 @@ class Recommender:
 
     def ask(self, user_id: Key | None, instruction: Any, k: int = 10, *,
             now: int | float | datetime | str | None = None,
-            history: list[Key] | None = None) -> Asked:
+            history: list[Key] | None = None, diversity: float | None = None) -> Asked:
         """A request checked and read into internal terms (an InvalidRequestError naming
         what is wrong, before anything is computed or queued)."""
         text = clean_instruction(instruction, self.cfg.max_instruction_chars)
         if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= MAX_K:
             raise InvalidRequestError(f"k must be an integer from 1 to {MAX_K}, got {k!r}")
+        if diversity is not None and (isinstance(diversity, bool)
+                                      or not isinstance(diversity, int | float)
+                                      or not 0.0 <= float(diversity) <= 1.0):
+            raise InvalidRequestError(f"diversity must be a number from 0 to 1, got "
+                                      f"{str(diversity)[:40]!r}")
         return Asked(user_id, self.user_id(user_id), text, k, self.request_time(now),
-                     self.session_rows(history))
+                     self.session_rows(history),
+                     None if diversity is None else float(diversity))
 
     def recommend(self, user_id: Key | None, instruction: Any, k: int = 10, *,
                   now: int | float | datetime | str | None = None,
-                  history: list[Key] | None = None) -> Recommendation:
+                  history: list[Key] | None = None,
+                  diversity: float | None = None) -> Recommendation:
         """Top `k` items for this user and instruction, each with its reasons, as of `now`
         (default: the wall clock; see `request_time`). An unknown user (or None) takes the
         cold-start path: the instruction and item statistics only. `history`: item ids of
@@ -432,24 +446,28 @@ class Recommender:
         the history sources and are not recommended back. What the request excludes or
         bounds ranks after what it allows (ranking.constraints). Ids are the catalogue's
         own, in and out. With `max_batch` > 1, requests that arrive while others are being
-        computed are computed together with them (RequestBatcher)."""
-        asked = self.ask(user_id, instruction, k, now=now, history=history)
+        computed are computed together with them (RequestBatcher). `diversity`: the MMR
+        lambda of this answer (ranking.diversity; default the service's, raised for a
+        request that asks for variety); items it brings up say "added for variety"."""
+        asked = self.ask(user_id, instruction, k, now=now, history=history,
+                         diversity=diversity)
         if self._batcher is not None:
             return self._batcher.submit(asked)
         return self.recommend_many([asked])[0]
 
     def answer(self, requests: list[tuple]) -> list[Recommendation | BaseException]:
-        """`recommend` of each (user_id, instruction, k, now, history), computed as one
-        batch; a request's own error (a bad instruction, an unknown item) is its answer and
-        does not fail the others. For a compute process (serve.workers): every answer can
-        be pickled back."""
+        """`recommend` of each (user_id, instruction, k, now, history[, diversity]),
+        computed as one batch; a request's own error (a bad instruction, an unknown item)
+        is its answer and does not fail the others. For a compute process (serve.workers):
+        every answer can be pickled back."""
         from recdata.errors import transportable
 
         out: list[Any] = [None] * len(requests)
         asked: list[tuple[int, Asked]] = []
-        for i, (user_id, instruction, k, now, history) in enumerate(requests):
+        for i, (user_id, instruction, k, now, history, *more) in enumerate(requests):
             try:
-                asked.append((i, self.ask(user_id, instruction, k, now=now, history=history)))
+                asked.append((i, self.ask(user_id, instruction, k, now=now, history=history,
+                                          diversity=more[0] if more else None)))
             except Exception as exc:
                 out[i] = exc
         if asked:
@@ -490,6 +508,11 @@ class Recommender:
             top = top[valid[top]]
             one = batch.slice(i, i + 1)
             parsed = req.parsed.rows(i, i + 1)
+            lam = self._lambda(a, parsed)
+            varied: set[int] = set()
+            if lam > 0:
+                top, varied = self._diversify(top, idx, score, wrong, lam, a.k)
+                step["diversity"] = round(lam, 3)
             if self.reranker is not None:
                 top, score = self._rerank(one, idx, top, score)
                 # the LLM may reorder, never lift what the request rules out over what it
@@ -504,7 +527,8 @@ class Recommender:
             uid = a.uid if req.known[i] else None
             reasons = self.explainer.reasons(one, rows[top], contrib, idx[top], uid, parsed,
                                              req.rated[i])
-            said = self.explainer.request_reasons(parsed, idx[top], wrong[top])
+            said = self.explainer.request_reasons(parsed, idx[top], wrong[top],
+                                                  [int(j) in varied for j in top])
             reasons = [a_ + r for a_, r in zip(said, reasons, strict=True)]
             step["explain"] = (time.perf_counter() - t4) * 1000
             items = [Recommended(self.item_keys[idx[j]], self.titles[idx[j]], float(score[j]),
@@ -517,6 +541,32 @@ class Recommender:
                 int(valid.sum()), {k_: round(v, 2) for k_, v in step.items()}, a.now,
                 self.explainer.understood(parsed)))
         return out
+
+    def _lambda(self, asked: Asked, parsed: ParsedIntents) -> float:
+        """The MMR lambda of one request: its own, else the service's; at least
+        `variety_diversity` when the request asks for variety."""
+        lam = self.cfg.diversity if asked.diversity is None else asked.diversity
+        if parsed.variety is not None and bool(parsed.variety[0]):
+            lam = max(lam, self.cfg.variety_diversity)
+        return lam
+
+    def _diversify(self, top: np.ndarray, idx: np.ndarray, score: np.ndarray,
+                   wrong: np.ndarray, lam: float, k: int) -> tuple[np.ndarray, set[int]]:
+        """`top` (positions into the candidates, the ranker's order) re-ranked by MMR over
+        the item text vectors (ranking.diversity), among what the request allows; what it
+        rules out stays after. Also: the positions MMR brought into the first `k` that the
+        ranker had below them (said as "added for variety")."""
+        from ranking.diversity import rerank
+
+        vectors = self.items.vectors
+        if vectors is None:
+            return top, set()
+        allowed, ruled_out = top[~wrong[top]], top[wrong[top]]
+        order = rerank(score[allowed], vectors[idx[allowed]].astype(np.float64), lam, k)
+        new = allowed[order]
+        ranked_k = set(allowed[:k].tolist())
+        return np.concatenate([new, ruled_out]), {int(j) for j in new[:k]
+                                                  if int(j) not in ranked_k}
 
     def _seen(self, user: dict[str, Any]) -> tuple[np.ndarray, dict[int, float]]:
         """From the store's `user_seen` row: the catalogue rows the user has seen, most

@@ -94,11 +94,17 @@ class Wording(BaseModel):
     prompt: str = ("You are a recommender. Does the candidate {noun} suit the user's request "
                    "and recent {noun}s? Answer Yes or No.\n")
     history_label: str = "recently {past}"
+    # what asks for variety ("a mix of things", "surprise me"): such a request is
+    # re-ranked for variety (ranking.diversity) even when the service is not by default
+    variety: list[str] = Field(default_factory=lambda: list(VARIETY))
 
     def fill(self, text: str, **more: str) -> str:
         return text.format(verb=self.verb, past=self.past, noun=self.nouns[0],
                            occasion=self.occasion, **more)
 
+
+VARIETY = ("a mix", "mix it up", "mixed bag", "variety", "varied", "surprise me",
+           "something different", "all sorts", "eclectic", "diverse", "different kinds")
 
 EXPLANATIONS = {
     "request_match": "matches {terms} in your request",
@@ -114,6 +120,7 @@ EXPLANATIONS = {
     "excluded_fallback": "shown although it is {terms}: too few items fit your request",
     "in_range": "{range}, as you asked",
     "mentioned": "like {title}, which you mentioned",
+    "variety": "added for variety: unlike the {noun}s above it",
 }
 
 

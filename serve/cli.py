@@ -499,7 +499,8 @@ LLMTopN = Annotated[int, typer.Option("--llm-top-n", min=1, help="Candidates the
 def _recommender_config(model: Path | None, repo: Path | None, online: str,
                         redis_url: str | None, data_dir: Path, encoder_path: Path | None = None,
                         llm_adapter: Path | None = None, llm_model: Path | None = None,
-                        llm_weight: float = 0.5, llm_top_n: int = 20) -> Any:
+                        llm_weight: float = 0.5, llm_top_n: int = 20,
+                        diversity: float = 0.0) -> Any:
     from featurestore import store as fs
     from ranking.recommend import RecommenderConfig
     from ranking.rerank.llm import LLMRerankConfig
@@ -510,7 +511,8 @@ def _recommender_config(model: Path | None, repo: Path | None, online: str,
                               data_dir=data_dir, weight=llm_weight, top_n=llm_top_n)
     return RecommenderConfig(model=model, repo=repo or fs.PACKAGE_REPO, online=online,
                              redis_url=redis_url, data_dir=data_dir, encoder_path=encoder_path,
-                             llm=llm, torch_threads=None if llm is not None else 1)
+                             llm=llm, torch_threads=None if llm is not None else 1,
+                             diversity=diversity)
 
 
 @app.command("recommend")
@@ -546,6 +548,11 @@ def recommend_cmd(
     history: Annotated[str | None, typer.Option(
         help="Comma-separated item ids of this session, most recent first (an anonymous "
              "or fresh session's history; not recommended back).")] = None,
+    diversity: Annotated[float | None, typer.Option(
+        min=0.0, max=1.0, help="Re-rank for variety: the MMR lambda, 0 (the ranker's order) "
+                               "to 1; items it brings up say 'added for variety'. A request "
+                               "asking for variety ('a mix', 'surprise me') gets some "
+                               "anyway.")] = None,
 ) -> None:
     """Rank the catalogue for one user and one instruction, with the reasons for each item.
 
@@ -565,7 +572,8 @@ def recommend_cmd(
                                                llm_weight, llm_top_n))
     at = int(now) if now is not None and now.isdigit() else now
     for who, text, seen in asks:
-        _print_recommendation(rec.recommend(who, text, k, now=at, history=seen), who, as_json)
+        _print_recommendation(rec.recommend(who, text, k, now=at, history=seen,
+                                            diversity=diversity), who, as_json)
 
 
 def _request_rows(path: Path) -> list[tuple[str | None, str, list[str] | None]]:
@@ -649,6 +657,11 @@ def serve_cmd(
              "Never on the command line, where `ps` shows it. Default: no key.")] = None,
     max_body_bytes: Annotated[int, typer.Option(
         min=1, help="Larger request bodies get 413.")] = 64 * 1024,
+    diversity: Annotated[float, typer.Option(
+        min=0.0, max=1.0, help="The MMR lambda every answer is re-ranked with unless the "
+                               "request gives its own (`diversity` in the body); 0: the "
+                               "ranker's order. bench/results/diversity.csv shows what each "
+                               "costs in NDCG@10.")] = 0.0,
     rate_limit: Annotated[float | None, typer.Option(
         min=0.001, help="Requests a second one client address may send (in bursts of as "
                         "many); past it 429 with Retry-After. Probes are not counted. "
@@ -676,7 +689,7 @@ def serve_cmd(
     key = read_api_key(None if api_key_file is None else str(api_key_file), dict(os.environ))
     guard = {"api_key": key, "max_body_bytes": max_body_bytes, "rate_limit": rate_limit}
     cfg = _recommender_config(model, repo, online, redis_url, data_dir, encoder_path,
-                              llm_adapter, llm_model, llm_weight, llm_top_n)
+                              llm_adapter, llm_model, llm_weight, llm_top_n, diversity)
     if workers == 1:
         from serve.workers import MAX_BATCH
 

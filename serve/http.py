@@ -66,6 +66,11 @@ class RecommendRequest(BaseModel):
     k: StrictInt = Field(10, ge=1, le=MAX_K, description="How many items to return.")
     now: datetime | None = Field(None, description="The request's time (ISO 8601 or unix "
                                                    "seconds); default: the server's clock.")
+    diversity: float | None = Field(None, ge=0, le=1, allow_inf_nan=False,
+                                    description="Re-rank for variety (MMR lambda, 0 to 1: 0 is "
+                                                "the ranker's order); default the service's. "
+                                                "A request asking for variety ('a mix', "
+                                                "'surprise me') gets some anyway.")
     history: list[StrictInt | Annotated[StrictStr, StringConstraints(max_length=MAX_ID_CHARS)]] \
         | None = Field(None, max_length=MAX_SESSION_ITEMS,
                        description="Item ids of this session, most recent first: an anonymous "
@@ -168,7 +173,8 @@ def create_app(load: Callable[[], Recommender], *, api_key: str | None = None,
     def recommend(body: RecommendRequest, request: Request) -> RecommendResponse:
         try:
             rec = state["recommender"].recommend(body.user_id, body.instruction, body.k,
-                                                 now=body.now, history=body.history)
+                                                 now=body.now, history=body.history,
+                                                 diversity=body.diversity)
         except InvalidRequestError as exc:
             return JSONResponse(status_code=422, content={"detail": str(exc)})
         request.state.timings_ms = rec.timings_ms  # for the access log (serve.guard)

@@ -97,8 +97,8 @@ class WorkerPool:
                                         "retried") from None
 
     def recommend(self, user_id: Any, instruction: Any, k: int = 10, *, now: Any = None,
-                  history: list | None = None) -> Any:
-        return self.batcher.submit((user_id, instruction, k, now, history))
+                  history: list | None = None, diversity: float | None = None) -> Any:
+        return self.batcher.submit((user_id, instruction, k, now, history, diversity))
 
     def health(self) -> dict[str, Any]:
         return self.pool.submit(_health).result(timeout=30)

@@ -270,3 +270,70 @@ def test_the_request_is_encoded_ahead_once_and_the_source_reads_those_vectors(re
     assert len(runs) == 1 and runs[0][0] == threading.current_thread().name
     assert [(i.item_id, i.score) for i in inline.items] == \
         [(i.item_id, i.score) for i in ahead.items]
+
+
+def test_beyond_accuracy_and_the_diversity_tradeoff_are_reported(trained):
+    """Every model gets the beyond-accuracy metrics; the ranker's lists re-ranked by MMR
+    form the trade-off table, where lambda 0 is the ranker itself to the digit; the lambda
+    chosen on validation becomes `ltr_full_mmr`; all of it lands in quality.csv,
+    diversity.csv and the plot."""
+    result = trained["result"]
+    m = result.metrics
+    for model in ("popularity", "filter_popularity", "ltr_full", "ltr_full_mmr"):
+        rows = m.filter(pl.col("model") == model)
+        assert rows.height == len(TASKS), model
+        assert rows["ild@10"].is_between(0, 2).all()
+        assert rows["coverage@10"].is_between(0, 1).all()
+        assert rows["popular_share@10"].is_between(0, 1).all()
+        assert (rows["novelty@10"] > 0).all()
+    table = result.tradeoff
+    assert set(table["split"]) == {"val", "test"}
+    for task in TASKS:
+        test = table.filter((pl.col("split") == "test") & (pl.col("task") == task))
+        base = test.filter(pl.col("lambda") == 0.0)
+        assert base["ndcg@10"][0] == pytest.approx(ndcg(result, "ltr_full", task), abs=1e-12)
+        assert test.sort("lambda")["ild@10"][-1] > base["ild@10"][0]  # more lambda, variety
+        lam, floor = result.diversity_chosen[task]
+        assert lam in table["lambda"].to_list() and floor > 0
+        assert ndcg(result, "ltr_full_mmr", task) == pytest.approx(
+            test.filter(pl.col("lambda") == lam)["ndcg@10"][0], abs=1e-12)
+    paths = result.save()
+    quality = pl.read_csv(paths["quality"])
+    mmr = quality.filter(pl.col("model") == "ltr_full_mmr")
+    assert {"ndcg@10", "ild@10", "coverage@10"} <= set(mmr["metric"])
+    assert "sampled_ndcg@10" not in set(mmr["metric"])  # MMR re-ranks the full lists only
+    assert {"ild@10", "ild_attr@10", "novelty@10"} <= set(
+        quality.filter(pl.col("model") == "popularity")["metric"])
+    diversity = pl.read_csv(paths["diversity"])
+    assert diversity.filter(pl.col("chosen") & (pl.col("split") == "test")).height == len(TASKS)
+    assert paths["diversity_plot"].stat().st_size > 1000
+
+
+def test_diversity_zero_is_the_rankers_answer_and_more_brings_variety(recommender):
+    from ranking.diversity import intra_list_diversity
+    from recdata.errors import InvalidRequestError
+
+    plain = recommender.recommend(1, "a comedy", 10)
+    same = recommender.recommend(1, "a comedy", 10, diversity=0.0)
+    assert [i.item_id for i in same.items] == [i.item_id for i in plain.items]
+    varied = recommender.recommend(1, "a comedy", 10, diversity=0.8)
+    rows = recommender._rows
+    vectors = recommender.items.vectors
+
+    def ild(rec) -> float:
+        return intra_list_diversity(vectors[rows(np.array([i.item_id for i in rec.items]))])
+
+    assert ild(varied) > ild(plain) and varied.timings_ms["diversity"] == 0.8
+    brought = [i for i in varied.items if i.item_id not in {p.item_id for p in plain.items}]
+    assert brought and all(any(r.family == "variety" and "variety" in r.text
+                               for r in i.reasons) for i in brought)
+    with pytest.raises(InvalidRequestError, match="diversity"):
+        recommender.recommend(1, "a comedy", 10, diversity=1.5)
+
+
+def test_a_request_asking_for_variety_gets_it(recommender):
+    asked = recommender.recommend(1, "surprise me with a mix of things", 10)
+    assert asked.understood["variety"] is True
+    assert asked.timings_ms["diversity"] == recommender.cfg.variety_diversity
+    plain = recommender.recommend(1, "a comedy, nothing varied", 10)
+    assert "variety" not in plain.understood and "diversity" not in plain.timings_ms

@@ -43,6 +43,13 @@ def test_recommend_and_health(client):
     assert {"/recommend", "/healthz", "/readyz"} <= set(schema["paths"])
 
 
+def test_a_request_can_ask_for_variety(client):
+    varied = client.post("/recommend", json={**GOOD, "k": 10, "diversity": 0.6})
+    assert varied.status_code == 200 and varied.json()["timings_ms"]["diversity"] == 0.6
+    plain = client.post("/recommend", json={**GOOD, "k": 10})
+    assert "diversity" not in plain.json()["timings_ms"]
+
+
 @pytest.mark.parametrize(("body", "field"), [
     ({"user_id": 1, "k": 5}, "instruction"),
     ({**GOOD, "instruction": ""}, "instruction"),
@@ -63,6 +70,8 @@ def test_recommend_and_health(client):
     ({**GOOD, "k": "5"}, "k"),
     ({**GOOD, "k": 2.0}, "k"),
     ({**GOOD, "history": [True]}, "history"),
+    ({**GOOD, "diversity": 2}, "diversity"),
+    ({**GOOD, "diversity": -0.1}, "diversity"),
 ])
 def test_bad_bodies_get_422_naming_the_field(client, body, field):
     r = client.post("/recommend", json=body)

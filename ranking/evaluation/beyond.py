@@ -24,11 +24,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import duckdb
 import numpy as np
 import polars as pl
 
-from featurestore.store import sql_string
+from ranking.evaluation.metrics import over_rankings
 
 BEYOND_METRICS = ("ild@10", "ild_attr@10", "coverage@10", "novelty@10", "popular_share@10")
 POPULAR_SHARE = 0.10  # the head whose share of the lists is reported
@@ -93,18 +92,8 @@ def popularity_table(task: str, item_ids: np.ndarray, counts: np.ndarray) -> pl.
 
 def beyond_accuracy_of(rankings: pl.DataFrame | Path, items: pl.DataFrame,
                        popularity: pl.DataFrame, n_items: int) -> pl.DataFrame:
-    """One row per (model, task) with every beyond-accuracy metric, for an in-memory
-    rankings frame or a folder of rankings parquet files (read by DuckDB as it goes)."""
-    con = duckdb.connect()
-    try:
-        if isinstance(rankings, Path):
-            con.execute("CREATE VIEW rankings AS SELECT * FROM read_parquet("
-                        f"{sql_string(str(rankings / '*.parquet'))})")
-        else:
-            con.register("rankings", rankings.to_arrow())
-        con.register("beyond_items", items.to_arrow())
-        con.register("beyond_popularity", popularity.to_arrow())
+    """One row per (model, task) with every beyond-accuracy metric, for a rankings frame or
+    folder (metrics.over_rankings)."""
+    with over_rankings(rankings, beyond_items=items, beyond_popularity=popularity) as con:
         return con.execute(BEYOND_SQL.format(rankings="rankings",
                                              n_items=max(1, int(n_items)))).pl()
-    finally:
-        con.close()

@@ -10,6 +10,7 @@ from pydantic import Field, field_validator
 
 from encoders.tuning import EncoderTuneConfig
 from kg.train import KGConfig
+from ranking.evaluation.tradeoff import DiversityConfig
 from ranking.ltr.model import LTRConfig
 from recdata.datasets import DatasetSource
 from recdata.errors import UnknownNameError
@@ -21,7 +22,7 @@ RANKERS = ["ltr_full", "ltr_no_kg", "ltr_no_instruction", "ltr_no_text"]
 TUNED = ["embedding_tuned", "ltr_tuned"]  # read the encoder instruction-tuned in the run
 # fields that change what is scored, never what is trained
 EVALUATION_ONLY = {"models", "tune", "sampled_negatives", "top_k", "requests_file", "data_dir",
-                   "results_dir", "feature_repo"}
+                   "results_dir", "feature_repo", "diversity"}
 
 
 class EvalConfig(DatasetSource):
@@ -66,6 +67,10 @@ class EvalConfig(DatasetSource):
     feature_repo: Path | None = Field(
         None, description="Feast repo the ranker reads (default: the package's feature_repo)")
     results_dir: Path = Path("bench/results")
+    diversity: DiversityConfig | None = Field(
+        default_factory=DiversityConfig,
+        description="re-rank the ranker's test lists by MMR over a lambda grid (the "
+                    "trade-off table and plot, and the model `<ranker>_mmr`); None: off")
 
     @field_validator("models")
     @classmethod

@@ -14,11 +14,13 @@ import numpy as np
 import polars as pl
 from tqdm.auto import tqdm
 
+from ranking.evaluation.beyond import beyond_accuracy_of, item_table, popularity_table
 from ranking.evaluation.config import EvalConfig
 from ranking.evaluation.metrics import metrics_of
 from ranking.evaluation.rankings import full_ranking, ranking_rows, sampled_ranking
 from ranking.evaluation.result import EvalResult
 from ranking.evaluation.sink import RankingSink
+from ranking.evaluation.tradeoff import DiversityConfig, choose, pooled, reranked
 from ranking.inputs import RequestBatch
 from ranking.prepare import Prepared, prepare, run_dataset, runnable_models
 from ranking.scorers.base import Scorer, ScorerConfig, ScorerContext, scorer_class
@@ -51,8 +53,11 @@ def _hits(rows: pl.DataFrame, batch: RequestBatch, model: str) -> pl.DataFrame:
 
 
 def tune(name: str, cfg: EvalConfig, prep: Prepared, context: ScorerContext,
-         progress: bool) -> tuple[dict[str, ScorerConfig], pl.DataFrame]:
-    """Best configuration per task by validation NDCG@10, and every configuration's figures.
+         progress: bool, keep: int = 0,
+         ) -> tuple[dict[str, ScorerConfig], pl.DataFrame, dict[str, pl.DataFrame]]:
+    """Best configuration per task by validation NDCG@10, every configuration's figures,
+    and (with `keep` > 0) the chosen configuration's validation lists to rank `keep`, per
+    task (what the diversity stage re-ranks).
 
     Configurations that share a fit (same `fit_params`) are fitted together and score each
     chunk of requests side by side, so what they share per chunk (the instruction
@@ -63,13 +68,17 @@ def tune(name: str, cfg: EvalConfig, prep: Prepared, context: ScorerContext,
     for i, conf in enumerate(configs):
         groups.setdefault(cls.fit_key(conf), []).append(i)
     hits: dict[str, list[pl.DataFrame]] = {t: [] for t in cfg.tasks}
+    lists: dict[tuple[str, int], list[pl.DataFrame]] = {}
     bar = tqdm(total=len(configs), desc=f"tune {name}", disable=not progress, leave=False)
     for members in groups.values():
         scorers = {i: cls(configs[i], context).fit(prep.fits["val"]) for i in members}
         for task in cfg.tasks:
             for chunk in prep.batches[("val", task)].chunks():
                 for i, scorer in scorers.items():
-                    rows = _rank_full(scorer.score(chunk), chunk, prep, TUNE_K)
+                    rows = _rank_full(scorer.score(chunk), chunk, prep, max(TUNE_K, keep))
+                    if keep:
+                        lists.setdefault((task, i), []).append(rows)
+                        rows = rows.filter(pl.col("rank") <= TUNE_K)
                     hits[task].append(_hits(rows, chunk, str(i)))
                 context.forget(chunk)
         bar.update(len(members))
@@ -94,7 +103,9 @@ def tune(name: str, cfg: EvalConfig, prep: Prepared, context: ScorerContext,
             pl.col("ndcg@10").alias("val_ndcg@10"), pl.col("hr@10").alias("val_hr@10"),
             (pl.col("config_index") == best_index).alias("chosen"),
         ))
-    return best, pl.concat(tuning)
+    chosen = {task: pl.concat(lists[(task, configs.index(best[task]))])
+              for task in cfg.tasks if (task, configs.index(best[task])) in lists}
+    return best, pl.concat(tuning), chosen
 
 
 def score_test(name: str, best: dict[str, ScorerConfig], cfg: EvalConfig, prep: Prepared,
@@ -151,16 +162,39 @@ def evaluate(cfg: EvalConfig, *, dataset: Dataset | None = None,
     fingerprint = cfg.fingerprint(ds.fingerprint())
     sink = RankingSink(cfg.data_dir / "runs" / fingerprint / "rankings")
     tuning, chosen = [], {}
+    diverse = None  # the test lists hold top_k ranks: MMR's pool cannot be deeper
+    if cfg.diversity is not None and cfg.diversity.model in models:
+        diverse = cfg.diversity.model_copy(update={"pool": min(cfg.diversity.pool,
+                                                               cfg.top_k)})
+    validation_lists: dict[str, pl.DataFrame] = {}
     try:
         for name in tqdm(models, desc="models", disable=not progress):
             with stage(f"model {name}"):
-                best, tuned = tune(name, cfg, prep, context, progress)
+                keep = diverse.pool if diverse is not None and name == diverse.model else 0
+                best, tuned, kept = tune(name, cfg, prep, context, progress, keep)
+                validation_lists.update(kept)
                 tuning.append(tuned)
                 chosen[name] = {t: c.model_dump() for t, c in best.items()}
                 score_test(name, best, cfg, prep, context, sink)
         test_requests = prep.requests.filter(pl.col("split") == "test")
         test_requests = test_requests.filter(pl.col("task").is_in(list(prep.test_tasks)))
-        metrics = metrics_of(sink.folder, test_requests)
+        with stage("beyond accuracy"):
+            items = beyond_items(cfg, prep, context)
+            test_pop = pl.concat([popularity_table(
+                task, items["item_id"].to_numpy(), prep.fits[cut].popularity())
+                for task, (_, cut) in prep.test_tasks.items()])
+            metrics = metrics_of(sink.folder, test_requests).join(
+                beyond_accuracy_of(sink.folder, items, test_pop, prep.catalogue.n_items),
+                on=["model", "task"], how="left")
+        tradeoff_table, diversity_chosen = None, {}
+        if diverse is not None and validation_lists:
+            with stage(f"diversity ({diverse.model} + MMR)"):
+                tradeoff_table, diversity_chosen, mmr_metrics = diversity_tradeoff(
+                    diverse, prep, items, test_pop, validation_lists, sink, test_requests)
+                metrics = pl.concat([metrics, mmr_metrics], how="diagonal_relaxed")
+                chosen[f"{diverse.model}_mmr"] = {t: {"lambda": lam, "ild_floor": floor}
+                                                  for t, (lam, floor) in
+                                                  diversity_chosen.items()}
         recall = candidate_recall(cfg, prep, context) if context.ltr is not None else None
     finally:
         close_context(context)
@@ -170,7 +204,72 @@ def evaluate(cfg: EvalConfig, *, dataset: Dataset | None = None,
         tuning=pl.concat(tuning), chosen=chosen, seconds=time.perf_counter() - started,
         candidate_recall=recall, skipped=skipped, stages=records_since(first_stage),
         trained=None if manifest is None else str(manifest.path), ids=ds.ids,
+        tradeoff=tradeoff_table, diversity_chosen=diversity_chosen,
     )
+
+
+def beyond_items(cfg: EvalConfig, prep: Prepared, context: ScorerContext) -> pl.DataFrame:
+    """The catalogue's unit text vectors (the run's encoder, from its cache) and attribute
+    sets, for the beyond-accuracy metrics and MMR."""
+    encoder = context.encoder
+    if encoder is None:
+        from encoders.text import TextEncoder
+
+        encoder = TextEncoder(cfg.encoder_path, cache_dir=cfg.data_dir / "cache",
+                              show_progress=False)
+    items = prep.catalogue.items
+    vectors = encoder.encode(prep.catalogue.text.to_list(), desc="item vectors")
+    attributes = items["genres"].to_list() if "genres" in items.columns else \
+        [None] * items.height
+    return item_table(items["item_id"].to_numpy(), vectors, attributes)
+
+
+def diversity_tradeoff(cfg: DiversityConfig, prep: Prepared, items: pl.DataFrame,
+                       test_pop: pl.DataFrame, validation: dict[str, pl.DataFrame],
+                       sink: RankingSink, test_requests: pl.DataFrame,
+                       ) -> tuple[pl.DataFrame, dict[str, tuple[float, float]], pl.DataFrame]:
+    """The ranker's validation and test lists re-ranked by MMR for each lambda of the grid:
+    (the trade-off table, per task the lambda chosen on validation and its ILD floor, the
+    full-ranking metrics of `<ranker>_mmr`, the chosen lambda's test lists)."""
+    unit = np.stack(items["vec"].to_numpy())
+    ids = items["item_id"].to_numpy()
+    val_requests = prep.requests.filter(pl.col("split") == "val")
+    val_pop = popularity_table("", ids, prep.fits["val"].popularity())
+    test_rows = sink.scan().filter((pl.col("model") == cfg.model)
+                                   & (pl.col("protocol") == "full")
+                                   & (pl.col("rank") <= cfg.pool)).collect()
+    splits = {"val": (validation, val_requests, val_pop),
+              "test": ({t: r for t, r in test_rows.partition_by("task", as_dict=True,
+                                                                include_key=False).items()},
+                       test_requests, test_pop)}
+    table, test_lists = [], {}
+    for split, (lists, requests, pop) in splits.items():
+        for task, rows in lists.items():
+            task = task[0] if isinstance(task, tuple) else task
+            pooled_lists = pooled(rows, cfg.pool)
+            task_pop = pop.with_columns(pl.lit(task).alias("task"))
+            for lam in cfg.lambdas:
+                ranked = reranked(*pooled_lists, ids, unit, lam, TUNE_K).with_columns(
+                    pl.lit(f"{lam:g}").alias("model"), pl.lit(task).alias("task"),
+                    pl.lit("full").alias("protocol"))
+                figures = metrics_of(ranked, requests.filter(pl.col("task") == task)).join(
+                    beyond_accuracy_of(ranked, items, task_pop, prep.catalogue.n_items),
+                    on=["model", "task"])
+                table.append(figures.select(
+                    pl.lit(split).alias("split"), "task", pl.lit(lam).alias("lambda"),
+                    pl.exclude("model", "task", "requests", "sampled_hr@10",
+                               "sampled_ndcg@10")))
+                if split == "test":
+                    test_lists[(task, lam)] = ranked
+    tradeoff = pl.concat(table, how="diagonal_relaxed")
+    picked = choose(tradeoff.filter(pl.col("split") == "val"), cfg)
+    name = f"{cfg.model}_mmr"
+    chosen_lists = [test_lists[(t, lam)].with_columns(pl.lit(name).alias("model"))
+                    for t, (lam, _) in picked.items() if (t, lam) in test_lists]
+    mmr = metrics_of(pl.concat(chosen_lists), test_requests).join(
+        beyond_accuracy_of(pl.concat(chosen_lists), items, test_pop, prep.catalogue.n_items),
+        on=["model", "task"]).drop("sampled_hr@10", "sampled_ndcg@10")
+    return tradeoff.with_columns(pl.col("lambda").round(4)), picked, mmr
 
 
 def candidate_recall(cfg: EvalConfig, prep: Prepared, context: ScorerContext) -> pl.DataFrame:

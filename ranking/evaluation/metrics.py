@@ -9,6 +9,8 @@ the hit rate at 20.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import duckdb
@@ -57,9 +59,11 @@ def compute_metrics(con: duckdb.DuckDBPyConnection, rankings: str = "rankings",
     return con.execute(METRICS_SQL.format(rankings=rankings, requests=requests)).pl()
 
 
-def metrics_of(rankings: pl.DataFrame | Path, requests: pl.DataFrame) -> pl.DataFrame:
-    """Metrics for an in-memory rankings frame or a folder of rankings parquet files (read
-    by DuckDB as it goes, never loaded whole); tuning on validation uses the same SQL."""
+@contextmanager
+def over_rankings(rankings: pl.DataFrame | Path,
+                  **tables: pl.DataFrame) -> Iterator[duckdb.DuckDBPyConnection]:
+    """A DuckDB connection where `rankings` is an in-memory frame or a folder of rankings
+    parquet files (read by DuckDB as it goes, never loaded whole), beside `tables`."""
     con = duckdb.connect()
     try:
         if isinstance(rankings, Path):
@@ -67,7 +71,15 @@ def metrics_of(rankings: pl.DataFrame | Path, requests: pl.DataFrame) -> pl.Data
                         f"{sql_string(str(rankings / '*.parquet'))})")
         else:
             con.register("rankings", rankings.to_arrow())
-        con.register("requests", requests.to_arrow())
-        return compute_metrics(con)
+        for name, frame in tables.items():
+            con.register(name, frame.to_arrow())
+        yield con
     finally:
         con.close()
+
+
+def metrics_of(rankings: pl.DataFrame | Path, requests: pl.DataFrame) -> pl.DataFrame:
+    """Metrics for a rankings frame or folder (`over_rankings`); tuning on validation uses
+    the same SQL."""
+    with over_rankings(rankings, requests=requests) as con:
+        return compute_metrics(con)

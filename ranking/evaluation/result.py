@@ -20,6 +20,7 @@ import duckdb
 import polars as pl
 
 from featurestore.store import sql_string
+from ranking.evaluation.beyond import BEYOND_METRICS
 from ranking.evaluation.config import EvalConfig
 from ranking.evaluation.metrics import METRICS
 from recdata.atomic_io import atomic_path, write_parquet_atomic, write_text_atomic
@@ -40,9 +41,11 @@ def library_versions() -> dict[str, str]:
 
 
 def long_metrics(metrics: pl.DataFrame, dataset: str) -> pl.DataFrame:
-    """quality.csv layout: dataset, task, model, metric, value."""
-    return metrics.unpivot(index=["model", "task"], on=list(METRICS), variable_name="metric",
-                           value_name="value").select(
+    """quality.csv layout: dataset, task, model, metric, value (a metric a model has no
+    value for, as the MMR model's sampled ones, is left out)."""
+    names = [m for m in (*METRICS, *BEYOND_METRICS) if m in metrics.columns]
+    return metrics.unpivot(index=["model", "task"], on=names, variable_name="metric",
+                           value_name="value").drop_nulls("value").select(
         pl.lit(dataset).alias("dataset"), "task", "model", "metric", pl.col("value").round(6))
 
 
@@ -73,6 +76,10 @@ class EvalResult:
     stages: list[dict[str, Any]] = field(default_factory=list)  # stage, seconds, peak RSS
     trained: str | None = None  # the manifest of train() whose artifacts were read
     ids: IdMap | None = None  # the dataset's own ids, for string-id data (recdata.ids)
+    # the ranker re-ranked by MMR per lambda (split, task, lambda, metrics), and per task
+    # the lambda chosen on validation with its ILD floor (ranking.evaluation.tradeoff)
+    tradeoff: pl.DataFrame | None = None
+    diversity_chosen: dict[str, tuple[float, float]] = field(default_factory=dict)
 
     @property
     def dataset(self) -> str:
@@ -96,6 +103,8 @@ class EvalResult:
                       ("tuning", self.tuning)]
             if self.candidate_recall is not None:
                 tables.append(("candidate_recall", self.candidate_recall))
+            if self.tradeoff is not None:
+                tables.append(("diversity_tradeoff", self.tradeoff))
             for kind in ("item", "user"):  # join on these to read the dataset's own ids
                 table = None if self.ids is None else self.ids.table(kind)  # type: ignore[arg-type]
                 if table is not None:
@@ -138,4 +147,33 @@ class EvalResult:
             # one plot per dataset, and quality.png: the latest evaluation's
             plot_ndcg(mine, self.config.results_dir / f"quality-{self.dataset}.png")
             paths["plot"] = plot_ndcg(mine, self.config.results_dir / "quality.png")
+            if self.tradeoff is not None:
+                paths.update(self._save_tradeoff())
         return paths
+
+    def _save_tradeoff(self) -> dict[str, Path]:
+        """diversity.csv (this dataset's rows replaced, the others kept) and the NDCG@10
+        against ILD@10 plot beside quality.png (one per dataset, and the latest run's)."""
+        from ranking.evaluation.tradeoff import plot_tradeoff
+
+        assert self.tradeoff is not None and self.config.diversity is not None
+        target = self.config.results_dir / "diversity.csv"
+        chosen = pl.DataFrame([{"task": t, "lambda": lam, "chosen": True}
+                               for t, (lam, _) in self.diversity_chosen.items()],
+                              schema={"task": pl.String, "lambda": pl.Float64,
+                                      "chosen": pl.Boolean})
+        rows = self.tradeoff.join(chosen, on=["task", "lambda"], how="left").select(
+            pl.lit(self.dataset).alias("dataset"), pl.lit(self.config.diversity.model)
+            .alias("model"), pl.all().exclude("chosen"),
+            pl.col("chosen").fill_null(False)).with_columns(
+            pl.col(pl.Float64).round(6))
+        if target.exists():
+            rows = pl.concat([pl.read_csv(target).filter(pl.col("dataset") != self.dataset),
+                              rows], how="diagonal_relaxed")
+        write_text_atomic(target, rows.write_csv())
+        title = f"{self.dataset}: {self.config.diversity.model} re-ranked by MMR (test)"
+        plot_tradeoff(self.tradeoff, self.diversity_chosen,
+                      self.config.results_dir / f"diversity-{self.dataset}.png", title)
+        plot = plot_tradeoff(self.tradeoff, self.diversity_chosen,
+                             self.config.results_dir / "diversity.png", title)
+        return {"diversity": target, "diversity_plot": plot}
