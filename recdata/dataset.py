@@ -72,7 +72,7 @@ class Dataset:
         items = self.items.select(
             pl.col("item_id"), pl.col("title"), pl.col("genres").list.join("|")
         ).hash_rows(seed=0).sum()
-        schema = hashlib.sha1(self.domain.to_json().encode()).hexdigest()[:8]
+        schema = hashlib.sha1(self.domain.identity().encode()).hexdigest()[:8]
         keys = f":{self.ids.fingerprint()}" if self.ids is not None else ""
         return f"{self.name}:{inter}:{items}:{schema}{keys}"
 

@@ -168,11 +168,18 @@ class DomainSchema(BaseModel):
         write_text_atomic(Path(path), self.to_json())
         return Path(path)
 
-    def to_json(self) -> str:
+    def identity(self) -> str:
+        """What versions the artifacts derived from this schema (requests, features, the
+        models): the whole schema but the variety cues, which only decide how an online
+        answer is re-ranked (ranking.diversity) and reach no offline artifact, so editing
+        them rebuilds nothing."""
+        return self.to_json(exclude={"wording": {"variety"}})
+
+    def to_json(self, exclude: dict | None = None) -> str:
         """Indented JSON with each list of plain values on one line (a phrase list, a band):
         what a person edits."""
-        text = json.dumps(self.model_dump(mode="json", exclude_none=True), indent=2,
-                          ensure_ascii=False)
+        text = json.dumps(self.model_dump(mode="json", exclude_none=True, exclude=exclude),
+                          indent=2, ensure_ascii=False)
         return _FLAT_LIST.sub(lambda m: "[" + re.sub(r",\n\s+", ", ", m.group(1)) + "]",
                               text) + "\n"
 

@@ -68,3 +68,23 @@ def test_a_batch_equals_its_lists_one_by_one_and_pads_stay_last():
         alone = mmr_order(scores[r][real], vectors[r][real], 0.4, k=5)
         assert batch[r][:real.sum()].tolist() == alone.tolist()
     assert batch[2][9:].tolist() == [9, 10, 11]
+
+
+def test_lambda_is_chosen_on_validation_within_the_accuracy_budget():
+    import polars as pl
+
+    from ranking.evaluation.tradeoff import DiversityConfig, choose
+
+    table = pl.DataFrame({
+        "task": ["a"] * 5 + ["b"] * 3,
+        "lambda": [0.0, 0.2, 0.4, 0.6, 0.8, 0.0, 0.5, 1.0],
+        "ndcg@10": [0.40, 0.399, 0.395, 0.37, 0.30, 0.20, 0.199, 0.10],
+        "ild@10": [0.40, 0.44, 0.49, 0.55, 0.60, 0.50, 0.52, 0.70]})
+    got = choose(table, DiversityConfig())  # floor: +20% ILD; at most 3% of NDCG given up
+    # a: 0.4 (ILD 0.49 >= 0.48, NDCG -1.25%); 0.6 would reach more but costs 7.5%
+    assert got["a"] == (0.4, pytest.approx(0.48))
+    # b: no lambda within 3% reaches 0.60: the most diverse within the budget
+    assert got["b"][0] == 0.5
+    assert choose(table, DiversityConfig(floor=0.45))["a"][0] == 0.4  # best NDCG above it
+    assert choose(table, DiversityConfig(max_ndcg_loss=1.0))["a"][0] == 0.4
+    assert choose(table, DiversityConfig(floor=0.58, max_ndcg_loss=1.0))["a"][0] == 0.8

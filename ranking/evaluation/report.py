@@ -18,7 +18,9 @@ if TYPE_CHECKING:
 
 # Short headers keep the table inside an 80-column terminal.
 HEADERS = {"hr@10": "HR@10", "ndcg@10": "NDCG@10", "mrr@10": "MRR@10", "recall@20": "R@20",
-           "sampled_hr@10": "sHR@10", "sampled_ndcg@10": "sNDCG@10"}
+           "sampled_hr@10": "sHR@10", "sampled_ndcg@10": "sNDCG@10", "ild@10": "ILD@10",
+           "coverage@10": "Cov@10"}
+SHOWN = (*METRICS, "ild@10", "coverage@10")  # the rest of beyond accuracy: quality.csv
 
 
 def metrics_tables(metrics: pl.DataFrame, dataset: str) -> list[Table]:
@@ -27,14 +29,16 @@ def metrics_tables(metrics: pl.DataFrame, dataset: str) -> list[Table]:
     for task in metrics["task"].unique(maintain_order=True).to_list():
         part = metrics.filter(pl.col("task") == task).sort("ndcg@10", descending=True)
         table = Table(title=f"{dataset} — task '{task}' (test, {part['requests'][0]} requests,"
-                            " held-out phrasings; s = sampled 1+99)")
+                            " held-out phrasings; s = sampled 1+99; ILD = intra-list "
+                            "diversity, Cov = catalogue coverage)")
         table.add_column("model", no_wrap=True)
-        for m in METRICS:
+        shown = [m for m in SHOWN if m in part.columns]
+        for m in shown:
             table.add_column(HEADERS[m], justify="right")
-        best = {m: part[m].max() for m in METRICS}
+        best = {m: part[m].max() for m in shown}
         for row in part.iter_rows(named=True):
-            cells = [f"[bold]{row[m]:.3f}[/bold]" if row[m] == best[m] else f"{row[m]:.3f}"
-                     for m in METRICS]
+            cells = ["–" if row[m] is None else f"[bold]{row[m]:.3f}[/bold]"
+                     if row[m] == best[m] else f"{row[m]:.3f}" for m in shown]
             table.add_row(row["model"], *cells)
         tables.append(table)
     return tables

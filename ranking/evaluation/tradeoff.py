@@ -3,10 +3,12 @@
 The ranker's top `pool` per request, on validation and on test, is re-ranked for every
 lambda of the grid; each re-ranked list is scored by the same DuckDB metrics as every model
 (NDCG@10 and the rest, ranking.evaluation.metrics; ILD@10 and the rest,
-ranking.evaluation.beyond). Lambda is chosen per task on validation: the best NDCG@10 among
-the lambdas whose ILD@10 reaches the floor (`floor`, or the ranker's own validation ILD@10
-times 1 + `floor_gain`); where none reaches it, the most diverse. Test figures are never
-looked at while choosing. The chosen lambda's test lists are the model `<ranker>_mmr` of
+ranking.evaluation.beyond). Lambda is chosen per task on validation, among the lambdas that
+keep NDCG@10 within `max_ndcg_loss` of the ranker's own (lambda 0): the best NDCG@10 of
+those whose ILD@10 reaches the floor (`floor`, or the ranker's own validation ILD@10 times
+1 + `floor_gain`); where none reaches it, the most diverse of them (a floor bought with
+any amount of accuracy would not be a choice anyone makes). Test figures are never looked
+at while choosing. The chosen lambda's test lists are the model `<ranker>_mmr` of
 quality.csv (full-ranking metrics only: MMR re-ranks the ranker's list, not the sampled
 protocol's 100 candidates); the whole grid is the trade-off table and plot.
 """
@@ -29,12 +31,15 @@ class DiversityConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     model: str = Field("ltr_full", description="the ranker whose lists are re-ranked")
-    lambdas: list[float] = Field(default_factory=lambda: [0.0, 0.05, 0.1, 0.15, 0.2, 0.3,
-                                                          0.4, 0.5, 0.7])
+    lambdas: list[float] = Field(default_factory=lambda: [0.0, 0.05, 0.1, 0.2, 0.3, 0.4,
+                                                          0.5, 0.6, 0.7, 0.8, 0.9, 1.0])
     floor: float | None = Field(None, ge=0, le=2, description="ILD@10 the chosen lambda must "
                                                               "reach on validation")
     floor_gain: float = Field(0.2, ge=0, description="without `floor`: the ranker's own "
                                                      "validation ILD@10 times 1 + this")
+    max_ndcg_loss: float = Field(0.03, ge=0, le=1, description="the most validation NDCG@10 "
+                                                               "(a share of the ranker's) a "
+                                                               "chosen lambda may give up")
     pool: int = Field(POOL, ge=10)
 
 
@@ -82,12 +87,16 @@ def choose(validation: pl.DataFrame, cfg: DiversityConfig) -> dict[str, tuple[fl
     the trade-off table."""
     out = {}
     for task, rows in validation.group_by("task", maintain_order=True):
-        base = rows.filter(pl.col("lambda") == 0.0)["ild@10"]
-        own = float(base[0]) if len(base) else float(rows["ild@10"].min())
-        floor = cfg.floor if cfg.floor is not None else own * (1 + cfg.floor_gain)
-        ok = rows.filter(pl.col("ild@10") >= floor)
+        base = rows.filter(pl.col("lambda") == 0.0)
+        own_ild = float(base["ild@10"][0]) if base.height else float(rows["ild@10"].min())
+        own_ndcg = float(base["ndcg@10"][0]) if base.height else float(rows["ndcg@10"].max())
+        floor = cfg.floor if cfg.floor is not None else own_ild * (1 + cfg.floor_gain)
+        kept = rows.filter(pl.col("ndcg@10") >= own_ndcg * (1 - cfg.max_ndcg_loss))
+        if kept.is_empty():
+            kept = rows.filter(pl.col("lambda") == rows["lambda"].min())
+        ok = kept.filter(pl.col("ild@10") >= floor)
         pick = ok.sort(["ndcg@10", "lambda"], descending=[True, False]) if ok.height else \
-            rows.sort(["ild@10", "lambda"], descending=[True, False])
+            kept.sort(["ild@10", "lambda"], descending=[True, False])
         out[str(task[0])] = (float(pick["lambda"][0]), floor)
     return out
 
