@@ -22,11 +22,18 @@ import numpy as np
 POOL = 50  # candidates of the ranker's list that MMR may reorder
 
 
-def mmr_batch(scores: np.ndarray, vectors: np.ndarray, lam: float, k: int) -> np.ndarray:
+def similarities(vectors: np.ndarray) -> np.ndarray:
+    """lists x n x n cosines of each list's unit vectors (one batched matrix product)."""
+    unit = np.asarray(vectors, dtype=np.float64)
+    return np.matmul(unit, unit.transpose(0, 2, 1))
+
+
+def mmr_batch(scores: np.ndarray, vectors: np.ndarray | None, lam: float, k: int,
+              sims: np.ndarray | None = None) -> np.ndarray:
     """(lists x n) positions in MMR order. `scores`: lists x n, each row in the ranker's
     order (best first; -inf pads a short list: pads stay last); `vectors`: lists x n x d,
-    unit length. The first `k` of each row are chosen by MMR, the rest follow in the
-    ranker's order."""
+    unit length (or their `similarities`, computed once for several lambdas). The first `k`
+    of each row are chosen by MMR, the rest follow in the ranker's order."""
     if not 0.0 <= lam <= 1.0:
         raise ValueError(f"diversity lambda must be in [0, 1], got {lam}")
     rows, n = scores.shape
@@ -38,8 +45,9 @@ def mmr_batch(scores: np.ndarray, vectors: np.ndarray, lam: float, k: int) -> np
     high = np.where(real, scores, -np.inf).max(axis=1, keepdims=True)
     spread = np.where(high > low, high - low, 1.0)
     relevance = np.where(real, (scores - low) / spread, 0.0)
-    unit = np.asarray(vectors, dtype=np.float64)
-    sims = np.einsum("rid,rjd->rij", unit, unit)
+    if sims is None:
+        assert vectors is not None
+        sims = similarities(vectors)
     free = real.copy()
     closest = np.zeros((rows, n))  # highest similarity to an item already chosen
     picked_at = np.full((rows, n), 2 * n)  # the step an item was picked at

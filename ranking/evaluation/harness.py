@@ -244,23 +244,28 @@ def diversity_tradeoff(cfg: DiversityConfig, prep: Prepared, items: pl.DataFrame
                        test_requests, test_pop)}
     table, test_lists = [], {}
     for split, (lists, requests, pop) in splits.items():
+        ranked, pops = [], []
         for task, rows in lists.items():
             task = task[0] if isinstance(task, tuple) else task
-            pooled_lists = pooled(rows, cfg.pool)
-            task_pop = pop.with_columns(pl.lit(task).alias("task"))
-            for lam in cfg.lambdas:
-                ranked = reranked(*pooled_lists, ids, unit, lam, TUNE_K).with_columns(
-                    pl.lit(f"{lam:g}").alias("model"), pl.lit(task).alias("task"),
-                    pl.lit("full").alias("protocol"))
-                figures = metrics_of(ranked, requests.filter(pl.col("task") == task)).join(
-                    beyond_accuracy_of(ranked, items, task_pop, prep.catalogue.n_items),
-                    on=["model", "task"])
-                table.append(figures.select(
-                    pl.lit(split).alias("split"), "task", pl.lit(lam).alias("lambda"),
-                    pl.exclude("model", "task", "requests", "sampled_hr@10",
-                               "sampled_ndcg@10")))
+            pops.append(pop.filter(pl.col("task") == task) if split == "test"
+                        else pop.with_columns(pl.lit(task).alias("task")))
+            by_lambda = reranked(*pooled(rows, cfg.pool), ids, unit, cfg.lambdas, TUNE_K)
+            for lam, frame in by_lambda.items():
+                frame = frame.with_columns(pl.lit(f"{lam!r}").alias("model"),
+                                           pl.lit(task).alias("task"),
+                                           pl.lit("full").alias("protocol"))
+                ranked.append(frame)
                 if split == "test":
-                    test_lists[(task, lam)] = ranked
+                    test_lists[(task, lam)] = frame
+        # every lambda and task of the split in one pass of each metrics query
+        everything = pl.concat(ranked)
+        figures = metrics_of(everything, requests).join(
+            beyond_accuracy_of(everything, items, pl.concat(pops), prep.catalogue.n_items),
+            on=["model", "task"])
+        table.append(figures.select(
+            pl.lit(split).alias("split"), "task",
+            pl.col("model").cast(pl.Float64).alias("lambda"),
+            pl.exclude("model", "task", "requests", "sampled_hr@10", "sampled_ndcg@10")))
     tradeoff = pl.concat(table, how="diagonal_relaxed")
     picked = choose(tradeoff.filter(pl.col("split") == "val"), cfg)
     name = f"{cfg.model}_mmr"

@@ -21,7 +21,7 @@ import numpy as np
 import polars as pl
 from pydantic import BaseModel, ConfigDict, Field
 
-from ranking.diversity import POOL, mmr_batch
+from ranking.diversity import POOL, mmr_batch, similarities
 
 CHUNK = 2_000  # lists re-ranked together (each holds pool x pool similarities)
 
@@ -58,28 +58,29 @@ def pooled(rows: pl.DataFrame, pool: int) -> tuple[np.ndarray, np.ndarray, np.nd
 
 
 def reranked(requests: np.ndarray, items: np.ndarray, scores: np.ndarray,
-             item_ids: np.ndarray, unit: np.ndarray, lam: float, k: int) -> pl.DataFrame:
-    """Ranking rows (request_id, rank, item_id, score) of the lists re-ranked with `lam`;
-    `unit[j]` is the unit text vector of item `item_ids[j]`."""
-    frames = []
+             item_ids: np.ndarray, unit: np.ndarray, lambdas: list[float], k: int,
+             keep: int = 20) -> dict[float, pl.DataFrame]:
+    """Per lambda, the ranking rows (request_id, rank, item_id, score) of the lists
+    re-ranked with it, ranks up to `keep` (what the metrics read); `unit[j]` is the unit
+    text vector of item `item_ids[j]`. Each chunk's similarities are computed once for
+    every lambda."""
+    frames: dict[float, list[pl.DataFrame]] = {lam: [] for lam in lambdas}
     order_ids = np.argsort(item_ids, kind="stable")
     sorted_ids = item_ids[order_ids]
     for lo in range(0, len(requests), CHUNK):
         its, sc = items[lo:lo + CHUNK], scores[lo:lo + CHUNK]
         pos = np.clip(np.searchsorted(sorted_ids, its), 0, len(sorted_ids) - 1)
         at = np.where(sorted_ids[pos] == its, order_ids[pos], -1)
-        vec = np.where((at >= 0)[..., None], unit[np.maximum(at, 0)], 0.0)
-        order = mmr_batch(sc, vec, lam, k)
-        new_items = np.take_along_axis(its, order, axis=1)
-        new_scores = np.take_along_axis(sc, order, axis=1)
-        valid = new_items >= 0
-        r, c = np.nonzero(valid)
-        frames.append(pl.DataFrame({
-            "request_id": requests[lo:lo + CHUNK][r], "rank": (c + 1).astype(np.int32),
-            "item_id": new_items[r, c], "score": new_scores[r, c]}))
-    return pl.concat(frames) if frames else pl.DataFrame(
-        schema={"request_id": pl.Int64, "rank": pl.Int32, "item_id": pl.Int64,
-                "score": pl.Float64})
+        sims = similarities(np.where((at >= 0)[..., None], unit[np.maximum(at, 0)], 0.0))
+        for lam in lambdas:
+            order = mmr_batch(sc, None, lam, k, sims=sims)[:, :keep]
+            new_items = np.take_along_axis(its, order, axis=1)
+            new_scores = np.take_along_axis(sc, order, axis=1)
+            r, c = np.nonzero(new_items >= 0)
+            frames[lam].append(pl.DataFrame({
+                "request_id": requests[lo:lo + CHUNK][r], "rank": (c + 1).astype(np.int32),
+                "item_id": new_items[r, c], "score": new_scores[r, c]}))
+    return {lam: pl.concat(parts) for lam, parts in frames.items() if parts}
 
 
 def choose(validation: pl.DataFrame, cfg: DiversityConfig) -> dict[str, tuple[float, float]]:
