@@ -268,6 +268,9 @@ def diversity_tradeoff(cfg: DiversityConfig, prep: Prepared, items: pl.DataFrame
             pl.exclude("model", "task", "requests", "sampled_hr@10", "sampled_ndcg@10")))
     tradeoff = pl.concat(table, how="diagonal_relaxed")
     picked = choose(tradeoff.filter(pl.col("split") == "val"), cfg)
+    for task, (tuned, _) in prep.test_tasks.items():  # a task tuned on another (logged)
+        if task not in picked and tuned in picked:
+            picked[task] = picked[tuned]
     name = f"{cfg.model}_mmr"
     chosen_lists = [test_lists[(t, lam)].with_columns(pl.lit(name).alias("model"))
                     for t, (lam, _) in picked.items() if (t, lam) in test_lists]
