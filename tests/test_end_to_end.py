@@ -5,6 +5,7 @@ import duckdb
 import polars as pl
 import pytest
 
+from ranking.evaluation.beyond import BEYOND_METRICS
 from ranking.evaluation.config import BASELINES, EvalConfig
 from ranking.evaluation.harness import evaluate
 from ranking.evaluation.metrics import METRICS, compute_metrics
@@ -24,9 +25,12 @@ def test_movielens_sample_end_to_end(movielens, data_dir, tmp_path):
     quality = pl.read_csv(paths["quality"])
     assert quality.columns == ["dataset", "task", "model", "metric", "value"]
     assert set(quality["model"]) == set(BASELINES)
-    assert set(quality["metric"]) == set(METRICS)
-    assert quality.height == len(BASELINES) * len(TASKS) * len(METRICS)
-    assert quality["value"].is_between(0, 1).all()
+    assert set(quality["metric"]) == {*METRICS, *BEYOND_METRICS}
+    assert quality.height == len(BASELINES) * len(TASKS) * (len(METRICS) + len(BEYOND_METRICS))
+    shares = quality.filter(~pl.col("metric").is_in(["ild@10", "ild_attr@10", "novelty@10"]))
+    assert shares["value"].is_between(0, 1).all()
+    assert quality.filter(pl.col("metric").str.starts_with("ild"))["value"].is_between(0, 2).all()
+    assert (quality.filter(pl.col("metric") == "novelty@10")["value"] > 0).all()
     assert paths["plot"].read_bytes()[:4] == b"\x89PNG"
 
     # the DuckDB file reproduces the figures from its own rankings table
