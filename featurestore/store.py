@@ -208,6 +208,7 @@ def swapped_in(repo: FeatureRepo, store: Any) -> Iterator[Any]:
     (OnlineReader) move to the new file on their next read. A failure leaves the live file
     as it was. Redis, written in place, has no such step: a request during its
     materialization can mix views of the two states (README, "Operating the service")."""
+    import shutil
     import sqlite3
 
     config = store.config.online_store
@@ -222,13 +223,27 @@ def swapped_in(repo: FeatureRepo, store: Any) -> Iterator[Any]:
     with contextlib.closing(sqlite3.connect(live)) as src, \
             contextlib.closing(sqlite3.connect(nxt)) as dst:
         src.backup(dst)
+    # Feast records each view's materialized interval in the registry as it goes: if the
+    # copy is dropped, the registry must not say its rows were written (the next
+    # incremental refresh would skip them)
+    registry = _registry_file(store)
+    saved = registry.with_name(registry.name + ".before") if registry is not None and \
+        registry.exists() else None
+    if saved is not None:
+        shutil.copy2(registry, saved)
     try:
         yield repo.store("sqlite", sqlite_path=str(nxt))
         with open(nxt, "rb") as f:
             os.fsync(f.fileno())
         os.replace(nxt, live)
+    except BaseException:
+        if saved is not None:
+            os.replace(saved, registry)
+        raise
     finally:
         nxt.unlink(missing_ok=True)
+        if saved is not None:
+            saved.unlink(missing_ok=True)
 
 
 def _feature_types(refs: list[str]) -> dict[str, pl.DataType]:

@@ -221,3 +221,19 @@ def test_a_refresh_under_load_fails_no_request_tears_no_read_and_is_idempotent(s
     assert again.returncode == 0, again.stderr[-2000:]
     assert (online_db.stat().st_ino, online_db.stat().st_mtime_ns) == stamp
     assert {u: rec.reader.read_user(u) for u in users} == after
+
+
+def test_a_failed_materialization_leaves_the_live_store_and_registry_as_they_were(served):
+    """A refresh that fails half-way (after Feast recorded some views as materialized in
+    the registry) leaves the served file untouched and the registry as it was, so the next
+    incremental refresh does not skip rows that never reached the live store."""
+    repo_path, _ = served
+    repo = fs.FeatureRepo(repo_path)
+    live, registry = repo_path / "data" / "online.db", repo_path / "data" / "registry.db"
+    before = (live.read_bytes(), registry.read_bytes(), live.stat().st_ino)
+    with pytest.raises(RuntimeError, match="failed"), fs.swapped_in(repo, repo.store()):
+        registry.write_bytes(b"intervals of a materialization that will not land")
+        raise RuntimeError("materialization failed")
+    assert (live.read_bytes(), registry.read_bytes(), live.stat().st_ino) == before
+    assert not list((repo_path / "data").glob("*.next")) and \
+        not list((repo_path / "data").glob("*.before"))
