@@ -556,13 +556,14 @@ class Recommender:
         the item text vectors (ranking.diversity), among what the request allows; what it
         rules out stays after. Also: the positions MMR brought into the first `k` that the
         ranker had below them (said as "added for variety")."""
-        from ranking.diversity import rerank
+        from ranking.diversity import POOL, rerank
 
         vectors = self.items.vectors
         if vectors is None:
             return top, set()
         allowed, ruled_out = top[~wrong[top]], top[wrong[top]]
-        order = rerank(score[allowed], vectors[idx[allowed]].astype(np.float64), lam, k)
+        pooled = vectors[idx[allowed[:POOL]]].astype(np.float64)  # all MMR looks at
+        order = rerank(score[allowed], pooled, lam, k)
         new = allowed[order]
         ranked_k = set(allowed[:k].tolist())
         return np.concatenate([new, ruled_out]), {int(j) for j in new[:k]

@@ -230,7 +230,7 @@ def diversity_tradeoff(cfg: DiversityConfig, prep: Prepared, items: pl.DataFrame
                        ) -> tuple[pl.DataFrame, dict[str, tuple[float, float]], pl.DataFrame]:
     """The ranker's validation and test lists re-ranked by MMR for each lambda of the grid:
     (the trade-off table, per task the lambda chosen on validation and its ILD floor, the
-    full-ranking metrics of `<ranker>_mmr`, the chosen lambda's test lists)."""
+    full-ranking metrics of `<ranker>_mmr`: the chosen lambda's test lists)."""
     unit = np.stack(items["vec"].to_numpy())
     ids = items["item_id"].to_numpy()
     val_requests = prep.requests.filter(pl.col("split") == "val")
