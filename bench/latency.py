@@ -484,7 +484,6 @@ def http_server(args: argparse.Namespace, store: str,
                 redis_url: str | None) -> Iterator[str]:
     """`instructrank serve --workers N` on a free loopback port, up when /readyz answers
     200 (with several workers, every process has loaded: the pool starts them all)."""
-    import httpx
 
     port = free_port()
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
@@ -496,20 +495,13 @@ def http_server(args: argparse.Namespace, store: str,
         OWN_PIDS.add(proc.pid)
         base = f"http://127.0.0.1:{port}"
         try:
-            deadline = time.monotonic() + 300
-            while True:
-                if proc.poll() is not None:
-                    log.seek(0)
-                    raise RuntimeError(f"the HTTP server exited with {proc.returncode}: "
-                                       f"{log.read()[-2000:]}")
-                if time.monotonic() > deadline:
-                    raise RuntimeError("the HTTP server was not ready (/readyz) within 300 s")
-                try:
-                    if httpx.get(f"{base}/readyz", timeout=2.0).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                time.sleep(0.5)
+            from serve.http import wait_ready
+
+            try:
+                wait_ready(base, proc, 300)
+            except RuntimeError as exc:
+                log.seek(0)
+                raise RuntimeError(f"{exc}: {log.read()[-2000:]}") from None
             import psutil
 
             # its worker processes are ours too, for the idle-machine check

@@ -217,3 +217,24 @@ def _store_state(recommender: Any) -> dict[str, Any]:
     except StoreUnavailableError as exc:
         return {"store": f"unreachable: {exc}"}
 
+
+def wait_ready(base: str, proc: Any, seconds: float) -> None:
+    """Block until the service at `base` (started as `proc`, a Popen) answers /readyz with
+    200; RuntimeError if the process exits first or `seconds` pass (what a deploy script,
+    the benches and the tests that start `instructrank serve` all need)."""
+    import time
+
+    import httpx
+
+    deadline = time.monotonic() + seconds
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the HTTP server exited with {proc.returncode}")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the HTTP server was not ready (/readyz) within {seconds:g} s")
+        try:
+            if httpx.get(f"{base}/readyz", timeout=2.0).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 from collections import Counter
 
 import pytest
@@ -24,8 +23,7 @@ ECHO_LIMIT = 160  # a quoted value: serve.http.ECHO_CHARS plus its "... (N chara
 @pytest.fixture(scope="module")
 def served(trained):
     """`instructrank serve` as a user starts it, on a free loopback port."""
-    import httpx
-
+    from serve.http import wait_ready
     from tests.conftest import _free_port
 
     port = _free_port()
@@ -35,16 +33,7 @@ def served(trained):
                             env=env, stderr=subprocess.DEVNULL)
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 240
-        while True:
-            assert proc.poll() is None, f"serve exited with {proc.returncode}"
-            assert time.monotonic() < deadline, "serve was not ready within 240 s"
-            try:
-                if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.5)
+        wait_ready(base, proc, 240)
         yield base
     finally:
         proc.terminate()
