@@ -34,7 +34,21 @@ SCHEMA_DIR = Path(__file__).resolve().parents[1] / "configs" / "schemas"
 Kind = Literal["categorical", "numeric", "text", "identifier", "ignored"]
 
 
-class Attribute(BaseModel):
+class _Part(BaseModel):
+    """A schema model that unpickles from an earlier version: fitted sources pickle the
+    catalogue with its schema, and a pickled pydantic model restores only the fields it had,
+    so a field added since (`Wording.variety`) failed mid-request long after the load. The
+    missing ones take their defaults here; fields without a default cannot have been added
+    compatibly and stay an error."""
+
+    def __setstate__(self, state: dict) -> None:
+        super().__setstate__(state)
+        for name, info in type(self).model_fields.items():
+            if name not in self.__dict__ and not info.is_required():
+                self.__dict__[name] = info.get_default(call_default_factory=True)
+
+
+class Attribute(_Part):
     """One column of the items (or users) table and how it is read."""
 
     model_config = ConfigDict(extra="forbid")
@@ -63,7 +77,7 @@ class Attribute(BaseModel):
         return self.entity or self.column
 
 
-class Levels(BaseModel):
+class Levels(_Part):
     """Item levels a request may ask for. Popular/niche come from interaction counts in the
     training window; acclaimed only where interactions carry ratings, on their own scale."""
 
@@ -78,7 +92,7 @@ class Levels(BaseModel):
     rating_scale: tuple[float, float] | None = None
 
 
-class Wording(BaseModel):
+class Wording(_Part):
     """How the domain is spoken of. `{verb}`, `{past}` and `{noun}` in request templates,
     explanations and the prompt are filled from here."""
 
@@ -124,7 +138,7 @@ EXPLANATIONS = {
 }
 
 
-class DomainSchema(BaseModel):
+class DomainSchema(_Part):
     """The whole schema of one dataset (see the module docstring)."""
 
     model_config = ConfigDict(extra="forbid")

@@ -137,3 +137,21 @@ def test_no_domain_words_in_code():
                 if DOMAIN_WORDS.search(line):
                     found.append(f"{rel}:{n}: {line.strip()}")
     assert not found, "domain words belong in configs/schemas/:\n" + "\n".join(found)
+
+
+def test_a_schema_pickled_by_an_earlier_version_loads_with_the_new_fields():
+    """Fitted candidate sources pickle the catalogue and its schema. A schema pickled
+    before a field existed must come back with that field at its default, not raise
+    AttributeError in the middle of a request (`Wording.variety` did)."""
+    import pickle
+
+    schema = known_schema("movielens-100k")
+    assert schema is not None and schema.wording.variety
+    old = pickle.loads(pickle.dumps(schema))
+    del old.wording.__dict__["variety"]  # as a Wording pickled before the field existed
+    with pytest.raises(AttributeError):
+        _ = old.wording.variety
+    back = pickle.loads(pickle.dumps(old))
+    assert back.wording.variety == type(schema.wording).model_fields["variety"].get_default(
+        call_default_factory=True)
+    assert back.model_dump(exclude={"wording"}) == schema.model_dump(exclude={"wording"})
