@@ -34,6 +34,7 @@ from featurestore import store as fs
 from ranking.batching import RequestBatcher
 from ranking.candidates import CandidateGenerator, Candidates
 from ranking.constraints import PENALTY, violations, with_items
+from ranking.diversity import HEAD_SHARE, TEMPERATURE
 from ranking.explain import Explainer, Reason
 from ranking.inputs import Catalogue, RequestBatch
 from ranking.intent_parser import ParsedIntents, parsed_for, semantic_text
@@ -86,6 +87,12 @@ class RecommenderConfig(BaseModel):
     variety_diversity: float = Field(0.3, ge=0, le=1, description="the lambda a request "
                                                                   "asking for variety ('a mix', "
                                                                   "'surprise me') gets at least")
+    diversity_temperature: float = Field(
+        TEMPERATURE, gt=0, description="MMR's relevance temperature (ranking.diversity; the "
+                                       "evaluation's choice per task is in diversity.csv)")
+    diversity_head_share: float = Field(HEAD_SHARE, ge=0, lt=1, description="share of the k "
+                                                                           "first ranks MMR "
+                                                                           "leaves in place")
     encode_ahead: bool = Field(True, description="encode a request's text on a second "
                                                  "thread while its intent is parsed and its "
                                                  "user read (ONNX Runtime and polars let go "
@@ -563,7 +570,8 @@ class Recommender:
             return top, set()
         allowed, ruled_out = top[~wrong[top]], top[wrong[top]]
         pooled = vectors[idx[allowed[:POOL]]].astype(np.float64)  # all MMR looks at
-        order = rerank(score[allowed], pooled, lam, k)
+        order = rerank(score[allowed], pooled, lam, k, temperature=self.cfg.diversity_temperature,
+                       head_share=self.cfg.diversity_head_share)
         new = allowed[order]
         ranked_k = set(allowed[:k].tolist())
         return np.concatenate([new, ruled_out]), {int(j) for j in new[:k]

@@ -477,7 +477,9 @@ def evaluate_cmd(
     console.print(f"requests: {paths['requests']}")
     console.print(f"table: {paths['quality']}  plot: {paths['plot']}")
     if "diversity" in paths:
-        lams = ", ".join(f"{t} {lam:g}" for t, (lam, _) in result.diversity_chosen.items())
+        lams = ", ".join(f"{t} {c['lambda']:g} (T {c['temperature']:g}, head "
+                         f"{c['head_share']:g})"
+                         for t, c in result.diversity_chosen.items())
         console.print(f"accuracy against diversity: {paths['diversity']}  plot: "
                       f"{paths['diversity_plot']}  (MMR lambda chosen on validation: {lams})")
     console.print(f"took {result.seconds:.0f} s")

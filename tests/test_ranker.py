@@ -274,9 +274,9 @@ def test_the_request_is_encoded_ahead_once_and_the_source_reads_those_vectors(re
 
 def test_beyond_accuracy_and_the_diversity_tradeoff_are_reported(trained):
     """Every model gets the beyond-accuracy metrics; the ranker's lists re-ranked by MMR
-    form the trade-off table, where lambda 0 is the ranker itself to the digit; the lambda
+    form the trade-off table, where lambda 0 is the ranker itself to the digit; the setting
     chosen on validation becomes `ltr_full_mmr`; all of it lands in quality.csv,
-    diversity.csv and the plot."""
+    diversity.csv and the plot; the screen covers the whole grid."""
     result = trained["result"]
     m = result.metrics
     for model in ("popularity", "filter_popularity", "ltr_full", "ltr_full_mmr"):
@@ -293,10 +293,16 @@ def test_beyond_accuracy_and_the_diversity_tradeoff_are_reported(trained):
         base = test.filter(pl.col("lambda") == 0.0)
         assert base["ndcg@10"][0] == pytest.approx(ndcg(result, "ltr_full", task), abs=1e-12)
         assert test.sort("lambda")["ild@10"][-1] > base["ild@10"][0]  # more lambda, variety
-        lam, floor = result.diversity_chosen[task]
-        assert lam in table["lambda"].to_list() and floor > 0
+        pick = result.diversity_chosen[task]
+        assert pick["ild_floor"] > 0
+        line = test.filter((pl.col("temperature") == pick["temperature"])
+                           & (pl.col("head_share") == pick["head_share"]))
+        assert line.height == test.height  # one lambda line, at the chosen shape
         assert ndcg(result, "ltr_full_mmr", task) == pytest.approx(
-            test.filter(pl.col("lambda") == lam)["ndcg@10"][0], abs=1e-12)
+            line.filter(pl.col("lambda") == pick["lambda"])["ndcg@10"][0], abs=1e-12)
+    grid = result.config.diversity.settings()
+    screen = result.diversity_screen
+    assert screen.height == len(grid) * screen["task"].n_unique()
     paths = result.save()
     quality = pl.read_csv(paths["quality"])
     mmr = quality.filter(pl.col("model") == "ltr_full_mmr")

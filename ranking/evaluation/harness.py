@@ -20,7 +20,15 @@ from ranking.evaluation.metrics import metrics_of
 from ranking.evaluation.rankings import full_ranking, ranking_rows, sampled_ranking
 from ranking.evaluation.result import EvalResult
 from ranking.evaluation.sink import RankingSink
-from ranking.evaluation.tradeoff import DiversityConfig, choose, pooled, reranked
+from ranking.evaluation.tradeoff import (
+    DiversityConfig,
+    choose,
+    pooled,
+    reranked,
+    screened,
+    setting_columns,
+    setting_label,
+)
 from ranking.inputs import RequestBatch
 from ranking.prepare import Prepared, prepare, run_dataset, runnable_models
 from ranking.scorers.base import Scorer, ScorerConfig, ScorerContext, scorer_class
@@ -109,9 +117,12 @@ def tune(name: str, cfg: EvalConfig, prep: Prepared, context: ScorerContext,
 
 
 def score_test(name: str, best: dict[str, ScorerConfig], cfg: EvalConfig, prep: Prepared,
-               context: ScorerContext, sink: RankingSink) -> None:
+               context: ScorerContext, sink: RankingSink, keep: int = 0,
+               pool_sink: RankingSink | None = None) -> None:
     """Rankings of the test requests (full and sampled) with each task's chosen config,
-    written to `sink` a chunk of requests at a time."""
+    written to `sink` a chunk of requests at a time; with `keep` > `top_k`, the full lists
+    to rank `keep` go to `pool_sink` too (what the diversity stage re-ranks: its pool may be
+    deeper than the lists every model is scored on)."""
     cls = scorer_class(name)
     fitted: dict[str, Scorer] = {}
     item_ids = prep.catalogue.items["item_id"].to_numpy()
@@ -121,7 +132,10 @@ def score_test(name: str, best: dict[str, ScorerConfig], cfg: EvalConfig, prep: 
             fitted[key] = cls(best[tuned], context).fit(prep.fits[cut])
         for chunk in prep.batches[("test", task)].chunks():
             scores = fitted[key].score(chunk)
-            full = _rank_full(scores, chunk, prep, cfg.top_k)
+            full = _rank_full(scores, chunk, prep, max(cfg.top_k, keep))
+            if pool_sink is not None and keep:
+                pool_sink.add(name, full.select(pl.lit(task).alias("task"), pl.all()))
+                full = full.filter(pl.col("rank") <= cfg.top_k)
             targets = chunk.requests["target_idx"].to_numpy()[:, None]
             negatives = prep.negatives[task][chunk.offset:chunk.offset + len(chunk)]
             candidates = np.concatenate([targets, negatives], axis=1)
@@ -133,6 +147,8 @@ def score_test(name: str, best: dict[str, ScorerConfig], cfg: EvalConfig, prep: 
                     pl.lit(protocol).alias("protocol"), pl.all()))
             context.forget(chunk)
     sink.finish(name)
+    if pool_sink is not None and keep:
+        pool_sink.finish(name)
 
 
 def evaluate(cfg: EvalConfig, *, dataset: Dataset | None = None,
@@ -162,10 +178,9 @@ def evaluate(cfg: EvalConfig, *, dataset: Dataset | None = None,
     fingerprint = cfg.fingerprint(ds.fingerprint())
     sink = RankingSink(cfg.data_dir / "runs" / fingerprint / "rankings")
     tuning, chosen = [], {}
-    diverse = None  # the test lists hold top_k ranks: MMR's pool cannot be deeper
-    if cfg.diversity is not None and cfg.diversity.model in models:
-        diverse = cfg.diversity.model_copy(update={"pool": min(cfg.diversity.pool,
-                                                               cfg.top_k)})
+    diverse = cfg.diversity if cfg.diversity is not None and cfg.diversity.model in models \
+        else None
+    pool_sink = RankingSink(sink.folder.parent / "pool") if diverse is not None else None
     validation_lists: dict[str, pl.DataFrame] = {}
     try:
         for name in tqdm(models, desc="models", disable=not progress):
@@ -175,7 +190,7 @@ def evaluate(cfg: EvalConfig, *, dataset: Dataset | None = None,
                 validation_lists.update(kept)
                 tuning.append(tuned)
                 chosen[name] = {t: c.model_dump() for t, c in best.items()}
-                score_test(name, best, cfg, prep, context, sink)
+                score_test(name, best, cfg, prep, context, sink, keep, pool_sink)
         test_requests = prep.requests.filter(pl.col("split") == "test")
         test_requests = test_requests.filter(pl.col("task").is_in(list(prep.test_tasks)))
         with stage("beyond accuracy"):
@@ -186,15 +201,15 @@ def evaluate(cfg: EvalConfig, *, dataset: Dataset | None = None,
             metrics = metrics_of(sink.folder, test_requests).join(
                 beyond_accuracy_of(sink.folder, items, test_pop, prep.catalogue.n_items),
                 on=["model", "task"], how="left")
-        tradeoff_table, diversity_chosen = None, {}
+        tradeoff_table, diversity_chosen, screen = None, {}, None
         if diverse is not None and validation_lists:
             with stage(f"diversity ({diverse.model} + MMR)"):
-                tradeoff_table, diversity_chosen, mmr_metrics = diversity_tradeoff(
-                    diverse, prep, items, test_pop, validation_lists, sink, test_requests)
+                assert pool_sink is not None
+                tradeoff_table, diversity_chosen, mmr_metrics, screen = diversity_tradeoff(
+                    diverse, prep, items, test_pop, validation_lists, pool_sink,
+                    test_requests)
                 metrics = pl.concat([metrics, mmr_metrics], how="diagonal_relaxed")
-                chosen[f"{diverse.model}_mmr"] = {t: {"lambda": lam, "ild_floor": floor}
-                                                  for t, (lam, floor) in
-                                                  diversity_chosen.items()}
+                chosen[f"{diverse.model}_mmr"] = diversity_chosen
         recall = candidate_recall(cfg, prep, context) if context.ltr is not None else None
     finally:
         close_context(context)
@@ -204,7 +219,7 @@ def evaluate(cfg: EvalConfig, *, dataset: Dataset | None = None,
         tuning=pl.concat(tuning), chosen=chosen, seconds=time.perf_counter() - started,
         candidate_recall=recall, skipped=skipped, stages=records_since(first_stage),
         trained=None if manifest is None else str(manifest.path), ids=ds.ids,
-        tradeoff=tradeoff_table, diversity_chosen=diversity_chosen,
+        tradeoff=tradeoff_table, diversity_chosen=diversity_chosen, diversity_screen=screen,
     )
 
 
@@ -226,58 +241,80 @@ def beyond_items(cfg: EvalConfig, prep: Prepared, context: ScorerContext) -> pl.
 
 def diversity_tradeoff(cfg: DiversityConfig, prep: Prepared, items: pl.DataFrame,
                        test_pop: pl.DataFrame, validation: dict[str, pl.DataFrame],
-                       sink: RankingSink, test_requests: pl.DataFrame,
-                       ) -> tuple[pl.DataFrame, dict[str, tuple[float, float]], pl.DataFrame]:
-    """The ranker's validation and test lists re-ranked by MMR for each lambda of the grid:
-    (the trade-off table, per task the lambda chosen on validation and its ILD floor, the
-    full-ranking metrics of `<ranker>_mmr`: the chosen lambda's test lists)."""
+                       pool_sink: RankingSink, test_requests: pl.DataFrame,
+                       ) -> tuple[pl.DataFrame, dict[str, dict[str, float]], pl.DataFrame,
+                                  pl.DataFrame]:
+    """The ranker's validation and test lists (to rank `pool`; the test ones from
+    `pool_sink`) re-ranked by MMR: (the trade-off table, per task the setting chosen on
+    validation and its ILD floor, the full-ranking metrics of `<ranker>_mmr`: the chosen
+    setting's test lists, the validation screen of the whole grid).
+
+    The whole grid (temperature x head share x lambda) is screened on validation
+    (tradeoff.screened) to fix each task's temperature and head share; that lambda line is
+    then scored on validation and test by the metrics queries, and lambda is chosen from
+    those figures, by the same rule."""
     unit = np.stack(items["vec"].to_numpy())
     ids = items["item_id"].to_numpy()
     val_requests = prep.requests.filter(pl.col("split") == "val")
     val_pop = popularity_table("", ids, prep.fits["val"].popularity())
-    test_rows = sink.scan().filter((pl.col("model") == cfg.model)
-                                   & (pl.col("protocol") == "full")
-                                   & (pl.col("rank") <= cfg.pool)).collect()
-    splits = {"val": (validation, val_requests, val_pop),
-              "test": ({t: r for t, r in test_rows.partition_by("task", as_dict=True,
-                                                                include_key=False).items()},
+    target_of = dict(zip(val_requests["request_id"].to_list(),
+                         val_requests["target_item_id"].to_list(), strict=True))
+    val_lists = {(t[0] if isinstance(t, tuple) else t): pooled(rows, cfg.pool)
+                 for t, rows in validation.items()}
+    screen = pl.concat([
+        screened(its, sc, np.array([target_of[r] for r in req]), ids, unit, cfg.settings(),
+                 TUNE_K).select(pl.lit(task).alias("task"), pl.all())
+        for task, (req, its, sc) in val_lists.items()])
+    shapes = choose(screen, cfg)
+    for task, (tuned, _) in prep.test_tasks.items():  # a task tuned on another (logged)
+        if task not in shapes and tuned in shapes:
+            shapes[task] = shapes[tuned]
+
+    def line(task: str) -> list[tuple[float, float, float]]:
+        shape = shapes[task]
+        return [(shape["temperature"], shape["head_share"], lam) for lam in cfg.lambdas]
+
+    test_rows = pool_sink.scan().filter(pl.col("rank") <= cfg.pool).collect()
+    splits = {"val": (val_lists, val_requests, val_pop),
+              "test": ({(t[0] if isinstance(t, tuple) else t): pooled(r, cfg.pool) for t, r in
+                        test_rows.partition_by("task", as_dict=True,
+                                               include_key=False).items()},
                        test_requests, test_pop)}
     table, test_lists = [], {}
     for split, (lists, requests, pop) in splits.items():
         ranked, pops = [], []
-        for task, rows in lists.items():
-            task = task[0] if isinstance(task, tuple) else task
+        for task, pool in lists.items():
+            if task not in shapes:
+                continue
             pops.append(pop.filter(pl.col("task") == task) if split == "test"
                         else pop.with_columns(pl.lit(task).alias("task")))
-            by_lambda = reranked(*pooled(rows, cfg.pool), ids, unit, cfg.lambdas, TUNE_K)
-            for lam, frame in by_lambda.items():
-                frame = frame.with_columns(pl.lit(f"{lam!r}").alias("model"),
+            for setting, frame in reranked(*pool, ids, unit, line(task), TUNE_K).items():
+                frame = frame.with_columns(pl.lit(setting_label(setting)).alias("model"),
                                            pl.lit(task).alias("task"),
                                            pl.lit("full").alias("protocol"))
                 ranked.append(frame)
                 if split == "test":
-                    test_lists[(task, lam)] = frame
+                    test_lists[(task, setting[2])] = frame
         # every lambda and task of the split in one pass of each metrics query
         everything = pl.concat(ranked)
         figures = metrics_of(everything, requests).join(
             beyond_accuracy_of(everything, items, pl.concat(pops), prep.catalogue.n_items),
             on=["model", "task"])
         table.append(figures.select(
-            pl.lit(split).alias("split"), "task",
-            pl.col("model").cast(pl.Float64).alias("lambda"),
+            pl.lit(split).alias("split"), "task", *setting_columns(pl.col("model")),
             pl.exclude("model", "task", "requests", "sampled_hr@10", "sampled_ndcg@10")))
     tradeoff = pl.concat(table, how="diagonal_relaxed")
     picked = choose(tradeoff.filter(pl.col("split") == "val"), cfg)
-    for task, (tuned, _) in prep.test_tasks.items():  # a task tuned on another (logged)
+    for task, (tuned, _) in prep.test_tasks.items():
         if task not in picked and tuned in picked:
             picked[task] = picked[tuned]
     name = f"{cfg.model}_mmr"
-    chosen_lists = [test_lists[(t, lam)].with_columns(pl.lit(name).alias("model"))
-                    for t, (lam, _) in picked.items() if (t, lam) in test_lists]
+    chosen_lists = [test_lists[(task, pick["lambda"])].with_columns(pl.lit(name).alias("model"))
+                    for task, pick in picked.items() if (task, pick["lambda"]) in test_lists]
     mmr = metrics_of(pl.concat(chosen_lists), test_requests).join(
         beyond_accuracy_of(pl.concat(chosen_lists), items, test_pop, prep.catalogue.n_items),
         on=["model", "task"]).drop("sampled_hr@10", "sampled_ndcg@10")
-    return tradeoff.with_columns(pl.col("lambda").round(4)), picked, mmr
+    return tradeoff.with_columns(pl.col("lambda").round(4)), picked, mmr, screen
 
 
 def candidate_recall(cfg: EvalConfig, prep: Prepared, context: ScorerContext) -> pl.DataFrame:

@@ -76,10 +76,14 @@ class EvalResult:
     stages: list[dict[str, Any]] = field(default_factory=list)  # stage, seconds, peak RSS
     trained: str | None = None  # the manifest of train() whose artifacts were read
     ids: IdMap | None = None  # the dataset's own ids, for string-id data (recdata.ids)
-    # the ranker re-ranked by MMR per lambda (split, task, lambda, metrics), and per task
-    # the lambda chosen on validation with its ILD floor (ranking.evaluation.tradeoff)
+    # the ranker re-ranked by MMR per setting (split, task, temperature, head_share, lambda,
+    # metrics), and per task the setting chosen on validation with its ILD floor
+    # (ranking.evaluation.tradeoff)
     tradeoff: pl.DataFrame | None = None
-    diversity_chosen: dict[str, tuple[float, float]] = field(default_factory=dict)
+    diversity_chosen: dict[str, dict[str, float]] = field(default_factory=dict)
+    # validation NDCG@10 and ILD@10 of every setting of the grid, per task (what fixed each
+    # task's temperature and head share)
+    diversity_screen: pl.DataFrame | None = None
 
     @property
     def dataset(self) -> str:
@@ -105,6 +109,8 @@ class EvalResult:
                 tables.append(("candidate_recall", self.candidate_recall))
             if self.tradeoff is not None:
                 tables.append(("diversity_tradeoff", self.tradeoff))
+            if self.diversity_screen is not None:
+                tables.append(("diversity_screen", self.diversity_screen))
             for kind in ("item", "user"):  # join on these to read the dataset's own ids
                 table = None if self.ids is None else self.ids.table(kind)  # type: ignore[arg-type]
                 if table is not None:
@@ -158,14 +164,19 @@ class EvalResult:
 
         assert self.tradeoff is not None and self.config.diversity is not None
         target = self.config.results_dir / "diversity.csv"
-        chosen = pl.DataFrame([{"task": t, "lambda": lam, "chosen": True}
-                               for t, (lam, _) in self.diversity_chosen.items()],
-                              schema={"task": pl.String, "lambda": pl.Float64,
-                                      "chosen": pl.Boolean})
-        rows = self.tradeoff.join(chosen, on=["task", "lambda"], how="left").select(
+
+        def chosen(task: str, pick: dict[str, float]) -> pl.Expr:
+            hit = (pl.col("task") == task) & (pl.col("lambda") == pick["lambda"])
+            if pick["lambda"] > 0:  # lambda 0 is one row, whatever the temperature and head share
+                hit &= (pl.col("temperature") == pick["temperature"]) \
+                    & (pl.col("head_share") == pick["head_share"])
+            return hit
+
+        flags = [chosen(t, p) for t, p in self.diversity_chosen.items()]
+        rows = self.tradeoff.with_columns(
+            (pl.any_horizontal(flags) if flags else pl.lit(False)).alias("chosen")).select(
             pl.lit(self.dataset).alias("dataset"), pl.lit(self.config.diversity.model)
-            .alias("model"), pl.all().exclude("chosen"),
-            pl.col("chosen").fill_null(False)).with_columns(
+            .alias("model"), pl.all()).with_columns(
             pl.col(pl.Float64).round(6))
         if target.exists():
             rows = pl.concat([pl.read_csv(target).filter(pl.col("dataset") != self.dataset),
