@@ -276,7 +276,7 @@ def test_beyond_accuracy_and_the_diversity_tradeoff_are_reported(trained):
     """Every model gets the beyond-accuracy metrics; the ranker's lists re-ranked by MMR
     form the trade-off table, where lambda 0 is the ranker itself to the digit; the setting
     chosen on validation becomes `ltr_full_mmr`; all of it lands in quality.csv,
-    diversity.csv and the plot; the screen covers the whole grid."""
+    diversity.csv and the plot; validation screens the whole grid."""
     result = trained["result"]
     m = result.metrics
     for model in ("popularity", "filter_popularity", "ltr_full", "ltr_full_mmr"):
@@ -300,9 +300,8 @@ def test_beyond_accuracy_and_the_diversity_tradeoff_are_reported(trained):
         assert line.height == test.height  # one lambda line, at the chosen shape
         assert ndcg(result, "ltr_full_mmr", task) == pytest.approx(
             line.filter(pl.col("lambda") == pick["lambda"])["ndcg@10"][0], abs=1e-12)
-    grid = result.config.diversity.settings()
-    screen = result.diversity_screen
-    assert screen.height == len(grid) * screen["task"].n_unique()
+    val = table.filter(pl.col("split") == "val")  # the screen: the whole grid
+    assert val.height == len(result.config.diversity.settings()) * val["task"].n_unique()
     paths = result.save()
     quality = pl.read_csv(paths["quality"])
     mmr = quality.filter(pl.col("model") == "ltr_full_mmr")

@@ -201,11 +201,11 @@ def evaluate(cfg: EvalConfig, *, dataset: Dataset | None = None,
             metrics = metrics_of(sink.folder, test_requests).join(
                 beyond_accuracy_of(sink.folder, items, test_pop, prep.catalogue.n_items),
                 on=["model", "task"], how="left")
-        tradeoff_table, diversity_chosen, screen = None, {}, None
+        tradeoff_table, diversity_chosen = None, {}
         if diverse is not None and validation_lists:
             with stage(f"diversity ({diverse.model} + MMR)"):
                 assert pool_sink is not None
-                tradeoff_table, diversity_chosen, mmr_metrics, screen = diversity_tradeoff(
+                tradeoff_table, diversity_chosen, mmr_metrics = diversity_tradeoff(
                     diverse, prep, items, test_pop, validation_lists, pool_sink,
                     test_requests)
                 metrics = pl.concat([metrics, mmr_metrics], how="diagonal_relaxed")
@@ -219,7 +219,7 @@ def evaluate(cfg: EvalConfig, *, dataset: Dataset | None = None,
         tuning=pl.concat(tuning), chosen=chosen, seconds=time.perf_counter() - started,
         candidate_recall=recall, skipped=skipped, stages=records_since(first_stage),
         trained=None if manifest is None else str(manifest.path), ids=ds.ids,
-        tradeoff=tradeoff_table, diversity_chosen=diversity_chosen, diversity_screen=screen,
+        tradeoff=tradeoff_table, diversity_chosen=diversity_chosen,
     )
 
 
@@ -242,79 +242,63 @@ def beyond_items(cfg: EvalConfig, prep: Prepared, context: ScorerContext) -> pl.
 def diversity_tradeoff(cfg: DiversityConfig, prep: Prepared, items: pl.DataFrame,
                        test_pop: pl.DataFrame, validation: dict[str, pl.DataFrame],
                        pool_sink: RankingSink, test_requests: pl.DataFrame,
-                       ) -> tuple[pl.DataFrame, dict[str, dict[str, float]], pl.DataFrame,
-                                  pl.DataFrame]:
+                       ) -> tuple[pl.DataFrame, dict[str, dict[str, float]], pl.DataFrame]:
     """The ranker's validation and test lists (to rank `pool`; the test ones from
     `pool_sink`) re-ranked by MMR: (the trade-off table, per task the setting chosen on
     validation and its ILD floor, the full-ranking metrics of `<ranker>_mmr`: the chosen
-    setting's test lists, the validation screen of the whole grid).
+    setting's test lists).
 
-    The whole grid (temperature x head share x lambda) is screened on validation
-    (tradeoff.screened) to fix each task's temperature and head share; that lambda line is
-    then scored on validation and test by the metrics queries, and lambda is chosen from
-    those figures, by the same rule."""
+    Validation screens the whole grid (temperature x head share x lambda) for NDCG@10 and
+    ILD@10 in numpy (tradeoff.screened; a test holds it equal to the metrics queries) and
+    the setting is chosen there; on test, each task's lambda line at its chosen temperature
+    and head share is scored by the metrics queries, every metric, as every model is."""
     unit = np.stack(items["vec"].to_numpy())
     ids = items["item_id"].to_numpy()
     val_requests = prep.requests.filter(pl.col("split") == "val")
-    val_pop = popularity_table("", ids, prep.fits["val"].popularity())
     target_of = dict(zip(val_requests["request_id"].to_list(),
                          val_requests["target_item_id"].to_list(), strict=True))
-    val_lists = {(t[0] if isinstance(t, tuple) else t): pooled(rows, cfg.pool)
-                 for t, rows in validation.items()}
-    screen = pl.concat([
-        screened(its, sc, np.array([target_of[r] for r in req]), ids, unit, cfg.settings(),
-                 TUNE_K).select(pl.lit(task).alias("task"), pl.all())
-        for task, (req, its, sc) in val_lists.items()])
-    shapes = choose(screen, cfg)
+    screen = []
+    for task, rows in validation.items():
+        task = task[0] if isinstance(task, tuple) else task
+        req, its, sc = pooled(rows, cfg.pool)
+        screen.append(screened(its, sc, np.array([target_of[r] for r in req]), ids, unit,
+                               cfg.settings(), TUNE_K).select(
+            pl.lit("val").alias("split"), pl.lit(task).alias("task"), pl.all()))
+    val = pl.concat(screen)
+    picked = choose(val, cfg)
     for task, (tuned, _) in prep.test_tasks.items():  # a task tuned on another (logged)
-        if task not in shapes and tuned in shapes:
-            shapes[task] = shapes[tuned]
-
-    def line(task: str) -> list[tuple[float, float, float]]:
-        shape = shapes[task]
-        return [(shape["temperature"], shape["head_share"], lam) for lam in cfg.lambdas]
-
-    test_rows = pool_sink.scan().filter(pl.col("rank") <= cfg.pool).collect()
-    splits = {"val": (val_lists, val_requests, val_pop),
-              "test": ({(t[0] if isinstance(t, tuple) else t): pooled(r, cfg.pool) for t, r in
-                        test_rows.partition_by("task", as_dict=True,
-                                               include_key=False).items()},
-                       test_requests, test_pop)}
-    table, test_lists = [], {}
-    for split, (lists, requests, pop) in splits.items():
-        ranked, pops = [], []
-        for task, pool in lists.items():
-            if task not in shapes:
-                continue
-            pops.append(pop.filter(pl.col("task") == task) if split == "test"
-                        else pop.with_columns(pl.lit(task).alias("task")))
-            for setting, frame in reranked(*pool, ids, unit, line(task), TUNE_K).items():
-                frame = frame.with_columns(pl.lit(setting_label(setting)).alias("model"),
-                                           pl.lit(task).alias("task"),
-                                           pl.lit("full").alias("protocol"))
-                ranked.append(frame)
-                if split == "test":
-                    test_lists[(task, setting[2])] = frame
-        # every lambda and task of the split in one pass of each metrics query
-        everything = pl.concat(ranked)
-        figures = metrics_of(everything, requests).join(
-            beyond_accuracy_of(everything, items, pl.concat(pops), prep.catalogue.n_items),
-            on=["model", "task"])
-        table.append(figures.select(
-            pl.lit(split).alias("split"), "task", *setting_columns(pl.col("model")),
-            pl.exclude("model", "task", "requests", "sampled_hr@10", "sampled_ndcg@10")))
-    tradeoff = pl.concat(table, how="diagonal_relaxed")
-    picked = choose(tradeoff.filter(pl.col("split") == "val"), cfg)
-    for task, (tuned, _) in prep.test_tasks.items():
         if task not in picked and tuned in picked:
             picked[task] = picked[tuned]
-    name = f"{cfg.model}_mmr"
-    chosen_lists = [test_lists[(task, pick["lambda"])].with_columns(pl.lit(name).alias("model"))
-                    for task, pick in picked.items() if (task, pick["lambda"]) in test_lists]
+
+    test_rows = pool_sink.scan().filter(pl.col("rank") <= cfg.pool).collect()
+    ranked, chosen_lists, name = [], [], f"{cfg.model}_mmr"
+    for task, rows in test_rows.partition_by("task", as_dict=True, include_key=False).items():
+        task = task[0] if isinstance(task, tuple) else task
+        pick = picked.get(task)
+        if pick is None:
+            continue
+        line = [(pick["temperature"], pick["head_share"], lam) for lam in cfg.lambdas]
+        for setting, frame in reranked(*pooled(rows, cfg.pool), ids, unit, line,
+                                       TUNE_K).items():
+            frame = frame.with_columns(pl.lit(task).alias("task"),
+                                       pl.lit("full").alias("protocol"))
+            ranked.append(frame.with_columns(pl.lit(setting_label(setting)).alias("model")))
+            if setting[2] == pick["lambda"]:
+                chosen_lists.append(frame.with_columns(pl.lit(name).alias("model")))
+    # every lambda and task in one pass of each metrics query, the chosen lists in another
+    everything = pl.concat(ranked)
+    figures = metrics_of(everything, test_requests).join(
+        beyond_accuracy_of(everything, items, test_pop, prep.catalogue.n_items),
+        on=["model", "task"])
+    test = figures.select(
+        pl.lit("test").alias("split"), "task", *setting_columns(pl.col("model")),
+        pl.exclude("model", "task", "requests", "sampled_hr@10", "sampled_ndcg@10"))
     mmr = metrics_of(pl.concat(chosen_lists), test_requests).join(
         beyond_accuracy_of(pl.concat(chosen_lists), items, test_pop, prep.catalogue.n_items),
         on=["model", "task"]).drop("sampled_hr@10", "sampled_ndcg@10")
-    return tradeoff.with_columns(pl.col("lambda").round(4)), picked, mmr, screen
+    tradeoff = pl.concat([val, test], how="diagonal_relaxed").with_columns(
+        pl.col("lambda").round(4))
+    return tradeoff, picked, mmr
 
 
 def candidate_recall(cfg: EvalConfig, prep: Prepared, context: ScorerContext) -> pl.DataFrame:

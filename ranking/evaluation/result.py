@@ -77,13 +77,11 @@ class EvalResult:
     trained: str | None = None  # the manifest of train() whose artifacts were read
     ids: IdMap | None = None  # the dataset's own ids, for string-id data (recdata.ids)
     # the ranker re-ranked by MMR per setting (split, task, temperature, head_share, lambda,
-    # metrics), and per task the setting chosen on validation with its ILD floor
+    # metrics: validation's whole grid, NDCG@10 and ILD@10; test's chosen lambda line, every
+    # metric), and per task the setting chosen on validation with its ILD floor
     # (ranking.evaluation.tradeoff)
     tradeoff: pl.DataFrame | None = None
     diversity_chosen: dict[str, dict[str, float]] = field(default_factory=dict)
-    # validation NDCG@10 and ILD@10 of every setting of the grid, per task (what fixed each
-    # task's temperature and head share)
-    diversity_screen: pl.DataFrame | None = None
 
     @property
     def dataset(self) -> str:
@@ -109,8 +107,6 @@ class EvalResult:
                 tables.append(("candidate_recall", self.candidate_recall))
             if self.tradeoff is not None:
                 tables.append(("diversity_tradeoff", self.tradeoff))
-            if self.diversity_screen is not None:
-                tables.append(("diversity_screen", self.diversity_screen))
             for kind in ("item", "user"):  # join on these to read the dataset's own ids
                 table = None if self.ids is None else self.ids.table(kind)  # type: ignore[arg-type]
                 if table is not None:

@@ -1,18 +1,18 @@
 """Accuracy against diversity for the ranker re-ranked by MMR (ranking.diversity).
 
-The ranker's top `pool` per request, on validation and on test, is re-ranked for every
-setting of the grid (relevance temperature x kept head share x lambda); each re-ranked list
-is scored by the same DuckDB metrics as every model (NDCG@10 and the rest,
-ranking.evaluation.metrics; ILD@10 and the rest, ranking.evaluation.beyond). The setting is
-chosen per task on validation, among those that keep NDCG@10 within `max_ndcg_loss` of the
-ranker's own (lambda 0): the best NDCG@10 of those whose ILD@10 reaches the floor (`floor`,
-or the ranker's own validation ILD@10 times 1 + `floor_gain`); where none reaches it, the
-most diverse of them (a floor bought with any amount of accuracy would not be a choice
-anyone makes). Test figures are never looked at while choosing. The chosen setting's test
-lists are the model `<ranker>_mmr` of quality.csv (full-ranking metrics only: MMR re-ranks
-the ranker's list, not the sampled protocol's 100 candidates); the whole grid is the
-trade-off table, and the plot draws each task's lambda line at its chosen temperature and
-head share.
+The ranker's top `pool` per request, on validation and on test, is re-ranked by MMR. On
+validation every setting of the grid (relevance temperature x kept head share x lambda) is
+screened for NDCG@10 and ILD@10 (`screened`, numpy; a test holds its figures equal to the
+metrics queries', which over every pair of every list of ~70 settings cost minutes and
+gigabytes), and the setting is chosen per task: among those that keep NDCG@10 within
+`max_ndcg_loss` of the ranker's own (lambda 0), the best NDCG@10 of those whose ILD@10
+reaches the floor (`floor`, or the ranker's own validation ILD@10 times 1 + `floor_gain`);
+where none reaches it, the most diverse of them (a floor bought with any amount of accuracy
+would not be a choice anyone makes). Test figures are never looked at while choosing. On
+test, each task's lambda line at its chosen temperature and head share is scored by the
+same DuckDB metrics as every model (ranking.evaluation.metrics and .beyond); the chosen
+setting's test lists are the model `<ranker>_mmr` of quality.csv (full-ranking metrics
+only: MMR re-ranks the ranker's list, not the sampled protocol's 100 candidates).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import numpy as np
 import polars as pl
 from pydantic import BaseModel, ConfigDict, Field
 
-from ranking.diversity import HEAD_SHARE, POOL, TEMPERATURE, mmr_batch, similarities
+from ranking.diversity import HEAD_SHARE, POOL, TEMPERATURE, LazySimilarities, mmr_batch
 
 CHUNK = 250  # lists re-ranked together (each holds pool x pool float32 similarities)
 Setting = tuple[float, float, float]  # (temperature, head_share, lambda)
@@ -76,9 +76,9 @@ def pooled(rows: pl.DataFrame, pool: int) -> tuple[np.ndarray, np.ndarray, np.nd
 
 def _orders(items: np.ndarray, scores: np.ndarray, item_ids: np.ndarray, unit: np.ndarray,
             settings: list[Setting], k: int,
-            ) -> Iterator[tuple[int, np.ndarray, Setting, np.ndarray]]:
+            ) -> Iterator[tuple[int, LazySimilarities, Setting, np.ndarray]]:
     """(first list of the chunk, the chunk's similarities, setting, its MMR order) for each
-    chunk of lists and each setting; a chunk's similarities are computed once for all."""
+    chunk of lists and each setting; a chunk's similarities are shared by all."""
     order_ids = np.argsort(item_ids, kind="stable")
     sorted_ids = item_ids[order_ids]
     unit = np.asarray(unit, dtype=np.float32)
@@ -86,7 +86,9 @@ def _orders(items: np.ndarray, scores: np.ndarray, item_ids: np.ndarray, unit: n
         its, sc = items[lo:lo + CHUNK], scores[lo:lo + CHUNK]
         pos = np.clip(np.searchsorted(sorted_ids, its), 0, len(sorted_ids) - 1)
         at = np.where(sorted_ids[pos] == its, order_ids[pos], -1)
-        sims = similarities(np.where((at >= 0)[..., None], unit[np.maximum(at, 0)], 0.0))
+        vectors = unit[np.maximum(at, 0)]
+        vectors[at < 0] = 0.0  # pads
+        sims = LazySimilarities(vectors)
         for setting in settings:
             temperature, head_share, lam = setting
             yield lo, sims, setting, mmr_batch(sc, None, lam, k, sims=sims,
@@ -130,8 +132,7 @@ def screened(items: np.ndarray, scores: np.ndarray, targets: np.ndarray,
         hi = lo + len(order)
         listed = np.take_along_axis(items[lo:hi], top, axis=1)
         ndcg = ((listed == targets[lo:hi, None]) * gain).sum(axis=1)
-        at = np.arange(len(order))[:, None, None]
-        cos = sims[at, top[:, :, None], top[:, None, :]].astype(np.float64)
+        cos = sims.block(top).astype(np.float64)
         real = listed >= 0
         both = real[:, :, None] & real[:, None, :] & pair
         n_pairs = both.sum(axis=(1, 2))
