@@ -29,8 +29,8 @@ lists are processed in batches, one greedy step at a time for all of them (the e
 re-ranks every request for every setting of its grid).
 
 A determinantal point process would be the other standard choice; MMR is kept because its
-knobs have plain meanings, lambda = 0 is provably the identity, and its cost is a pool's
-similarity matrix.
+knobs have plain meanings, lambda = 0 is provably the identity, and its cost is the
+similarity rows of the items it places.
 """
 
 from __future__ import annotations
@@ -47,12 +47,6 @@ def head_ranks(head_share: float, k: int) -> int:
     if not 0.0 <= head_share < 1.0:
         raise ValueError(f"the kept head must be a share in [0, 1), got {head_share}")
     return int(np.floor(head_share * k + 1e-9))
-
-
-def similarities(vectors: np.ndarray) -> np.ndarray:
-    """lists x n x n cosines of each list's unit vectors (one batched matrix product)."""
-    unit = np.asarray(vectors, dtype=np.float32)
-    return np.matmul(unit, unit.transpose(0, 2, 1))
 
 
 class LazySimilarities:
