@@ -569,7 +569,7 @@ class Recommender:
         if vectors is None:
             return top, set()
         allowed, ruled_out = top[~wrong[top]], top[wrong[top]]
-        pooled = vectors[idx[allowed[:POOL]]].astype(np.float64)  # all MMR looks at
+        pooled = vectors[idx[allowed[:POOL]]]  # all MMR looks at
         order = rerank(score[allowed], pooled, lam, k, temperature=self.cfg.diversity_temperature,
                        head_share=self.cfg.diversity_head_share)
         new = allowed[order]

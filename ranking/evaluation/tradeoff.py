@@ -26,7 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ranking.diversity import HEAD_SHARE, POOL, TEMPERATURE, LazySimilarities, mmr_batch
 
-CHUNK = 250  # lists re-ranked together (each holds pool x pool float32 similarities)
+CHUNK = 250  # lists re-ranked together (their pools' vectors and similarity rows)
 Setting = tuple[float, float, float]  # (temperature, head_share, lambda)
 
 
@@ -162,9 +162,6 @@ def choose(validation: pl.DataFrame, cfg: DiversityConfig) -> dict[str, dict[str
     held to (`ild_floor`), from validation rows of the trade-off table."""
     out = {}
     for task, rows in validation.group_by("task", maintain_order=True):
-        if "temperature" not in rows.columns:  # a table of lambdas only
-            rows = rows.with_columns(pl.lit(TEMPERATURE).alias("temperature"),
-                                     pl.lit(HEAD_SHARE).alias("head_share"))
         base = rows.filter(pl.col("lambda") == 0.0)
         own_ild = float(base["ild@10"][0]) if base.height else float(rows["ild@10"].min())
         own_ndcg = float(base["ndcg@10"][0]) if base.height else float(rows["ndcg@10"].max())
