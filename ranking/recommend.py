@@ -34,7 +34,7 @@ from featurestore import store as fs
 from ranking.batching import RequestBatcher
 from ranking.candidates import CandidateGenerator, Candidates
 from ranking.constraints import PENALTY, violations, with_items
-from ranking.diversity import HEAD_SHARE, TEMPERATURE
+from ranking.diversity import HEAD_SHARE, POOL, TEMPERATURE, rerank
 from ranking.explain import Explainer, Reason
 from ranking.inputs import Catalogue, RequestBatch
 from ranking.intent_parser import ParsedIntents, parsed_for, semantic_text
@@ -563,8 +563,6 @@ class Recommender:
         the item text vectors (ranking.diversity), among what the request allows; what it
         rules out stays after. Also: the positions MMR brought into the first `k` that the
         ranker had below them (said as "added for variety")."""
-        from ranking.diversity import POOL, rerank
-
         vectors = self.items.vectors
         if vectors is None:
             return top, set()

@@ -259,7 +259,6 @@ def diversity_tradeoff(cfg: DiversityConfig, prep: Prepared, items: pl.DataFrame
                          val_requests["target_item_id"].to_list(), strict=True))
     screen = []
     for task, rows in validation.items():
-        task = task[0] if isinstance(task, tuple) else task
         req, its, sc = pooled(rows, cfg.pool)
         screen.append(screened(its, sc, np.array([target_of[r] for r in req]), ids, unit,
                                cfg.settings(), TUNE_K).select(
@@ -271,31 +270,31 @@ def diversity_tradeoff(cfg: DiversityConfig, prep: Prepared, items: pl.DataFrame
             picked[task] = picked[tuned]
 
     test_rows = pool_sink.scan().filter(pl.col("rank") <= cfg.pool).collect()
-    ranked, chosen_lists, name = [], [], f"{cfg.model}_mmr"
+    ranked = []
     for task, rows in test_rows.partition_by("task", as_dict=True, include_key=False).items():
-        task = task[0] if isinstance(task, tuple) else task
-        pick = picked.get(task)
+        pick = picked.get(task[0])
         if pick is None:
             continue
         line = [(pick["temperature"], pick["head_share"], lam) for lam in cfg.lambdas]
         for setting, frame in reranked(*pooled(rows, cfg.pool), ids, unit, line,
                                        TUNE_K).items():
-            frame = frame.with_columns(pl.lit(task).alias("task"),
-                                       pl.lit("full").alias("protocol"))
-            ranked.append(frame.with_columns(pl.lit(setting_label(setting)).alias("model")))
-            if setting[2] == pick["lambda"]:
-                chosen_lists.append(frame.with_columns(pl.lit(name).alias("model")))
-    # every lambda and task in one pass of each metrics query, the chosen lists in another
+            ranked.append(frame.with_columns(pl.lit(setting_label(setting)).alias("model"),
+                                             pl.lit(task[0]).alias("task"),
+                                             pl.lit("full").alias("protocol")))
+    # every lambda and task in one pass of each metrics query
     everything = pl.concat(ranked)
     figures = metrics_of(everything, test_requests).join(
         beyond_accuracy_of(everything, items, test_pop, prep.catalogue.n_items),
-        on=["model", "task"])
-    test = figures.select(
-        pl.lit("test").alias("split"), "task", *setting_columns(pl.col("model")),
-        pl.exclude("model", "task", "requests", "sampled_hr@10", "sampled_ndcg@10"))
-    mmr = metrics_of(pl.concat(chosen_lists), test_requests).join(
-        beyond_accuracy_of(pl.concat(chosen_lists), items, test_pop, prep.catalogue.n_items),
         on=["model", "task"]).drop("sampled_hr@10", "sampled_ndcg@10")
+    test = figures.select(pl.lit("test").alias("split"), "task",
+                          *setting_columns(pl.col("model")), pl.exclude("model", "task",
+                                                                        "requests"))
+    # `<ranker>_mmr`: each task's chosen point of its line, already scored above
+    label = pl.col("task").replace_strict(
+        list(picked), [setting_label((p["temperature"], p["head_share"], p["lambda"]))
+                       for p in picked.values()], default=None)
+    mmr = figures.filter(pl.col("model") == label).with_columns(
+        pl.lit(f"{cfg.model}_mmr").alias("model"))
     tradeoff = pl.concat([val, test], how="diagonal_relaxed").with_columns(
         pl.col("lambda").round(4))
     return tradeoff, picked, mmr
