@@ -87,9 +87,7 @@ class Explainer:
 
             raise UnknownNameError("attribution", how, list(ATTRIBUTIONS))
         pool = x[valid] if valid.any() else x
-        typical = np.full(x.shape[1], np.nan)  # a feature no candidate has stays missing
-        some = ~np.isnan(pool).all(axis=0)
-        typical[some] = np.nanmedian(pool[:, some], axis=0)
+        typical = column_medians(pool)  # a feature no candidate has stays missing
         items = x[top]
         occluded = np.repeat(items[None], len(fams), axis=0)  # families x items x features
         for f, cols in enumerate(fams):
@@ -258,3 +256,17 @@ class Explainer:
         (an empty sentence is never said)."""
         template = self.wording.explanations.get(key, EXPLANATIONS.get(key, ""))
         return self.wording.fill(template, **values) or None
+
+
+def column_medians(values: np.ndarray) -> np.ndarray:
+    """np.nanmedian(values, axis=0), NaN for an all-NaN column, without its masked arrays
+    (~0.7 ms for a request's 200 candidates, a twentieth of that sorted): NaN sorts last,
+    so each column's median is the middle of its first `count` sorted values."""
+    ordered = np.sort(values, axis=0)
+    count = (~np.isnan(values)).sum(axis=0)
+    if ordered.shape[0] == 0:
+        return np.full(values.shape[1], np.nan)
+    cols = np.arange(values.shape[1])
+    low = ordered[np.maximum(count - 1, 0) // 2, cols]
+    high = ordered[np.maximum(count, 1) // 2, cols]
+    return np.where(count > 0, (low + high) / 2, np.nan)
