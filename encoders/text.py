@@ -55,12 +55,14 @@ class TextEncoder:
     def __init__(self, model_path: str | Path | None = None, cache_dir: str | Path | None = None,
                  batch_size: int = 64, show_progress: bool = True, persist: bool = True,
                  memory_limit: int | None = None, runtime: str = "onnx",
-                 threads: int | None = None) -> None:
+                 threads: int | None = None, lone_threads: int | None = None) -> None:
         """`runtime`: 'onnx' or 'torch'; `threads`: ONNX Runtime's threads (None: one per
-        core; a server sets 1, its concurrent requests being the parallelism)."""
+        core; a server sets 1, its concurrent requests being the parallelism);
+        `lone_threads`: its threads for a single text, when more than `threads`
+        (encoders.onnx_runtime.OnnxEncoder)."""
         if runtime not in RUNTIMES:
             raise UnknownNameError("encoder runtime", runtime, list(RUNTIMES))
-        self.runtime, self.threads = runtime, threads
+        self.runtime, self.threads, self.lone_threads = runtime, threads, lone_threads
         self._onnx: Any = None
         self.model_path = Path(model_path) if model_path else default_model_path()
         if not (self.model_path / "config.json").exists() and not (
@@ -118,7 +120,8 @@ class TextEncoder:
                      else Path(tempfile.gettempdir()) / "instructrank") / "onnx"
             try:
                 self._onnx = OnnxEncoder.for_model(self.model_path, self.fingerprint, where,
-                                                   self._load, self.threads)
+                                                   self._load, self.threads,
+                                                   self.lone_threads)
             except ConfigError:  # the model itself cannot be read: PyTorch cannot either
                 raise
             except Exception as exc:  # an architecture the exporter cannot trace

@@ -17,6 +17,7 @@ repo's id map (recdata.ids) at load, and users it learns of by a refresh on firs
 
 from __future__ import annotations
 
+import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -99,6 +100,11 @@ class RecommenderConfig(BaseModel):
                                                  "of the GIL), for a request computed alone "
                                                  "(under load requests come in batches and "
                                                  "the cores are busy anyway)")
+    lone_encode_threads: int | None = Field(
+        None, ge=1, description="ONNX Runtime threads for a request encoded alone, when "
+                                "more than torch_threads (a second session of the graph, "
+                                "~90 MB, whose threads sleep rather than spin; None: one per "
+                                "core)")
 
     @field_validator("encoder_runtime", "attribution")
     @classmethod
@@ -221,7 +227,8 @@ class Recommender:
                               "an older version); retrain it with `instructrank train`")
         encoder = TextEncoder(cfg.encoder_path, cache_dir=cfg.data_dir / "cache",
                               show_progress=False, persist=False, memory_limit=QUERY_MEMORY,
-                              runtime=cfg.encoder_runtime, threads=cfg.torch_threads)
+                              runtime=cfg.encoder_runtime, threads=cfg.torch_threads,
+                              lone_threads=cfg.lone_encode_threads or os.cpu_count())
         trained_with = model.extra.get("encoder")
         if trained_with and trained_with != encoder.fingerprint:  # before loading it
             raise ConfigError(f"model {model.key} was trained with encoder {trained_with}, "

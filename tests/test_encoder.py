@@ -57,6 +57,31 @@ def test_onnx_runtime_computes_the_torch_vectors(tmp_path):
     assert graph.stat().st_mtime_ns == stamp, "a second encoder reuses the export"
 
 
+def test_a_lone_text_runs_on_its_own_session_with_the_same_vectors(tmp_path):
+    """A server's batches run on one thread; a text encoded alone gets a session with more
+    (its other cores are idle), computing the same function."""
+    enc = TextEncoder(show_progress=False, persist=False, cache_dir=tmp_path, threads=1,
+                      lone_threads=2)
+    batch = enc.encode_uncached(TEXTS)
+    onnx = enc._onnx
+    assert onnx.lone is not None and onnx.lone is not onnx.session
+    calls = []
+    for name, attr in (("lone", "lone"), ("batch", "session")):
+        run = getattr(onnx, attr).run
+        setattr(onnx, attr, type("Spy", (), {"run": lambda self, *a, r=run, n=name:
+                                             calls.append(n) or r(*a)})())
+    alone = [enc.encode_uncached([t])[0] for t in TEXTS]
+    assert calls == ["lone"] * len(TEXTS)
+    assert np.abs(np.stack(alone) - batch).max() < 1e-5
+    enc.encode_uncached(TEXTS[:2])
+    assert calls[-1] == "batch"
+    # as many threads as a batch gets: no second session
+    same = TextEncoder(show_progress=False, persist=False, cache_dir=tmp_path, threads=2,
+                       lone_threads=2)
+    same.encode_uncached(["x"])
+    assert same._onnx.lone is None
+
+
 def test_unknown_runtime_lists_the_valid_ones():
     import pytest
 
