@@ -201,7 +201,9 @@ class CandidateGenerator:
         m = min(n_items, max(depth, n + int(seen_count.max(initial=0))))
         key = np.full((len(batch), n_items), np.inf)
         pair_scores, dense_ranks = {}, {}
-        for name, scorer in self.sources.items():
+        # the sources that read the request's text last: online, a lone request's text is
+        # encoded on a second thread meanwhile (the merge below does not depend on order)
+        for name, scorer in sorted(self.sources.items(), key=lambda s: s[1].uses_instruction):
             top, pair_scores[name] = self._retrieve(name, scorer, batch, m)  # ties: index
             rank = np.arange(1, top.shape[1] + 1, dtype=np.float64)[None, :]
             key[rows, top] = np.minimum(key[rows, top], rank / self.cfg.weights[name])

@@ -44,7 +44,7 @@ from ranking.ltr.model import LTRModel
 from ranking.queries import history_label
 from ranking.rerank.llm import LLMRerankConfig
 from ranking.sanitize import MAX_INSTRUCTION_CHARS, clean_instruction
-from ranking.scorers.base import ScorerContext
+from ranking.scorers.base import ENCODING, ScorerContext
 from recdata.errors import ConfigError, InvalidRequestError
 from recdata.ids import IdMap, Key, modified, users_file
 
@@ -406,9 +406,12 @@ class Recommender:
         parsed = parsed_for(self.context, base, self.items.genres, self.items.schema,
                             self.items.titles)
         batch = with_items(base, parsed.mentions(len(asked)))  # named items seed the history
-        if ahead is not None:
-            ahead.result()
+        if ahead is not None:  # the source that reads the text waits for this encode, while
+            # the sources that read only the history run first (CandidateGenerator)
+            self.context.cached(base.requests, ENCODING, lambda: ahead)
         cands = self.generator.generate(batch)
+        if ahead is not None:
+            ahead.result()  # done by now: raises what the encode raised, if anything
         self.context.forget(base)
         self.context.forget(batch)
         t2 = time.perf_counter()
@@ -429,7 +432,8 @@ class Recommender:
 
     def _encode_ahead(self, texts: list[str]) -> None:
         """What the instruction source will encode (ScorerContext.queries), without the
-        context's memo, which the parsing thread writes meanwhile."""
+        context's memo, which the parsing thread writes meanwhile; the instruction source
+        waits for it (`ENCODING` in the memo) before reading the encoder."""
         self.context.encoder.encode(semantic_text(texts), "instructions")
 
     def ask(self, user_id: Key | None, instruction: Any, k: int = 10, *,

@@ -29,6 +29,11 @@ class ScorerConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+# memo key (on a batch's requests frame) of a Future: the batch's texts being encoded on
+# another thread (ranking.recommend's encode-ahead); what reads the encoder waits for it
+ENCODING = ("encoding",)
+
+
 @dataclass
 class ScorerContext:
     """Shared, expensive resources: a text encoder and a memo so that configurations that

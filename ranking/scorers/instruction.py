@@ -7,7 +7,7 @@ import numpy as np
 
 from ranking.inputs import FitData, RequestBatch
 from ranking.intent_parser import parsed_for
-from ranking.scorers.base import Scorer, ScorerConfig, register, zscore_rows
+from ranking.scorers.base import ENCODING, Scorer, ScorerConfig, register, zscore_rows
 from ranking.scorers.history import EASE_MAX_ITEMS, LAMBDAS, ease_weights
 from recdata.instructions import item_levels
 
@@ -62,6 +62,9 @@ def instruction_similarity(scorer: Scorer, batch: RequestBatch,
     encoder = scorer.context.require_encoder()
 
     def compute() -> np.ndarray:
+        ahead = scorer.context.peek(batch.requests, ENCODING)
+        if ahead is not None:  # these texts are being encoded on another thread right now
+            ahead.result()
         queries = encoder.encode(scorer.context.queries(batch), desc="instructions")
         return queries.astype(np.float64) @ items.T.astype(np.float64)
 
