@@ -19,6 +19,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import polars as pl
 import pyarrow.parquet as pq
 import yaml
@@ -437,12 +438,26 @@ class _ItemRows:
     def reset(self, stamp: tuple | None) -> None:
         self.stamp = stamp
         self.table: pl.DataFrame | None = None
+        self.floats: np.ndarray | None = None  # `table`'s numeric columns (numeric_block)
+        self.numeric: list[str] = []
         self.at: dict[int, int] = {}  # item id -> row of `table`
 
     def add(self, ids: list[int], rows: pl.DataFrame) -> None:
         start = 0 if self.table is None else self.table.height
         self.table = rows if self.table is None else pl.concat([self.table, rows])
+        self.numeric, block = numeric_block(rows)
+        self.floats = block if self.floats is None else np.vstack([self.floats, block])
         self.at.update(zip(ids, range(start, start + len(ids)), strict=True))
+
+
+def numeric_block(frame: pl.DataFrame) -> tuple[list[str], np.ndarray]:
+    """The numeric and boolean columns of `frame` as one float64 matrix (rows x columns,
+    column-major), NaN where null, and their names: what the ranker's features read."""
+    numeric = [c for c, t in frame.schema.items() if t.is_numeric() or t == pl.Boolean]
+    if not numeric:
+        return numeric, np.zeros((frame.height, 0))
+    return numeric, frame.select(pl.col(numeric).cast(pl.Float64).fill_null(np.nan)) \
+        .to_numpy(order="fortran")
 
 
 class OnlineReader:
@@ -539,18 +554,26 @@ class OnlineReader:
             c: t for c, t in self.types.items() if c not in self.user_columns}}, strict=False)
 
     def cached_items(self, item_ids: list[int]) -> pl.DataFrame:
-        """`read_items`, from rows kept since the last materialization: item views change
+        """`read_items` from the rows kept since the last materialization
+        (`cached_item_block`)."""
+        return self.cached_item_block(item_ids)[0]
+
+    def cached_item_block(self, item_ids: list[int]
+                          ) -> tuple[pl.DataFrame, dict[str, np.ndarray] | None]:
+        """`read_items`, and its numeric columns as floats (`numeric_block`, converted
+        once per kept row, not per request: None when nothing is kept), from rows kept
+        since the last materialization: item views change
         only when the store is materialized (`features build`/`refresh`), which rewrites
         the registry file, so its modification stamp (one stat per call) tells when every
         kept row is stale and all are dropped at once: each answer's item rows come from one
         materialization. Without a local registry file nothing is kept."""
         if self._registry is None:
-            return self.read_items(item_ids)
+            return self.read_items(item_ids), None
         try:
             info = os.stat(self._registry)
             stamp = (info.st_mtime_ns, info.st_size, self._online()[0])
         except OSError:
-            return self.read_items(item_ids)
+            return self.read_items(item_ids), None
         with self._items.lock:
             kept = self._items
             if kept.stamp != stamp:
@@ -558,7 +581,9 @@ class OnlineReader:
             missing = [i for i in dict.fromkeys(item_ids) if i not in kept.at]
             if missing:
                 kept.add(missing, self.read_items(missing))
-            return kept.table[[kept.at[i] for i in item_ids]]
+            rows = [kept.at[i] for i in item_ids]
+            block = kept.floats[rows]  # type: ignore[index]
+            return kept.table[rows], dict(zip(kept.numeric, block.T, strict=True))
 
     def _read(self, entity: str, ids: list[int]) -> dict[str, list[Any]]:
         from feast.protos.feast.types.EntityKey_pb2 import EntityKey

@@ -418,7 +418,9 @@ class Recommender:
         timings["candidates"] = (t2 - t1) * 1000
         # each item once, however many requests name it
         unique, where = np.unique(self.item_ids[cands.idx].ravel(), return_inverse=True)
-        item_rows = self.reader.cached_items(unique.tolist())[where]
+        kept, floats = self.reader.cached_item_block(unique.tolist())
+        item_rows = kept[where]
+        item_floats = None if floats is None else {c: v[where] for c, v in floats.items()}
         t3 = time.perf_counter()
         timings["item_read"] = (t3 - t2) * 1000
         user_rows = pl.DataFrame([{c: u.get(c) for c in self.reader.user_columns}
@@ -426,7 +428,8 @@ class Recommender:
                                  schema={c: self.reader.types[c]
                                          for c in self.reader.user_columns})
         x = assemble_array(batch, cands, user_rows, item_rows, self.items, kg=self.context.kg,
-                           anonymous=~known, parsed=parsed, features=self.model.features)
+                           anonymous=~known, parsed=parsed, features=self.model.features,
+                           item_floats=item_floats)
         timings["features"] = (time.perf_counter() - t3) * 1000
         return OnlineRequest(batch, known, cands, x, self.model.features, parsed, rated)
 

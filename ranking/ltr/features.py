@@ -25,6 +25,7 @@ import polars as pl
 
 from feature_repo import ranker as declared
 from feature_repo.ranker import RankerFeature
+from featurestore.store import numeric_block
 from kg.signals import kg_signals
 from ranking.candidates import Candidates
 from ranking.inputs import RequestBatch
@@ -266,9 +267,7 @@ class Inputs:
         assembly ~3 ms of polars calls)."""
         key = f"floats:{entity}"
         if key not in self.memo:
-            numeric = [c for c, t in frame.schema.items() if t.is_numeric() or t == pl.Boolean]
-            block = frame.select(pl.col(numeric).cast(pl.Float64).fill_null(np.nan)) \
-                .to_numpy(order="fortran") if numeric else np.zeros((frame.height, 0))
+            numeric, block = numeric_block(frame)
             self.memo[key] = {c: block[:, i] for i, c in enumerate(numeric)}
         found = self.memo[key].get(name)
         if found is None:  # not a numeric column: as its own cast
@@ -398,14 +397,16 @@ def assemble(batch: RequestBatch, cands: Candidates, user_rows: pl.DataFrame,
 def assemble_array(batch: RequestBatch, cands: Candidates, user_rows: pl.DataFrame,
                    item_rows: pl.DataFrame, items: ItemTables, *, kg: Any = None,
                    anonymous: np.ndarray | None = None, parsed: ParsedIntents | None = None,
-                   features: list[str] | None = None) -> np.ndarray:
+                   features: list[str] | None = None,
+                   item_floats: dict[str, np.ndarray] | None = None) -> np.ndarray:
     """`assemble` as a float32 matrix, rows x `features` in their order: what the online
     path scores (a polars frame of ~40 columns built and read back cost a one-request
-    answer ~1 ms)."""
+    answer ~1 ms). `item_floats`: `item_rows`' numeric columns as `numeric_block` gives
+    them, when the caller has them already (the online reader keeps them converted)."""
     features = FEATURES if features is None else features
     out = np.empty((cands.idx.size, len(features)), dtype=np.float32)
     for j, (_, values) in enumerate(_computed(batch, cands, user_rows, item_rows, items, kg,
-                                              anonymous, parsed, features)):
+                                              anonymous, parsed, features, item_floats)):
         out[:, j] = values
     return out
 
@@ -413,7 +414,9 @@ def assemble_array(batch: RequestBatch, cands: Candidates, user_rows: pl.DataFra
 def _computed(batch: RequestBatch, cands: Candidates, user_rows: pl.DataFrame,
               item_rows: pl.DataFrame, items: ItemTables, kg: Any,
               anonymous: np.ndarray | None, parsed: ParsedIntents | None,
-              features: list[str] | None) -> Iterator[tuple[str, np.ndarray]]:
+              features: list[str] | None,
+              item_floats: dict[str, np.ndarray] | None = None
+              ) -> Iterator[tuple[str, np.ndarray]]:
     """Each feature's float32 values, flat in row-major (request, candidate) order."""
     features = FEATURES if features is None else features
     n = cands.idx.shape[0]
@@ -422,6 +425,8 @@ def _computed(batch: RequestBatch, cands: Candidates, user_rows: pl.DataFrame,
                      | frozenset(item_rows.columns), kg is not None, items.vectors is not None)
     require(features, have, "assembling the ranker's features")
     x = Inputs(batch, cands, user_rows, item_rows, items, kg, anon, parsed)
+    if item_floats is not None:
+        x.memo["floats:item"] = item_floats
     specs = _specs()
     for f in features:
         yield f, np.asarray(COMPUTE[specs[f].compute](x, specs[f]), dtype=np.float32).ravel()
