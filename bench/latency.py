@@ -398,8 +398,9 @@ DISTURBED: list[tuple[str, float]] = []  # (row, CPUs used by other processes me
 DISTURBED_CPUS = 0.25
 
 
-def cpu_ticks() -> tuple[int, int] | None:
-    """(busy ticks of the whole machine, ticks of OWN_PIDS) from /proc; None off Linux."""
+def cpu_ticks() -> tuple[int, int, int] | None:
+    """(busy ticks of the whole machine, ticks of OWN_PIDS, ticks stolen by the hypervisor:
+    a virtual machine's CPUs lent elsewhere, counted as busy) from /proc; None off Linux."""
     try:
         head = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]
     except OSError:
@@ -412,16 +413,18 @@ def cpu_ticks() -> tuple[int, int] | None:
         except OSError:
             continue
         own += int(fields[11]) + int(fields[12])  # utime + stime, all threads
-    return sum(ticks) - ticks[3] - ticks[4], own
+    return sum(ticks) - ticks[3] - ticks[4], own, ticks[7]
 
 
-def foreign_cpus(before: tuple[int, int] | None, after: tuple[int, int] | None,
-                 wall_s: float) -> float | None:
-    """CPUs kept busy by processes other than the benchmark's during a run."""
+def foreign_cpus(before: tuple[int, int, int] | None, after: tuple[int, int, int] | None,
+                 wall_s: float) -> tuple[float, float] | None:
+    """(CPUs kept busy by anything but the benchmark's processes during a run, of which
+    the hypervisor's steal)."""
     if before is None or after is None or wall_s <= 0:
         return None
-    busy, own = after[0] - before[0], after[1] - before[1]
-    return max(0.0, (busy - own) / os.sysconf("SC_CLK_TCK") / wall_s)
+    busy, own, steal = (a - b for a, b in zip(after, before, strict=True))
+    per_s = os.sysconf("SC_CLK_TCK") * wall_s
+    return max(0.0, (busy - own) / per_s), steal / per_s
 
 
 # --- servers ----------------------------------------------------------------------------
@@ -522,12 +525,13 @@ def measure(path: str, store: str, factory: ClientFactory, stream: Stream,
     before = cpu_ticks()
     result = run_load(factory, stream.take(args.requests), clients,
                       f"{path}/{store}/{mix}/{clients} client(s)")
-    others = foreign_cpus(before, cpu_ticks(), result.wall_s)
-    if others is not None:
+    used = foreign_cpus(before, cpu_ticks(), result.wall_s)
+    if used is not None:
+        others, steal = used
         DISTURBED.append((f"{path}/{store}/{mix}/{clients}", others))
         flag = "  <- DISTURBED: rerun on an idle machine" if others > DISTURBED_CPUS else ""
         print(f"  {path}/{store}/{mix}/{clients}: other processes used {others:.2f} of "
-              f"{os.cpu_count()} CPUs{flag}")
+              f"{os.cpu_count()} CPUs (hypervisor steal {steal:.2f}){flag}")
     return result
 
 
