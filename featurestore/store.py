@@ -25,6 +25,7 @@ import pyarrow.parquet as pq
 import yaml
 
 from recdata.errors import FeatureStoreError, StoreUnavailableError, UnknownNameError
+from recdata.frames import float_block
 
 PACKAGE_REPO = Path(__file__).resolve().parents[1] / "feature_repo"
 ONLINE_STORES = ("sqlite", "redis")
@@ -438,26 +439,16 @@ class _ItemRows:
     def reset(self, stamp: tuple | None) -> None:
         self.stamp = stamp
         self.table: pl.DataFrame | None = None
-        self.floats: np.ndarray | None = None  # `table`'s numeric columns (numeric_block)
+        self.floats: np.ndarray | None = None  # `table`'s numeric columns (float_block)
         self.numeric: list[str] = []
         self.at: dict[int, int] = {}  # item id -> row of `table`
 
     def add(self, ids: list[int], rows: pl.DataFrame) -> None:
         start = 0 if self.table is None else self.table.height
         self.table = rows if self.table is None else pl.concat([self.table, rows])
-        self.numeric, block = numeric_block(rows)
+        self.numeric, block = float_block(rows)
         self.floats = block if self.floats is None else np.vstack([self.floats, block])
         self.at.update(zip(ids, range(start, start + len(ids)), strict=True))
-
-
-def numeric_block(frame: pl.DataFrame) -> tuple[list[str], np.ndarray]:
-    """The numeric and boolean columns of `frame` as one float64 matrix (rows x columns,
-    column-major), NaN where null, and their names: what the ranker's features read."""
-    numeric = [c for c, t in frame.schema.items() if t.is_numeric() or t == pl.Boolean]
-    if not numeric:
-        return numeric, np.zeros((frame.height, 0))
-    return numeric, frame.select(pl.col(numeric).cast(pl.Float64).fill_null(np.nan)) \
-        .to_numpy(order="fortran")
 
 
 class OnlineReader:
@@ -560,7 +551,7 @@ class OnlineReader:
 
     def cached_item_block(self, item_ids: list[int]
                           ) -> tuple[pl.DataFrame, dict[str, np.ndarray] | None]:
-        """`read_items`, and its numeric columns as floats (`numeric_block`, converted
+        """`read_items`, and its numeric columns as floats (`recdata.frames.float_block`, converted
         once per kept row, not per request: None when nothing is kept), from rows kept
         since the last materialization: item views change
         only when the store is materialized (`features build`/`refresh`), which rewrites

@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from recdata.frames import float_block
 from recdata.schema import DomainSchema
 
 _DECADE_FULL = r"\b(1[89]\d0|20\d0)s\b"
@@ -229,8 +230,8 @@ def _year_exprs(nouns: tuple[str, ...] = ()) -> list[pl.Expr]:
 
 def _year_bounds(out: dict[str, np.ndarray], now: np.ndarray | None
                  ) -> tuple[np.ndarray, np.ndarray]:
-    """(low, high) years per request from `_year_exprs`' columns (`_floats`); relative ones
-    anchored at the request's time."""
+    """(low, high) years per request from `_year_exprs`' columns (as floats, NaN where
+    null); relative ones anchored at the request's time."""
     lo, hi = out["year_lo"].copy(), out["year_hi"].copy()
     if now is not None:
         years = (np.asarray(now, dtype=np.int64).astype("datetime64[s]")
@@ -241,16 +242,6 @@ def _year_bounds(out: dict[str, np.ndarray], now: np.ndarray | None
         old = (out["year_old"] == 1.0) & np.isnan(hi)
         hi[old] = years[old] - 20
     return lo, hi
-
-
-def _floats(out: pl.DataFrame, columns: list[str]) -> dict[str, np.ndarray]:
-    """The numeric result columns as float64, NaN where null, in one conversion (a cast and
-    a fill per column were a polars call each)."""
-    if not columns:
-        return {}
-    block = out.select(pl.col(columns).cast(pl.Float64).fill_null(NO_BOUND)) \
-        .to_numpy(order="fortran")
-    return {c: block[:, i] for i, c in enumerate(columns)}
 
 
 def _unit_exprs(column: str, unit: str) -> list[pl.Expr]:
@@ -294,7 +285,8 @@ def parse_instructions(texts: list[str], genres: list[str], schema: DomainSchema
     at = plan.at
     wanted = _hit_matrix(out["pos_hits"].to_list(), at, plan.wanted)
     excluded = _hit_matrix(out["neg_hits"].to_list(), at, plan.excluded)
-    numbers = _floats(out, plan.numeric)
+    names, block = float_block(out, plan.numeric)
+    numbers = {c: block[:, i] for i, c in enumerate(names)}
     ranges: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     if plan.time_column is not None:
         ranges[plan.time_column] = _year_bounds(numbers, now)
@@ -325,7 +317,7 @@ class _Plan:
     excluded: np.ndarray  # patterns x values, bool
     time_column: str | None
     unit_columns: list[str]
-    numeric: list[str]    # result columns read out as floats (`_floats`)
+    numeric: list[str]    # result columns read out as floats (`float_block`)
 
 
 _PLANS: dict[tuple, _Plan] = {}

@@ -15,10 +15,10 @@ import pytest
 
 from featurestore import store as fs
 from featurestore.build import refresh_features
-from featurestore.store import numeric_block
 from ranking.ltr.features import assemble, store_columns
 from ranking.ltr.training import offline_rows
 from ranking.recommend import Recommender, RecommenderConfig
+from recdata.frames import float_block
 
 DAY = 86_400
 
@@ -137,7 +137,7 @@ def test_kept_item_rows_are_the_stores_until_it_is_materialized_again(served):
     assert set(ids) <= set(reader._items.at)  # (with the load's warm-up request's)
     # the kept float columns, converted once, are the conversion of the rows asked for
     rows, floats = reader.cached_item_block(ids[::-1] + ids[:4])
-    names, block = numeric_block(reader.read_items(ids[::-1] + ids[:4]))
+    names, block = float_block(reader.read_items(ids[::-1] + ids[:4]))
     assert rows.equals(reader.read_items(ids[::-1] + ids[:4])) and list(floats) == names
     assert all(np.array_equal(floats[c], block[:, i], equal_nan=True)
                for i, c in enumerate(names))

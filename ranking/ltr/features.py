@@ -25,13 +25,13 @@ import polars as pl
 
 from feature_repo import ranker as declared
 from feature_repo.ranker import RankerFeature
-from featurestore.store import numeric_block
 from kg.signals import kg_signals
 from ranking.candidates import Candidates
 from ranking.inputs import RequestBatch
 from ranking.intent_parser import ParsedIntents, TitleIndex, parse_instructions
 from ranking.scorers.knowledge import recent_item_ids
 from recdata.errors import FeatureStoreError, UnknownNameError
+from recdata.frames import float_block
 from recdata.schema import DomainSchema
 
 SECONDS_PER_DAY = 86_400.0
@@ -267,7 +267,7 @@ class Inputs:
         assembly ~3 ms of polars calls)."""
         key = f"floats:{entity}"
         if key not in self.memo:
-            numeric, block = numeric_block(frame)
+            numeric, block = float_block(frame)
             self.memo[key] = {c: block[:, i] for i, c in enumerate(numeric)}
         found = self.memo[key].get(name)
         if found is None:  # not a numeric column: as its own cast
@@ -401,7 +401,7 @@ def assemble_array(batch: RequestBatch, cands: Candidates, user_rows: pl.DataFra
                    item_floats: dict[str, np.ndarray] | None = None) -> np.ndarray:
     """`assemble` as a float32 matrix, rows x `features` in their order: what the online
     path scores (a polars frame of ~40 columns built and read back cost a one-request
-    answer ~1 ms). `item_floats`: `item_rows`' numeric columns as `numeric_block` gives
+    answer ~1 ms). `item_floats`: `item_rows`' numeric columns as `float_block` gives
     them, when the caller has them already (the online reader keeps them converted)."""
     features = FEATURES if features is None else features
     out = np.empty((cands.idx.size, len(features)), dtype=np.float32)
