@@ -100,6 +100,13 @@ class RecommenderConfig(BaseModel):
                                                  "of the GIL), for a request computed alone "
                                                  "(under load requests come in batches and "
                                                  "the cores are busy anyway)")
+    keep_items: int = Field(100_000, ge=0, description="item rows read from the online "
+                                                     "store into memory at start-up, most "
+                                                     "popular first (the rows a server keeps "
+                                                     "anyway once requests have named them: "
+                                                     "a few floats per item), so no request "
+                                                     "waits on a store read for a rarely "
+                                                     "seen item; 0: read as requests come")
     lone_encode_threads: int | None = Field(
         None, ge=1, description="ONNX Runtime threads for a request encoded alone, when "
                                 "more than torch_threads (a second session of the graph, "
@@ -265,6 +272,7 @@ class Recommender:
             from ranking.rerank.llm import LLMReranker, in_domain_words
 
             rec.reranker = LLMReranker.load(in_domain_words(cfg.llm, catalogue.schema))
+        rec.keep_item_rows(cfg.keep_items)
         rec.recommend(None, "warm-up request", 1)  # first-call costs (regex, LightGBM) now
         if cfg.encode_ahead and context.query_titles is None:
             # a tuned encoder's text carries the titles a request names, known only after
@@ -281,6 +289,19 @@ class Recommender:
 
             threadpool_limits(cfg.torch_threads)
         return rec
+
+    def keep_item_rows(self, limit: int) -> None:
+        """The item rows of the `limit` most popular items (training-window counts; the
+        catalogue's order without the popularity source) read once, in store reads of
+        10,000, into the reader's kept rows."""
+        if limit <= 0:
+            return
+        pop = getattr(self.generator.sources.get("popularity"), "_popularity", None)
+        order = np.arange(len(self.item_ids)) if pop is None else \
+            np.argsort(-np.asarray(pop, dtype=np.float64), kind="stable")
+        ids = self.item_ids[order[:limit]].tolist()
+        for start in range(0, len(ids), 10_000):
+            self.reader.cached_item_block(ids[start:start + 10_000])
 
     def request_time(self, now: int | float | datetime | str | None) -> int:
         """Unix seconds of a request: the wall clock by default; `now` may be unix seconds,

@@ -148,6 +148,25 @@ def test_kept_item_rows_are_the_stores_until_it_is_materialized_again(served):
     assert set(reader._items.at) == set(ids[:3]), "a new materialization drops every row"
 
 
+def test_start_up_reads_the_most_popular_items_rows_into_memory(served, synthetic):
+    """`keep_items`: the rows of that many items, most interacted-with first, are read at
+    start-up (no request waits on the store for them); 0 reads only what requests name."""
+    repo_path, data = served
+    everything = Recommender.load(RecommenderConfig(repo=repo_path, data_dir=data))
+    assert set(everything.reader._items.at) == set(everything.item_ids.tolist())
+    rec = Recommender.load(RecommenderConfig(repo=repo_path, data_dir=data, keep_items=0))
+    reader = rec.reader
+    reader._items.reset(None)  # what the warm-up request read, forgotten
+    counts = synthetic.interactions.group_by("item_id").len().sort(
+        ["len", "item_id"], descending=[True, False])
+    rec.keep_item_rows(3)
+    assert set(reader._items.at) == set(counts["item_id"].head(3).to_list())
+    rec.keep_item_rows(0)
+    assert len(reader._items.at) == 3
+    ids = rec.item_ids.tolist()
+    assert reader.cached_items(ids).equals(reader.read_items(ids))
+
+
 @pytest.mark.slow
 def test_a_refresh_under_load_fails_no_request_tears_no_read_and_is_idempotent(served,
                                                                               synthetic):
