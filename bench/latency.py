@@ -12,7 +12,7 @@ because each costs about a second). Rows measured replace the file's rows of the
 (path, store, mix, clients); the others stay.
 
 Rows of latency.csv (`path,store,mix,clients,workers,candidates,requests,errors,p50_ms,
-p99_ms,rps`):
+p99_ms,rps,host_ms`):
 - path `inprocess`: `Recommender.recommend()` called directly, `max_batch=16` (what arrives
   together is computed together, ranking.batching); with 8 clients from a
   ThreadPoolExecutor(8) sharing one Recommender (one process: workers 1).
@@ -25,7 +25,9 @@ p99_ms,rps`):
 - latency is measured by the caller around each request (for http: the client's round trip,
   JSON included); p50/p99 over the successful requests; errors = exceptions plus non-200
   answers, all counted and their first messages printed; rps = requests / wall seconds of the
-  run; candidates = the number of candidates scored per request (the most common value).
+  run; candidates = the number of candidates scored per request (the most common value);
+  host_ms = a fixed single-threaded reference workload timed right after the row (`host_ms`:
+  lower is a faster host; compare rows of different runs by it).
 - store `redis`: a private redis-server on a free loopback port (`--save "" --appendonly no`),
   materialized first with `instructrank features build --online redis --redis-url`, stopped
   at the end; skipped, saying so, where no redis-server is installed.
@@ -73,7 +75,7 @@ from recdata.atomic_io import write_text_atomic
 
 ROOT = Path(__file__).resolve().parents[1]
 COLUMNS = ["path", "store", "mix", "clients", "workers", "candidates", "requests", "errors",
-           "p50_ms", "p99_ms", "rps"]
+           "p50_ms", "p99_ms", "rps", "host_ms"]
 KEYS = ["path", "store", "mix", "clients"]
 STAGES = ["user_read", "candidates", "item_read", "features", "score", "llm", "explain",
           "total"]
@@ -358,6 +360,26 @@ def http_factory(base_url: str, k: int) -> ClientFactory:
     return make
 
 
+def host_ms(repeats: int = 5) -> float:
+    """Milliseconds of a fixed single-threaded workload shaped like a request's (interpreted
+    Python and small numpy calls), the median of `repeats`, taken right after each row: the
+    same code has measured 2x apart on this machine's host on different days, so a row's
+    latency is read beside the speed of the host that gave it (lower is faster)."""
+    rng = np.random.default_rng(0)
+    a, b = rng.random((200, 384)), rng.random((384, 64))
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        total = 0
+        for i in range(100_000):
+            total += i * i
+        for j in range(200):
+            np.argsort(a[:, j % 384])
+            a[j:j + 8] @ b
+        times.append((time.perf_counter() - t) * 1000)
+    return round(float(np.median(times)), 1)
+
+
 def summarise(path: str, store: str, mix: str, clients: int, workers: int,
               result: RunResult) -> dict[str, Any]:
     ok = result.ok
@@ -370,7 +392,7 @@ def summarise(path: str, store: str, mix: str, clients: int, workers: int,
             "requests": len(result.outcomes), "errors": len(result.errors),
             "p50_ms": round(float(np.percentile(lat, 50)), 2),
             "p99_ms": round(float(np.percentile(lat, 99)), 2),
-            "rps": round(len(result.outcomes) / result.wall_s, 1)}
+            "rps": round(len(result.outcomes) / result.wall_s, 1), "host_ms": host_ms()}
 
 
 def report_errors(result: RunResult) -> None:
@@ -602,10 +624,13 @@ def merged(path: Path, new: pl.DataFrame, keys: list[str]) -> pl.DataFrame:
     old = pl.read_csv(path)
     if new.is_empty():  # nothing of this kind measured now (no one-client row): kept
         return old
-    if set(old.columns) != set(new.columns):
+    if not set(keys) <= set(old.columns) or set(old.columns) - set(new.columns):
         print(f"{path} has other columns ({', '.join(old.columns)}): its rows are replaced")
         return new
     old = old.cast({k: new.schema[k] for k in keys})
+    # a column added since the file was written (host_ms) is empty in its older rows
+    old = old.with_columns(pl.lit(None, new.schema[c]).alias(c)
+                           for c in new.columns if c not in old.columns)
     return pl.concat([old.join(new.select(keys), on=keys, how="anti").select(new.columns),
                       new], how="vertical_relaxed")
 
