@@ -109,22 +109,26 @@ class Explainer:
         order = np.argsort(recent.data)
         history = recent.col[order]  # most recent first
         named = set(parsed.mentions(1)[0]) if parsed.mentioned else set()
+        families = [(f, family, cols) for f, (family, cols) in enumerate(self.members.items())
+                    if cols]
         out = []
         for i, item in enumerate(idx):
-            per_family = []
-            for f, (family, cols) in enumerate(self.members.items()):
-                if not cols:
-                    continue
-                total = float(contrib[i, f])
-                if total < MIN_CONTRIBUTION:
-                    continue
+            # best first (ties: declaration order), and only until MAX_REASONS are said: a
+            # family with nothing to say (None) gives way to the next
+            row = contrib[i].tolist()
+            ranked = sorted((-row[f], n) for n, (f, _, _) in enumerate(families)
+                            if not row[f] < MIN_CONTRIBUTION)
+            said: list[Reason] = []
+            for negative, n in ranked:
+                _, family, cols = families[n]
                 values = {names[j]: float(x[i, j]) for j in cols}
                 text = self._say(family, int(item), values, parsed, history, user_id, rated,
                                  named)
                 if text:
-                    per_family.append(Reason(family, text, round(total, 4), values))
-            per_family.sort(key=lambda r: -r.contribution)
-            out.append(per_family[:MAX_REASONS])
+                    said.append(Reason(family, text, round(-negative, 4), values))
+                    if len(said) == MAX_REASONS:
+                        break
+            out.append(said)
         return out
 
     def request_reasons(self, parsed: ParsedIntents, idx: np.ndarray, bad: np.ndarray,
