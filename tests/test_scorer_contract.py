@@ -135,3 +135,22 @@ def test_forgetting_a_chunk_also_clears_what_the_tuned_context_memoised():
     context.forget(chunk)
     assert not context.memo
     assert [hit[0] for hit in tuned.memo.values()] == [other]
+
+
+def test_item_vectors_widened_once_while_small(monkeypatch):
+    """The float64 item matrix the similarity reads is the per-call conversion's, kept for
+    the next request while small; above the bound it is made per call and nothing is kept."""
+    from types import SimpleNamespace
+
+    from ranking.scorers import instruction
+
+    items = np.random.default_rng(0).random((50, 8), dtype=np.float32)
+    scorer = SimpleNamespace(context=ScorerContext())
+    first = instruction.wide_items(scorer, items)
+    assert np.array_equal(first, items.T.astype(np.float64))
+    assert first.flags.f_contiguous == items.T.astype(np.float64).flags.f_contiguous
+    assert instruction.wide_items(scorer, items) is first
+    monkeypatch.setattr(instruction, "WIDE_ITEMS_BYTES", items.size * 8 - 1)
+    fresh = ScorerContext()
+    again = instruction.wide_items(SimpleNamespace(context=fresh), items)
+    assert np.array_equal(again, first) and not fresh.memo
