@@ -16,5 +16,9 @@ def float_block(frame: pl.DataFrame, columns: list[str] | None = None
         columns = [c for c, t in frame.schema.items() if t.is_numeric() or t == pl.Boolean]
     if not columns:
         return columns, np.zeros((frame.height, 0))
-    return columns, frame.select(pl.col(columns).cast(pl.Float64).fill_null(np.nan)) \
-        .to_numpy(order="fortran")
+    return columns, frame.select(to_floats(pl.col(columns))).to_numpy(order="fortran")
+
+
+def to_floats(expr: pl.Expr) -> pl.Expr:
+    """The conversion `float_block` applies, for a query that ends in it."""
+    return expr.cast(pl.Float64).fill_null(np.nan)

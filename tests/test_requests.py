@@ -75,6 +75,19 @@ def test_a_chunk_of_intents_is_the_same_as_parsing_it_alone(ml):
     cut = whole.rows(1, 3)
     assert (cut.genre_mask == part.genre_mask).all() and cut.mentioned == part.mentioned
     np.testing.assert_array_equal(cut.ranges["year"][1], part.ranges["year"][1])
+    # a batch where nothing is negated skips the negated phrases' search: the same intents
+    assert not part.exclusions.any() and whole.exclusions[0].any()
+    for i, text in enumerate(texts):
+        alone = parse_instructions([text], genres, ds.domain, titles=titles,
+                                   now=np.full(1, NOW))
+        one = whole.rows(i, i + 1)
+        for field in ("genre_mask", "exclusions", "decade", "variety", "popular"):
+            np.testing.assert_array_equal(getattr(one, field), getattr(alone, field))
+        assert one.mentioned == alone.mentioned and alone.ranges.keys() <= one.ranges.keys()
+        for column, (lo, hi) in one.ranges.items():  # a batch keeps a column any row bounds
+            unbounded = (np.full(1, np.nan), np.full(1, np.nan))
+            np.testing.assert_array_equal(alone.ranges.get(column, unbounded)[0], lo)
+            np.testing.assert_array_equal(alone.ranges.get(column, unbounded)[1], hi)
 
 
 def _genres_of(recommender, items):
