@@ -25,7 +25,7 @@ import pyarrow.parquet as pq
 import yaml
 
 from recdata.errors import FeatureStoreError, StoreUnavailableError, UnknownNameError
-from recdata.frames import float_block
+from recdata.frames import float_block, python_floats
 
 PACKAGE_REPO = Path(__file__).resolve().parents[1] / "feature_repo"
 ONLINE_STORES = ("sqlite", "redis")
@@ -536,6 +536,19 @@ class OnlineReader:
         """`read_user` of several users in one read per view."""
         columns = self._read("user_id", user_ids)
         return [{c: columns[c][i] for c in self.user_columns} for i in range(len(user_ids))]
+
+    def user_values(self, users: list[dict[str, Any]], columns: list[str]
+                    ) -> dict[str, np.ndarray] | None:
+        """`columns` of `read_users`' answers as arrays (recdata.frames.python_floats: what
+        a frame of them would convert to), or None when one of them cannot be one (not
+        numeric, or lists of several lengths): then the caller builds the frame."""
+        out = {}
+        for c in columns:
+            values = python_floats([u.get(c) for u in users], self.types[c])
+            if values is None:
+                return None
+            out[c] = values
+        return out
 
     def read_items(self, item_ids: list[int]) -> pl.DataFrame:
         """One row per item id, in order, with the item views' values (offline names)."""

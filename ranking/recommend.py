@@ -39,7 +39,7 @@ from ranking.diversity import HEAD_SHARE, POOL, TEMPERATURE, rerank
 from ranking.explain import Explainer, Reason
 from ranking.inputs import Catalogue, RequestBatch
 from ranking.intent_parser import ParsedIntents, parsed_for, semantic_text
-from ranking.ltr.features import ItemTables, assemble_array
+from ranking.ltr.features import ItemTables, assemble_array, store_columns
 from ranking.ltr.model import LTRModel
 from ranking.queries import history_label
 from ranking.rerank.llm import LLMRerankConfig
@@ -207,6 +207,10 @@ class Recommender:
         self._by_id = np.argsort(self.item_ids, kind="stable")  # id -> row, by searchsorted
         self._sorted_ids = self.item_ids[self._by_id]
         self.explainer = Explainer(self)
+        # the user columns the model's features read (one the store lacks is refused, by
+        # name, when the features are assembled)
+        self._user_reads = [c for c in store_columns(model.features)[0]
+                            if c in reader.user_columns]
         self.reranker: Any = None  # ranking.rerank.llm.LLMReranker when configured
         self._batcher: RequestBatcher | None = None
         self._ahead: ThreadPoolExecutor | None = None
@@ -444,13 +448,15 @@ class Recommender:
         item_floats = None if floats is None else {c: v[where] for c, v in floats.items()}
         t3 = time.perf_counter()
         timings["item_read"] = (t3 - t2) * 1000
-        user_rows = pl.DataFrame([{c: u.get(c) for c in self.reader.user_columns}
-                                  for u in users],
-                                 schema={c: self.reader.types[c]
-                                         for c in self.reader.user_columns})
+        # the user columns the features read, as arrays straight from the read; the frame
+        # names them (a frame of the values is built only where one cannot be an array)
+        schema = {c: self.reader.types[c] for c in self._user_reads}
+        values = self.reader.user_values(users, self._user_reads)
+        user_rows = pl.DataFrame(schema=schema) if values is not None else \
+            pl.DataFrame([{c: u.get(c) for c in schema} for u in users], schema=schema)
         x = assemble_array(batch, cands, user_rows, item_rows, self.items, kg=self.context.kg,
                            anonymous=~known, parsed=parsed, features=self.model.features,
-                           item_floats=item_floats)
+                           item_floats=item_floats, user_values=values)
         timings["features"] = (time.perf_counter() - t3) * 1000
         return OnlineRequest(batch, known, cands, x, self.model.features, parsed, rated)
 

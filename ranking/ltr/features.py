@@ -277,6 +277,14 @@ class Inputs:
     def user_array(self, ref: str, width: int) -> np.ndarray:
         """A user list column as a (requests x width) matrix, NaN rows where null or
         anonymous."""
+        given = self.memo.get("lists:user", {}).get(column(ref))
+        if given is not None:
+            if given.shape[1] == 0:  # no request's user has this list
+                return np.full((len(given), width), np.nan)
+            if given.shape[1] != width:
+                raise ValueError(f"user column {column(ref)} holds lists of "
+                                 f"{given.shape[1]} values; its feature reads {width}")
+            return np.where(self.anon[:, None], np.nan, given)
         col = self.user_rows[column(ref)]
         out = np.full((len(col), width), np.nan)
         ok = col.is_not_null().to_numpy() & ~self.anon
@@ -398,15 +406,20 @@ def assemble_array(batch: RequestBatch, cands: Candidates, user_rows: pl.DataFra
                    item_rows: pl.DataFrame, items: ItemTables, *, kg: Any = None,
                    anonymous: np.ndarray | None = None, parsed: ParsedIntents | None = None,
                    features: list[str] | None = None,
-                   item_floats: dict[str, np.ndarray] | None = None) -> np.ndarray:
+                   item_floats: dict[str, np.ndarray] | None = None,
+                   user_values: dict[str, np.ndarray] | None = None) -> np.ndarray:
     """`assemble` as a float32 matrix, rows x `features` in their order: what the online
     path scores (a polars frame of ~40 columns built and read back cost a one-request
     answer ~1 ms). `item_floats`: `item_rows`' numeric columns as `float_block` gives
-    them, when the caller has them already (the online reader keeps them converted)."""
+    them, when the caller has them already (the online reader keeps them converted).
+    `user_values`: the user columns as `recdata.frames.python_floats` gives them (1-D for
+    a value, 2-D for a list), read instead of `user_rows`, which then need only name
+    its columns."""
     features = FEATURES if features is None else features
     out = np.empty((cands.idx.size, len(features)), dtype=np.float32)
     for j, (_, values) in enumerate(_computed(batch, cands, user_rows, item_rows, items, kg,
-                                              anonymous, parsed, features, item_floats)):
+                                              anonymous, parsed, features, item_floats,
+                                              user_values)):
         out[:, j] = values
     return out
 
@@ -415,7 +428,8 @@ def _computed(batch: RequestBatch, cands: Candidates, user_rows: pl.DataFrame,
               item_rows: pl.DataFrame, items: ItemTables, kg: Any,
               anonymous: np.ndarray | None, parsed: ParsedIntents | None,
               features: list[str] | None,
-              item_floats: dict[str, np.ndarray] | None = None
+              item_floats: dict[str, np.ndarray] | None = None,
+              user_values: dict[str, np.ndarray] | None = None
               ) -> Iterator[tuple[str, np.ndarray]]:
     """Each feature's float32 values, flat in row-major (request, candidate) order."""
     features = FEATURES if features is None else features
@@ -427,6 +441,9 @@ def _computed(batch: RequestBatch, cands: Candidates, user_rows: pl.DataFrame,
     x = Inputs(batch, cands, user_rows, item_rows, items, kg, anon, parsed)
     if item_floats is not None:
         x.memo["floats:item"] = item_floats
+    if user_values is not None:
+        x.memo["floats:user"] = {c: v for c, v in user_values.items() if v.ndim == 1}
+        x.memo["lists:user"] = {c: v for c, v in user_values.items() if v.ndim == 2}
     specs = _specs()
     for f in features:
         yield f, np.asarray(COMPUTE[specs[f].compute](x, specs[f]), dtype=np.float32).ravel()
