@@ -45,16 +45,26 @@ def entity_rows(emb: KGEmbeddings, kind: str, ids: np.ndarray) -> np.ndarray:
     return np.where((keys[pos] == ids) & (ids >= 0), rows[pos], -1)
 
 
+def kg_score(emb: KGEmbeddings, user_ids: np.ndarray, candidates: np.ndarray
+             ) -> np.ndarray:
+    """`kg_score` alone (what the ranker reads), without the recent-items cosine."""
+    return _score(emb, user_ids, entity_rows(emb, "item", candidates))
+
+
+def _score(emb: KGEmbeddings, user_ids: np.ndarray, items: np.ndarray) -> np.ndarray:
+    users = entity_rows(emb, "user", user_ids)[:, None]
+    if RELATION in emb.relations:
+        return emb.score(np.broadcast_to(users, items.shape), RELATION, items)
+    # a graph without collaborative edges (users with too short a history): unknown
+    return np.full(items.shape, np.nan)
+
+
 def kg_signals(emb: KGEmbeddings, user_ids: np.ndarray, candidates: np.ndarray,
                recent_items: np.ndarray) -> dict[str, np.ndarray]:
     """user_ids (n,), candidates (n, k) item ids, recent_items (n, r) item ids padded with -1.
     Returns arrays of shape (n, k)."""
-    users = entity_rows(emb, "user", user_ids)[:, None]
     items = entity_rows(emb, "item", candidates)
-    if RELATION in emb.relations:
-        score = emb.score(np.broadcast_to(users, items.shape), RELATION, items)
-    else:  # a graph without collaborative edges (users with too short a history): unknown
-        score = np.full(items.shape, np.nan)
+    score = _score(emb, user_ids, items)
 
     unit = emb.unit_vectors()
     recent = entity_rows(emb, "item", recent_items)

@@ -25,11 +25,10 @@ import polars as pl
 
 from feature_repo import ranker as declared
 from feature_repo.ranker import RankerFeature
-from kg.signals import kg_signals
+from kg.signals import kg_score
 from ranking.candidates import Candidates
 from ranking.inputs import RequestBatch
 from ranking.intent_parser import ParsedIntents, TitleIndex, parse_instructions
-from ranking.scorers.knowledge import recent_item_ids
 from recdata.errors import FeatureStoreError, UnknownNameError
 from recdata.frames import float_block
 from recdata.schema import DomainSchema
@@ -377,9 +376,8 @@ def _mention_count(x: Inputs, f: RankerFeature) -> np.ndarray:
 @computes("kg_user_score")
 def _kg_user_score(x: Inputs, f: RankerFeature) -> np.ndarray:
     users = np.where(x.anon, -1, x.batch.requests["user_id"].to_numpy())
-    sig = kg_signals(x.kg, users, x.items.item_ids[x.cands.idx],
-                     recent_item_ids(x.batch, x.items.item_ids, 1))
-    return np.where(x.anon[:, None], np.nan, sig["kg_score"])
+    score = kg_score(x.kg, users, x.items.item_ids[x.cands.idx])
+    return np.where(x.anon[:, None], np.nan, score)
 
 
 @computes("catalogue")
