@@ -13,18 +13,27 @@ from ranking.topk import top_k
 from recdata.errors import ConfigError
 
 
-def test_top_k_equals_a_full_stable_sort_ties_included():
+@pytest.mark.parametrize("small_block", [1 << 15, 0], ids=["sorted whole", "partitions"])
+def test_top_k_equals_a_full_stable_sort_ties_included(monkeypatch, small_block):
+    import ranking.topk as topk
+
+    monkeypatch.setattr(topk, "SMALL_BLOCK", small_block)
     rng = np.random.default_rng(0)
     scores = rng.integers(0, 6, (40, 300)).astype(float)  # many ties
     scores[3] = -np.inf
+    scores[4, ::7] = np.nan  # ranks as -inf
+    scores[5, ::3] = -0.0  # equal to 0.0: a tie, not an order
     tiebreak = rng.permutation(300)
     layout = np.argsort(tiebreak)
+    clean = np.where(np.isnan(scores), -np.inf, scores)
     full = np.take_along_axis(np.broadcast_to(layout, scores.shape),
-                              np.argsort(-scores[:, layout], axis=1, kind="stable"), axis=1)
+                              np.argsort(-clean[:, layout], axis=1, kind="stable"), axis=1)
     for k in (1, 7, 50, 300, 400):
         assert (top_k(scores, k, tiebreak) == full[:, :k]).all()
-    by_index = np.argsort(-scores, axis=1, kind="stable")
+        assert top_k(scores, k, tiebreak).dtype == np.int64
+    by_index = np.argsort(-clean, axis=1, kind="stable")
     assert (top_k(scores, 25) == by_index[:, :25]).all()
+    assert (top_k(scores.astype(np.float32), 25) == by_index[:, :25]).all()
     assert top_k(scores[:0], 5).shape == (0, 5)
 
 
