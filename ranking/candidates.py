@@ -210,7 +210,7 @@ class CandidateGenerator:
             r = np.full((len(batch), n_items), depth + 1, dtype=np.float32)
             r[rows, top[:, :depth]] = rank[:, :depth]
             dense_ranks[name] = r
-        seen = batch.history.tocoo()
+        seen = batch.history_coo
         key[seen.row, seen.col] = np.inf
         idx = top_k(-key, n)  # best (smallest) merged rank, ties by index
         valid = np.isfinite(key[rows, idx])

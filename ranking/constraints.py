@@ -60,7 +60,7 @@ def with_items(batch: RequestBatch, rows: list[tuple[int, ...]] | list[list[int]
 
     if not any(rows):
         return batch
-    h = batch.history.tocoo()
+    h = batch.history_coo
     shift = np.asarray([len(r) for r in rows], dtype=np.float32)
     old = sp.csr_matrix((h.data + shift[h.row], (h.row, h.col)), shape=h.shape)
     add_r = np.concatenate([np.full(len(r), i) for i, r in enumerate(rows)]).astype(np.int64)

@@ -105,7 +105,7 @@ class Explainer:
         user's ratings by catalogue index."""
         rated = rated or {}
         names = self.rec.model.features
-        recent = batch.history.tocoo()
+        recent = batch.history_coo
         order = np.argsort(recent.data)
         history = recent.col[order]  # most recent first
         named = set(parsed.mentions(1)[0]) if parsed.mentioned else set()
@@ -118,10 +118,11 @@ class Explainer:
             row = contrib[i].tolist()
             ranked = sorted((-row[f], n) for n, (f, _, _) in enumerate(families)
                             if not row[f] < MIN_CONTRIBUTION)
+            features = x[i].tolist()
             said: list[Reason] = []
             for negative, n in ranked:
                 _, family, cols = families[n]
-                values = {names[j]: float(x[i, j]) for j in cols}
+                values = {names[j]: features[j] for j in cols}
                 text = self._say(family, int(item), values, parsed, history, user_id, rated,
                                  named)
                 if text:

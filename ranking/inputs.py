@@ -13,6 +13,7 @@ import itertools
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import numpy as np
 import polars as pl
@@ -157,9 +158,19 @@ class RequestBatch:
     def has_history(self) -> np.ndarray:
         return np.diff(self.history.indptr) > 0
 
+    @cached_property
+    def history_coo(self) -> sp.coo_matrix:
+        """`history` as (row, column, recency) triplets, made once and read-only: the
+        candidate merge, the KG source, the explanations and the named-item seeding each
+        read it, and scipy's conversion cost a one-request answer ~0.1 ms each time."""
+        h = self.history.tocoo()
+        for part in (h.row, h.col, h.data):
+            part.flags.writeable = False
+        return h
+
     def last_item(self) -> np.ndarray:
         """Index of each request's most recent item, -1 where the history is empty."""
-        h = self.history.tocoo()
+        h = self.history_coo
         out = np.full(self.history.shape[0], -1, dtype=np.int64)
         last = h.data == 1
         out[h.row[last]] = h.col[last]

@@ -28,7 +28,7 @@ def history_label(schema: DomainSchema) -> str:
 
 def _recent(batch: RequestBatch, titles: np.ndarray, n: int) -> pl.DataFrame:
     """One row per request (in batch order): `titles`, its last `n` titles, newest first."""
-    h = batch.history.tocoo()
+    h = batch.history_coo
     keep = h.data <= n
     past = pl.DataFrame({"row": h.row[keep].astype(np.int64),
                          "recency": h.data[keep].astype(np.float64),

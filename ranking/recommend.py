@@ -554,7 +554,7 @@ class Recommender:
             idx, valid, score, wrong = cands.idx[i], cands.valid[i], scores[i], bad[i]
             top = np.lexsort((idx, -score))
             top = top[valid[top]]
-            one = batch.slice(i, i + 1)
+            one = batch if len(asked) == 1 else batch.slice(i, i + 1)
             parsed = req.parsed.rows(i, i + 1)
             lam = self._lambda(a, parsed)
             varied: set[int] = set()

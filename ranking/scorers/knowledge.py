@@ -56,7 +56,7 @@ class KGNeighbours(Scorer):
 
 def recent_item_ids(batch: RequestBatch, item_ids: np.ndarray, n: int) -> np.ndarray:
     """(requests x n) ids of each history's most recent items, most recent first, -1 padded."""
-    h = batch.history.tocoo()
+    h = batch.history_coo
     out = np.full((len(batch), n), -1, dtype=np.int64)
     keep = h.data <= n
     out[h.row[keep], h.data[keep].astype(np.int64) - 1] = item_ids[h.col[keep]]
