@@ -14,13 +14,17 @@ computed at once, alone.
 Requests travel as plain tuples and answers as `Recommendation`s or the error each
 request raised, so one bad request never fails its batch-mates. A compute process that
 dies is replaced (its batch answers 503, the next request finds a fresh one).
+
+Each dispatcher thread owns one process and talks to it over a pipe of its own: it sends
+a batch and blocks on the answer. A ProcessPoolExecutor in between (a queue-feeding
+thread, a result-collecting thread, a future) cost the HTTP process CPU and thread
+switches on every batch, on the two cores the compute processes need.
 """
 
 from __future__ import annotations
 
 import multiprocessing
 import threading
-from concurrent.futures import BrokenExecutor, ProcessPoolExecutor
 from typing import Any
 
 from ranking.batching import RequestBatcher
@@ -28,6 +32,7 @@ from recdata.errors import ConfigError, StoreUnavailableError
 
 _RECOMMENDER: Any = None  # the compute process's own, loaded by `_load`
 MAX_BATCH = 16
+LOAD_SECONDS = 600  # a compute process that has not loaded by then is taken as failed
 
 
 def _load(cfg_json: str) -> None:
@@ -51,12 +56,67 @@ def _load(cfg_json: str) -> None:
     gc.freeze()
 
 
-def _answer(requests: list[tuple]) -> list[Any]:
-    return _RECOMMENDER.answer(requests)
+def _serve(conn: Any, cfg_json: str) -> None:
+    """A compute process: load, say so, then answer each message until the pipe closes.
+    Every reply is ("ok", value) or ("error", an error that survives pickling)."""
+    from recdata.errors import transportable
+
+    try:
+        _load(cfg_json)
+        conn.send(("ok", None))
+    except BaseException as exc:
+        conn.send(("error", transportable(exc)))
+        return
+    while True:
+        try:
+            op, arg = conn.recv()
+        except (EOFError, OSError):
+            return
+        try:
+            reply = ("ok", _RECOMMENDER.answer(arg) if op == "answer"
+                     else _RECOMMENDER.health())
+        except BaseException as exc:  # the store down: the whole batch's answer
+            reply = ("error", transportable(exc))
+        conn.send(reply)
 
 
-def _health(_: object = None) -> dict[str, Any]:
-    return _RECOMMENDER.health()
+class _Worker:
+    """One compute process and the pipe to it."""
+
+    def __init__(self, cfg_json: str) -> None:
+        ctx = multiprocessing.get_context("spawn")
+        self.conn, child = ctx.Pipe()
+        self.proc = ctx.Process(target=_serve, args=(child, cfg_json), daemon=True,
+                                name="instructrank-compute")
+        self.proc.start()
+        child.close()
+        self.lock = threading.Lock()  # one message in flight
+
+    def loaded(self) -> None:
+        """Wait until the process has loaded its recommender; raise why it could not."""
+        if not self.conn.poll(LOAD_SECONDS):
+            self.stop()
+            raise ConfigError(f"a compute process did not load the recommender within "
+                              f"{LOAD_SECONDS} s")
+        self._reply()
+
+    def call(self, op: str, arg: Any = None) -> Any:
+        with self.lock:
+            self.conn.send((op, arg))
+            return self._reply()
+
+    def _reply(self) -> Any:
+        kind, value = self.conn.recv()
+        if kind == "error":
+            raise value
+        return value
+
+    def stop(self) -> None:
+        self.conn.close()
+        self.proc.join(timeout=30)
+        if self.proc.is_alive():
+            self.proc.terminate()
+            self.proc.join(timeout=10)
 
 
 class WorkerPool:
@@ -65,34 +125,46 @@ class WorkerPool:
 
     def __init__(self, cfg: Any, n: int) -> None:
         self.cfg_json, self.n = cfg.model_dump_json(), n
-        self.pool = self._start()
+        self.workers = self._start(n)
         self.lock = threading.Lock()
+        self._mine = threading.local()  # a dispatcher thread's process: its index
+        self._claimed = 0
         # one batch in flight per process: a process that is free takes what is waiting
         self.batcher = RequestBatcher(self._run, MAX_BATCH, threads=n)
 
-    def _start(self) -> ProcessPoolExecutor:
-        pool = ProcessPoolExecutor(self.n, mp_context=multiprocessing.get_context("spawn"),
-                                   initializer=_load, initargs=(self.cfg_json,))
-        # every process loads now, not on its first request: one task each, all at once
-        barrier = [pool.submit(_health) for _ in range(self.n)]
-        for done in barrier:
-            try:
-                done.result()
-            except BrokenExecutor as exc:
-                raise ConfigError(f"a compute process could not load the recommender: {exc}"
-                                  "; run `instructrank recommend` with the same options to "
-                                  "see why") from exc
-        return pool
+    def _start(self, n: int) -> list[_Worker]:
+        # every process loads now, not on its first request, all at once
+        workers = [_Worker(self.cfg_json) for _ in range(n)]
+        try:
+            for w in workers:
+                w.loaded()
+        except Exception as exc:  # its error, or its pipe closing as it died
+            for w in workers:
+                w.stop()
+            raise ConfigError(f"a compute process could not load the recommender: {exc}"
+                              "; run `instructrank recommend` with the same options to "
+                              "see why") from exc
+        return workers
+
+    def _index(self) -> int:
+        """The calling dispatcher thread's process (each thread takes one, once)."""
+        index = getattr(self._mine, "index", None)
+        if index is None:
+            with self.lock:
+                index = self._mine.index = self._claimed % self.n
+                self._claimed += 1
+        return index
 
     def _run(self, requests: list[tuple]) -> list[Any]:
-        pool = self.pool
+        i = self._index()
+        worker = self.workers[i]
         try:
-            return pool.submit(_answer, requests).result()
-        except BrokenExecutor:
-            with self.lock:  # the first to see it replaces the pool; the batch is told why
-                if self.pool is pool:
-                    pool.shutdown(wait=False, cancel_futures=True)
-                    self.pool = self._start()
+            return worker.call("answer", requests)
+        except (EOFError, OSError):
+            # the process died under this batch: the batch is told why, the next one finds
+            # a fresh process (this thread loads it; the others go on serving)
+            worker.stop()
+            self.workers[i] = self._start(1)[0]
             raise StoreUnavailableError("a compute process died; the request can be "
                                         "retried") from None
 
@@ -101,8 +173,24 @@ class WorkerPool:
         return self.batcher.submit((user_id, instruction, k, now, history, diversity))
 
     def health(self) -> dict[str, Any]:
-        return self.pool.submit(_health).result(timeout=30)
+        worker = self.workers[0]
+        if not worker.lock.acquire(timeout=30):  # behind a batch that long: not healthy
+            raise StoreUnavailableError("the compute process did not answer within 30 s")
+        try:
+            worker.conn.send(("health", None))
+            return worker._reply()
+        except (EOFError, OSError):
+            raise StoreUnavailableError("a compute process died; it is replaced on the "
+                                        "next request") from None
+        finally:
+            worker.lock.release()
 
     def close(self) -> None:
-        """Stop the compute processes (each finishes the batch it is on)."""
-        self.pool.shutdown(wait=True, cancel_futures=True)
+        """Stop the compute processes (each finishes the batch it is on, for 30 s)."""
+        for worker in self.workers:
+            held = worker.lock.acquire(timeout=30)
+            try:
+                worker.stop()
+            finally:
+                if held:
+                    worker.lock.release()

@@ -381,7 +381,7 @@ def test_a_compute_process_that_dies_is_replaced(trained):
         with pytest.raises(InvalidRequestError, match="k must be"):
             pool.recommend(1, "a comedy", 0)  # a request's own error, from the process
         def pids() -> set[int]:
-            return {p.pid for p in (pool.pool._processes or {}).values()}
+            return {w.proc.pid for w in pool.workers}
 
         victim = next(iter(pids()))
         psutil.Process(victim).kill()
