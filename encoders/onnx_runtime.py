@@ -97,11 +97,15 @@ class OnnxEncoder:
             return cls(graph, tokenize, threads, lone_threads)
 
     def encode(self, texts: list[str], batch_size: int = 64, progress: bool = False,
-               desc: str = "encoding") -> np.ndarray:
+               desc: str = "encoding", alone: bool = True) -> np.ndarray:
+        """`alone`: nothing else is computing on this machine's cores, so a single text may
+        take the lone session's threads (False under load: they would take a core from
+        another request's work for less than they give this one)."""
         from tqdm import tqdm
 
         out = []
-        session = self.lone if self.lone is not None and len(texts) == 1 else self.session
+        session = self.lone if alone and self.lone is not None and len(texts) == 1 \
+            else self.session
         # similar lengths batched together pad less
         order = np.argsort([len(t) for t in texts], kind="stable")
         for start in tqdm(range(0, len(texts), batch_size), desc=desc, unit="batch",

@@ -63,6 +63,9 @@ class TextEncoder:
         if runtime not in RUNTIMES:
             raise UnknownNameError("encoder runtime", runtime, list(RUNTIMES))
         self.runtime, self.threads, self.lone_threads = runtime, threads, lone_threads
+        # whether a single text may take `lone_threads` now; a server clears it while its
+        # cores are busy with other requests (Recommender.recommend_many)
+        self.alone = True
         self._onnx: Any = None
         self.model_path = Path(model_path) if model_path else default_model_path()
         if not (self.model_path / "config.json").exists() and not (
@@ -132,7 +135,7 @@ class TextEncoder:
                               stacklevel=2)
                 self.runtime = "torch"
                 return self._run(texts, progress, desc)
-        return self._onnx.encode(texts, self.batch_size, progress, desc)
+        return self._onnx.encode(texts, self.batch_size, progress, desc, self.alone)
 
     def warm(self) -> TextEncoder:
         """Load the model now (a server does this at start-up, not on its first request)."""

@@ -399,7 +399,8 @@ class Recommender:
                       session if session is not None else np.zeros(0, np.int64))
         return self._features_many([asked], timings)
 
-    def _features_many(self, asked: list[Asked], timings: dict[str, float]) -> OnlineRequest:
+    def _features_many(self, asked: list[Asked], timings: dict[str, float],
+                       alone: bool = True) -> OnlineRequest:
         """Requests to their feature frame, together: one read of the users' views, one
         batch through the candidate sources (one parse, one encode), one read of the items
         the candidates name, one assembly; the offline path's batch code, with the fixed
@@ -407,8 +408,10 @@ class Recommender:
         t0 = time.perf_counter()
         ahead = None
         # a batch of one means nothing else was waiting: a core is likely idle. Under load
-        # (batches of several) the second thread would only contend with the other work
-        if self._ahead is not None and len(asked) == 1:  # the vectors land in the encoder
+        # (batches of several, or other processes' batches: `alone` False) the second
+        # thread would only contend with the other work
+        self.context.encoder.alone = alone
+        if self._ahead is not None and len(asked) == 1 and alone:  # the vectors land in the encoder
             ahead = self._ahead.submit(self._encode_ahead, [a.text for a in asked])
         ids = list(dict.fromkeys(a.uid for a in asked if a.uid is not None))  # each user once
         read = self.reader.read_users(ids) if ids else []
@@ -503,11 +506,12 @@ class Recommender:
             return self._batcher.submit(asked)
         return self.recommend_many([asked])[0]
 
-    def answer(self, requests: list[tuple]) -> list[Recommendation | BaseException]:
+    def answer(self, requests: list[tuple],
+               alone: bool = True) -> list[Recommendation | BaseException]:
         """`recommend` of each (user_id, instruction, k, now, history[, diversity]),
         computed as one batch; a request's own error (a bad instruction, an unknown item)
         is its answer and does not fail the others. For a compute process (serve.workers):
-        every answer can be pickled back."""
+        every answer can be pickled back. `alone`: see `recommend_many`."""
         from recdata.errors import transportable
 
         out: list[Any] = [None] * len(requests)
@@ -520,7 +524,7 @@ class Recommender:
                 out[i] = exc
         if asked:
             try:
-                done: list[Any] = self.recommend_many([a for _, a in asked])
+                done: list[Any] = self.recommend_many([a for _, a in asked], alone=alone)
             except Exception as exc:  # the store is down: every request of the batch
                 done = [exc] * len(asked)
             for (i, _), result in zip(asked, done, strict=True):
@@ -533,13 +537,15 @@ class Recommender:
         self.reader.read_user(-1)
         return {"model": self.model.key, "online_store": self.cfg.online}
 
-    def recommend_many(self, asked: list[Asked]) -> list[Recommendation]:
+    def recommend_many(self, asked: list[Asked], *, alone: bool = True) -> list[Recommendation]:
         """`recommend` for several checked requests (`ask`) at once; each answer is the one
         the request gets alone (tests/test_ranker.py compares them). Stage times are the
-        batch's."""
+        batch's. `alone` False: other processes are computing on this machine's cores, so
+        a lone request does not spread its encode over a second thread (the same answer,
+        less CPU: at 8 clients over HTTP a quarter of the requests still come one to a batch)."""
         t0 = time.perf_counter()
         timings: dict[str, float] = {}
-        req = self._features_many(asked, timings)
+        req = self._features_many(asked, timings, alone)
         batch, cands, x = req.batch, req.cands, req.x
         t3 = time.perf_counter()
         # what a request rules out ranks after what it allows (ranking.constraints)

@@ -73,7 +73,7 @@ def _serve(conn: Any, cfg_json: str) -> None:
         except (EOFError, OSError):
             return
         try:
-            reply = ("ok", _RECOMMENDER.answer(arg) if op == "answer"
+            reply = ("ok", _RECOMMENDER.answer(*arg) if op == "answer"
                      else _RECOMMENDER.health())
         except BaseException as exc:  # the store down: the whole batch's answer
             reply = ("error", transportable(exc))
@@ -155,11 +155,16 @@ class WorkerPool:
                 self._claimed += 1
         return index
 
+    def _alone(self, worker: _Worker) -> bool:
+        """No other process is mid-batch: a lone request may spread over the idle cores
+        (Recommender.recommend_many's `alone`); while one is, it keeps to one thread."""
+        return not any(w.lock.locked() for w in self.workers if w is not worker)
+
     def _run(self, requests: list[tuple]) -> list[Any]:
         i = self._index()
         worker = self.workers[i]
         try:
-            return worker.call("answer", requests)
+            return worker.call("answer", (requests, self._alone(worker)))
         except (EOFError, OSError):
             # the process died under this batch: the batch is told why, the next one finds
             # a fresh process (this thread loads it; the others go on serving)

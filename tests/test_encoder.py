@@ -59,7 +59,8 @@ def test_onnx_runtime_computes_the_torch_vectors(tmp_path):
 
 def test_a_lone_text_runs_on_its_own_session_with_the_same_vectors(tmp_path):
     """A server's batches run on one thread; a text encoded alone gets a session with more
-    (its other cores are idle), computing the same function."""
+    (its other cores are idle), computing the same function; not while the server says its
+    cores are busy (`alone` False)."""
     enc = TextEncoder(show_progress=False, persist=False, cache_dir=tmp_path, threads=1,
                       lone_threads=2)
     batch = enc.encode_uncached(TEXTS)
@@ -75,6 +76,12 @@ def test_a_lone_text_runs_on_its_own_session_with_the_same_vectors(tmp_path):
     assert np.abs(np.stack(alone) - batch).max() < 1e-5
     enc.encode_uncached(TEXTS[:2])
     assert calls[-1] == "batch"
+    # a server under load (other requests computing on the cores) keeps a lone text to the
+    # batch session: the same vector, no second thread
+    enc.alone = False
+    under_load = enc.encode_uncached([TEXTS[0]])[0]
+    assert calls[-1] == "batch"
+    assert np.abs(under_load - batch[0]).max() < 1e-5
     # as many threads as a batch gets: no second session
     same = TextEncoder(show_progress=False, persist=False, cache_dir=tmp_path, threads=2,
                        lone_threads=2)

@@ -214,11 +214,14 @@ def test_column_medians_are_numpys_nanmedian():
 
 def test_requests_computed_together_get_the_answers_they_get_alone(recommender):
     """recommend_many (what a batch of concurrent requests runs) changes nothing about any
-    answer: the same items, scores and reasons as each request alone."""
+    answer: the same items, scores and reasons as each request alone, whether or not the
+    server says its cores are busy (`alone` False: one encode thread, no encode-ahead)."""
     asked = [recommender.ask(u, text, 6) for u, text in (
         (1, "a comedy from the 1990s"), (None, "no horror please, something light"),
         (10**9, "a drama"), (2, "like the last one I watched"), (3, "an action film"))]
     together = recommender.recommend_many(asked)
+    busy = [recommender.recommend_many([a], alone=False)[0] for a in asked]
+    assert recommender.context.encoder.alone is False
     for one, many in zip((recommender.recommend_many([a])[0] for a in asked), together,
                          strict=True):
         assert [i.item_id for i in one.items] == [i.item_id for i in many.items]
@@ -227,6 +230,12 @@ def test_requests_computed_together_get_the_answers_they_get_alone(recommender):
         assert [[r.text for r in i.reasons] for i in one.items] == \
             [[r.text for r in i.reasons] for i in many.items]
         assert one.cold_start == many.cold_start and many.timings_ms["batch_size"] == 5
+    for one, loaded in zip((recommender.recommend_many([a])[0] for a in asked), busy,
+                           strict=True):
+        assert [i.item_id for i in one.items] == [i.item_id for i in loaded.items]
+        assert [i.score for i in one.items] == pytest.approx([i.score for i in loaded.items],
+                                                             abs=1e-9)
+    assert recommender.context.encoder.alone is True
 
 
 def test_a_bad_request_in_a_batch_fails_alone(recommender):

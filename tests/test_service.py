@@ -380,6 +380,11 @@ def test_a_compute_process_that_dies_is_replaced(trained):
         assert len(pool.recommend(1, "a comedy", 5).items) == 5
         with pytest.raises(InvalidRequestError, match="k must be"):
             pool.recommend(1, "a comedy", 0)  # a request's own error, from the process
+        # a batch sent while the other process computes one keeps its encode to one thread
+        first, second = pool.workers
+        assert pool._alone(first)
+        with second.lock:
+            assert not pool._alone(first) and pool._alone(second)
         def pids() -> set[int]:
             return {w.proc.pid for w in pool.workers}
 
