@@ -116,6 +116,20 @@ def to_response(rec: Recommendation) -> RecommendResponse:
                for i in rec.items])
 
 
+def json_body(model: BaseModel) -> Any:
+    """A response model as its JSON, written by pydantic's serializer in one call: returned
+    as a model, FastAPI validates it again against `response_model`, turns it into Python
+    objects and writes those with `json` (~0.5 ms of the HTTP process's ~2 ms per request).
+    A string pydantic cannot write (a lone surrogate) goes the JSONResponse way."""
+    from pydantic_core import PydanticSerializationError
+    from starlette.responses import Response
+
+    try:
+        return Response(model.model_dump_json(), media_type="application/json")
+    except PydanticSerializationError:
+        return JSONResponse(model.model_dump(mode="json"))
+
+
 def short_errors(errors: Sequence[Any]) -> list[dict[str, Any]]:
     """FastAPI's 422 detail (field, message, type) with each rejected value cut to its
     first ECHO_CHARS characters: the default repeats the whole input, a megabyte back for a
@@ -170,7 +184,7 @@ def create_app(load: Callable[[], Recommender], *, api_key: str | None = None,
         return JSONResponse(status_code=503, content={"detail": str(exc)})
 
     @app.post("/recommend", response_model=RecommendResponse)
-    def recommend(body: RecommendRequest, request: Request) -> RecommendResponse:
+    def recommend(body: RecommendRequest, request: Request) -> Any:
         try:
             rec = state["recommender"].recommend(body.user_id, body.instruction, body.k,
                                                  now=body.now, history=body.history,
@@ -178,7 +192,7 @@ def create_app(load: Callable[[], Recommender], *, api_key: str | None = None,
         except InvalidRequestError as exc:
             return JSONResponse(status_code=422, content={"detail": str(exc)})
         request.state.timings_ms = rec.timings_ms  # for the access log (serve.guard)
-        return to_response(rec)
+        return json_body(to_response(rec))
 
     @app.get("/healthz")
     def healthz() -> dict[str, Any]:
