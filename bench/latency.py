@@ -3,23 +3,24 @@
     .venv/bin/python bench/latency.py        # bench/results/latency.csv + latency_breakdown.csv
 
 Options: --stores sqlite,redis  --mix generated,human  --requests 2000 (per row)
---clients 1,8  --workers (http; default one per core)  --warmup 50  --k 10  --seed 0
---out bench/results. Run it on an otherwise idle machine (about 18 minutes on 2 cores),
-from the repository root, after `make run` (it needs the trained ranker and the
-materialized SQLite online store). With `--llm-adapter DIR` (and `--stores none` to skip the
-rest) it adds the `inprocess_llm` row: the LLM reranker on (`--llm-requests`, default 200,
-because each costs about a second). Rows measured replace the file's rows of the same
-(path, store, mix, clients); the others stay.
+--clients 1,8  --workers (http; default one per core)  --http-client stdlib|httpx
+--warmup 50  --k 10  --seed 0  --out bench/results. Run it on an otherwise idle machine
+(about 18 minutes on 2 cores), from the repository root, after `make run` (it needs the
+trained ranker and the materialized SQLite online store). With `--llm-adapter DIR` (and
+`--stores none` to skip the rest) it adds the `inprocess_llm` row: the LLM reranker on
+(`--llm-requests`, default 200, because each costs about a second). Rows measured replace
+the file's rows of the same (path, store, mix, clients); the others stay.
 
 Rows of latency.csv (`path,store,mix,clients,workers,candidates,requests,errors,p50_ms,
-p99_ms,rps,host_ms`):
+p99_ms,rps,host_ms,bench_cpu_ms,server_cpu_ms`):
 - path `inprocess`: `Recommender.recommend()` called directly, `max_batch=16` (what arrives
   together is computed together, ranking.batching); with 8 clients from a
   ThreadPoolExecutor(8) sharing one Recommender (one process: workers 1).
 - path `http`: `POST /recommend` to `instructrank serve --workers N` (one HTTP process, N
   compute processes each with its own recommender, taking batches: serve/workers.py; the
   production entry point) on a free loopback port, from 1 or 8 client threads in this
-  process, each with its own keep-alive httpx client.
+  process, each with its own keep-alive connection (`--http-client`: http.client by
+  default, or httpx, which costs the shared cores ~1 ms more CPU per request).
 - mix `generated`: the template phrases below; mix `human`: the 320 hand-written requests
   of bench/requests/ (median 23 words, up to 47), each with its own user (HumanStream).
 - latency is measured by the caller around each request (for http: the client's round trip,
@@ -27,7 +28,10 @@ p99_ms,rps,host_ms`):
   answers, all counted and their first messages printed; rps = requests / wall seconds of the
   run; candidates = the number of candidates scored per request (the most common value);
   host_ms = a fixed single-threaded reference workload timed right after the row (`host_ms`:
-  lower is a faster host; compare rows of different runs by it).
+  lower is a faster host; compare rows of different runs by it); bench_cpu_ms = CPU per
+  request of the benchmark's own process (http: the load generator; inprocess: the
+  recommender and its client threads), server_cpu_ms = of the processes it started that
+  were running (http: the HTTP process and its compute processes; redis: redis-server).
 - store `redis`: a private redis-server on a free loopback port (`--save "" --appendonly no`),
   materialized first with `instructrank features build --online redis --redis-url`, stopped
   at the end; skipped, saying so, where no redis-server is installed.
@@ -75,7 +79,7 @@ from recdata.atomic_io import write_text_atomic
 
 ROOT = Path(__file__).resolve().parents[1]
 COLUMNS = ["path", "store", "mix", "clients", "workers", "candidates", "requests", "errors",
-           "p50_ms", "p99_ms", "rps", "host_ms"]
+           "p50_ms", "p99_ms", "rps", "host_ms", "bench_cpu_ms", "server_cpu_ms"]
 KEYS = ["path", "store", "mix", "clients"]
 STAGES = ["user_read", "candidates", "item_read", "features", "score", "llm", "explain",
           "total"]
@@ -282,6 +286,9 @@ class RunResult:
     outcomes: list[Outcome]
     wall_s: float
     errors: list[str] = field(default_factory=list)
+    # CPU milliseconds per request of this process and of the servers it started (measure)
+    bench_cpu_ms: float | None = None
+    server_cpu_ms: float | None = None
 
     @property
     def ok(self) -> list[Outcome]:
@@ -341,7 +348,18 @@ def inprocess_factory(rec: Any, k: int) -> ClientFactory:
     return lambda: (call, lambda: None)
 
 
-def http_factory(base_url: str, k: int) -> ClientFactory:
+HTTP_CLIENTS = ("stdlib", "httpx")
+
+
+def http_factory(base_url: str, k: int, client: str = "stdlib") -> ClientFactory:
+    """One keep-alive HTTP/1.1 connection per client thread. `client` 'stdlib' is
+    http.client with json (~0.6 ms of CPU per request), 'httpx' the library (~1.7 ms): the
+    load generator shares the machine's 2 cores with the server it measures, so the leaner
+    one leaves the server more of them; both are real clients reading the whole body."""
+    if client not in HTTP_CLIENTS:
+        raise ValueError(f"unknown HTTP client {client!r}; valid: {', '.join(HTTP_CLIENTS)}")
+    if client == "stdlib":
+        return _stdlib_factory(base_url, k)
     import httpx
 
     def make() -> tuple[Client, Callable[[], None]]:
@@ -356,6 +374,37 @@ def http_factory(base_url: str, k: int) -> ClientFactory:
             return Outcome(0.0, candidates=body["candidates"], timings=body["timings_ms"])
 
         return call, client.close
+
+    return make
+
+
+def _stdlib_factory(base_url: str, k: int) -> ClientFactory:
+    import http.client
+    import json
+    from urllib.parse import urlsplit
+
+    where = urlsplit(base_url)
+    headers = {"Content-Type": "application/json"}
+
+    def make() -> tuple[Client, Callable[[], None]]:
+        conn = http.client.HTTPConnection(where.hostname, where.port, timeout=60.0)
+
+        def call(req: Request) -> Outcome:
+            body = json.dumps({"user_id": req.user_id, "instruction": req.instruction,
+                               "k": k})
+            try:
+                conn.request("POST", "/recommend", body, headers)
+                resp = conn.getresponse()
+                data = resp.read()
+            except Exception:
+                conn.close()  # the next request opens a fresh connection
+                raise
+            if resp.status != 200:
+                return Outcome(0.0, f"HTTP {resp.status}: {data[:200].decode(errors='replace')}")
+            answer = json.loads(data)
+            return Outcome(0.0, candidates=answer["candidates"], timings=answer["timings_ms"])
+
+        return call, conn.close
 
     return make
 
@@ -392,7 +441,8 @@ def summarise(path: str, store: str, mix: str, clients: int, workers: int,
             "requests": len(result.outcomes), "errors": len(result.errors),
             "p50_ms": round(float(np.percentile(lat, 50)), 2),
             "p99_ms": round(float(np.percentile(lat, 99)), 2),
-            "rps": round(len(result.outcomes) / result.wall_s, 1), "host_ms": host_ms()}
+            "rps": round(len(result.outcomes) / result.wall_s, 1), "host_ms": host_ms(),
+            "bench_cpu_ms": result.bench_cpu_ms, "server_cpu_ms": result.server_cpu_ms}
 
 
 def report_errors(result: RunResult) -> None:
@@ -420,31 +470,49 @@ DISTURBED: list[tuple[str, float]] = []  # (row, CPUs used by other processes me
 DISTURBED_CPUS = 0.25
 
 
-def cpu_ticks() -> tuple[int, int, int] | None:
+def cpu_ticks() -> tuple[int, int, int, int] | None:
     """(busy ticks of the whole machine, ticks of OWN_PIDS, ticks stolen by the hypervisor:
-    a virtual machine's CPUs lent elsewhere, counted as busy) from /proc; None off Linux."""
+    a virtual machine's CPUs lent elsewhere, counted as busy, ticks of this process alone)
+    from /proc; None off Linux."""
     try:
         head = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]
     except OSError:
         return None
     ticks = [int(x) for x in head]  # user nice system idle iowait irq softirq steal
-    own = 0
+    own = mine = 0
     for pid in OWN_PIDS:
         try:
             fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        own += int(fields[11]) + int(fields[12])  # utime + stime, all threads
-    return sum(ticks) - ticks[3] - ticks[4], own, ticks[7]
+        used = int(fields[11]) + int(fields[12])  # utime + stime, all threads
+        own += used
+        mine += used if pid == os.getpid() else 0
+    return sum(ticks) - ticks[3] - ticks[4], own, ticks[7], mine
 
 
-def foreign_cpus(before: tuple[int, int, int] | None, after: tuple[int, int, int] | None,
+def cpu_per_request(before: tuple[int, int, int, int] | None,
+                    after: tuple[int, int, int, int] | None,
+                    requests: int) -> tuple[float | None, float | None]:
+    """CPU milliseconds per request of this process (the load generator; in process, the
+    recommender too) and of the rest of OWN_PIDS (the HTTP server, its compute processes,
+    redis-server): on 2 cores the clients take their share of the machine, and a
+    throughput figure is read beside what each side spent."""
+    if before is None or after is None or not requests:
+        return None, None
+    _, own, _, mine = (a - b for a, b in zip(after, before, strict=True))
+    ms = 1000 / os.sysconf("SC_CLK_TCK") / requests
+    return round(mine * ms, 2), round((own - mine) * ms, 2)
+
+
+def foreign_cpus(before: tuple[int, int, int, int] | None,
+                 after: tuple[int, int, int, int] | None,
                  wall_s: float) -> tuple[float, float] | None:
     """(CPUs kept busy by anything but the benchmark's processes during a run, of which
     the hypervisor's steal)."""
     if before is None or after is None or wall_s <= 0:
         return None
-    busy, own, steal = (a - b for a, b in zip(after, before, strict=True))
+    busy, own, steal, _ = (a - b for a, b in zip(after, before, strict=True))
     per_s = os.sysconf("SC_CLK_TCK") * wall_s
     return max(0.0, (busy - own) / per_s), steal / per_s
 
@@ -547,7 +615,10 @@ def measure(path: str, store: str, factory: ClientFactory, stream: Stream,
     before = cpu_ticks()
     result = run_load(factory, stream.take(args.requests), clients,
                       f"{path}/{store}/{mix}/{clients} client(s)")
-    used = foreign_cpus(before, cpu_ticks(), result.wall_s)
+    after = cpu_ticks()
+    result.bench_cpu_ms, result.server_cpu_ms = cpu_per_request(before, after,
+                                                                len(result.outcomes))
+    used = foreign_cpus(before, after, result.wall_s)
     if used is not None:
         others, steal = used
         DISTURBED.append((f"{path}/{store}/{mix}/{clients}", others))
@@ -585,7 +656,7 @@ def bench_store(store: str, redis_url: str | None, streams: dict[str, Stream],
     t = time.perf_counter()
     with http_server(args, store, redis_url) as base:
         print(f"[{store}] serving at {base} after {time.perf_counter() - t:.1f} s")
-        factory = http_factory(base, args.k)
+        factory = http_factory(base, args.k, args.http_client)
         for mix, stream in streams.items():
             for clients in args.clients:
                 result = measure("http", store, factory, stream, args, clients, mix)
@@ -670,6 +741,9 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1,
                         help="`instructrank serve --workers` for the http rows (default: one "
                              "per core)")
+    parser.add_argument("--http-client", default="stdlib", choices=HTTP_CLIENTS,
+                        help="the load generator's HTTP client: stdlib (http.client, the "
+                             "lighter on the shared cores) or httpx")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     parser.add_argument("--repo", type=Path, default=ROOT / "feature_repo")
     parser.add_argument("--data-dir", type=Path, default=ROOT / "data")
