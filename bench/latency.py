@@ -65,7 +65,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 # polars sizes its thread pool when it is imported: one thread, as `instructrank serve` runs
 # its processes (a one-request frame split across cores costs more than it saves)
@@ -470,10 +470,18 @@ DISTURBED: list[tuple[str, float]] = []  # (row, CPUs used by other processes me
 DISTURBED_CPUS = 0.25
 
 
-def cpu_ticks() -> tuple[int, int, int, int] | None:
-    """(busy ticks of the whole machine, ticks of OWN_PIDS, ticks stolen by the hypervisor:
-    a virtual machine's CPUs lent elsewhere, counted as busy, ticks of this process alone)
-    from /proc; None off Linux."""
+class Ticks(NamedTuple):
+    busy: int   # the whole machine's
+    own: int    # OWN_PIDS'
+    steal: int  # taken by the hypervisor: a virtual machine's CPUs lent elsewhere
+    mine: int   # this process's alone
+
+    def __sub__(self, before: Ticks) -> Ticks:  # type: ignore[override]
+        return Ticks(*(a - b for a, b in zip(self, before, strict=True)))
+
+
+def cpu_ticks() -> Ticks | None:
+    """The machine's and the benchmark's CPU ticks so far, from /proc; None off Linux."""
     try:
         head = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]
     except OSError:
@@ -488,11 +496,10 @@ def cpu_ticks() -> tuple[int, int, int, int] | None:
         used = int(fields[11]) + int(fields[12])  # utime + stime, all threads
         own += used
         mine += used if pid == os.getpid() else 0
-    return sum(ticks) - ticks[3] - ticks[4], own, ticks[7], mine
+    return Ticks(sum(ticks) - ticks[3] - ticks[4], own, ticks[7], mine)
 
 
-def cpu_per_request(before: tuple[int, int, int, int] | None,
-                    after: tuple[int, int, int, int] | None,
+def cpu_per_request(before: Ticks | None, after: Ticks | None,
                     requests: int) -> tuple[float | None, float | None]:
     """CPU milliseconds per request of this process (the load generator; in process, the
     recommender too) and of the rest of OWN_PIDS (the HTTP server, its compute processes,
@@ -500,21 +507,20 @@ def cpu_per_request(before: tuple[int, int, int, int] | None,
     throughput figure is read beside what each side spent."""
     if before is None or after is None or not requests:
         return None, None
-    _, own, _, mine = (a - b for a, b in zip(after, before, strict=True))
+    used = after - before
     ms = 1000 / os.sysconf("SC_CLK_TCK") / requests
-    return round(mine * ms, 2), round((own - mine) * ms, 2)
+    return round(used.mine * ms, 2), round((used.own - used.mine) * ms, 2)
 
 
-def foreign_cpus(before: tuple[int, int, int, int] | None,
-                 after: tuple[int, int, int, int] | None,
+def foreign_cpus(before: Ticks | None, after: Ticks | None,
                  wall_s: float) -> tuple[float, float] | None:
     """(CPUs kept busy by anything but the benchmark's processes during a run, of which
     the hypervisor's steal)."""
     if before is None or after is None or wall_s <= 0:
         return None
-    busy, own, steal, _ = (a - b for a, b in zip(after, before, strict=True))
+    used = after - before
     per_s = os.sysconf("SC_CLK_TCK") * wall_s
-    return max(0.0, (busy - own) / per_s), steal / per_s
+    return max(0.0, (used.busy - used.own) / per_s), used.steal / per_s
 
 
 # --- servers ----------------------------------------------------------------------------
