@@ -17,6 +17,7 @@ import zipfile
 from dataclasses import asdict, dataclass
 from dataclasses import fields as dataclass_fields
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import polars as pl
@@ -42,7 +43,12 @@ class KGConfig(BaseModel):
     batch_size: int = Field(4096, ge=1)
     lr: float = Field(0.01, gt=0)
     eval_every: int = Field(10, ge=1)
-    patience: int = Field(2, ge=0)
+    patience: int = Field(
+        1, ge=0, description="evaluations without improvement before training stops; the "
+                             "best epoch's weights are kept, so every epoch after it is "
+                             "spent only to confirm it (ML-100k: best at 20 of 60, the "
+                             "same weights with 1 as with 2, 10 epochs and one evaluation "
+                             "sooner)")
     validation_share: float = Field(0.02, gt=0, lt=0.5)
     test_share: float = Field(0.03, gt=0, lt=0.5)
     max_eval_triples: int = Field(
@@ -50,6 +56,12 @@ class KGConfig(BaseModel):
                                   "MRR, each: filtered ranking scores every held-out triple "
                                   "against every entity, which a share of a large graph "
                                   "would turn into the longest part of training")
+    test_eval_triples: int = Field(
+        1_000, ge=10, description="held-out test triples the final MRR and hits@10 are "
+                                  "measured on (a seeded sample of the test split; the "
+                                  "split itself, hence training, does not depend on it): "
+                                  "filtered ranking costs ~2.5 ms a triple on 2 cores, and "
+                                  "1,000 give the MRR to about +-0.005")
     max_eval_scores: float = Field(
         2e7, gt=0, description="and at most this many (held-out triple, entity) scores "
                                "each: filtered ranking scores every held-out triple against "
@@ -167,6 +179,16 @@ def _export(model: object, factory: object, name: str) -> KGEmbeddings:
 EVAL_BLOCK_BYTES = 128 * 2**20
 
 
+def _sample(factory: Any, n: int, seed: int) -> Any:
+    """At most `n` of `factory`'s triples, seeded; the factory itself when it has no more."""
+    if factory.num_triples <= n:
+        return factory
+    import torch
+
+    keep = np.sort(np.random.default_rng(seed).choice(factory.num_triples, n, replace=False))
+    return factory.clone_and_exchange_triples(factory.mapped_triples[torch.from_numpy(keep)])
+
+
 def train_kg(triples: pl.DataFrame, cfg: KGConfig, cache_dir: Path, *,
              progress: bool = True) -> KGResult:
     """Train (or load from cache) a KG embedding model on (head, relation, tail) triples."""
@@ -201,11 +223,14 @@ def train_kg(triples: pl.DataFrame, cfg: KGConfig, cache_dir: Path, *,
     # dim floats (512 x 30,000 x 64 = 3.9 GB at 10^4 items and 2*10^4 users); the batch is
     # sized so that block stays near EVAL_BLOCK_BYTES. Scores do not depend on the batch.
     eval_batch = int(max(1, min(512, EVAL_BLOCK_BYTES // (factory.num_entities * cfg.dim * 4))))
+    # the final metrics on a sample of the test split, still filtered by every held-out
+    # triple (a known fact is not ranked as a miss because it was left out of the sample)
+    measured = _sample(testing, cfg.test_eval_triples, cfg.seed)
     started = time.perf_counter()
     with warnings.catch_warnings(), stage("kg training"):
         warnings.simplefilter("ignore")
         result = pipeline(
-            training=training, validation=validation, testing=testing, model=name,
+            training=training, validation=validation, testing=measured, model=name,
             model_kwargs={"embedding_dim": cfg.dim}, optimizer="Adam",
             optimizer_kwargs={"lr": cfg.lr},
             training_kwargs={"num_epochs": cfg.epochs, "batch_size": cfg.batch_size,
@@ -214,7 +239,8 @@ def train_kg(triples: pl.DataFrame, cfg: KGConfig, cache_dir: Path, *,
             stopper_kwargs={"frequency": cfg.eval_every, "patience": cfg.patience,
                             "metric": "mrr", "relative_delta": 0.002,
                             "evaluation_batch_size": eval_batch},
-            evaluation_kwargs={"batch_size": eval_batch, "use_tqdm": False},
+            evaluation_kwargs={"batch_size": eval_batch, "use_tqdm": False,
+                               "additional_filter_triples": [testing.mapped_triples]},
             random_seed=cfg.seed, device="cpu",
         )
     seconds = time.perf_counter() - started
