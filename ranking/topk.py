@@ -96,15 +96,19 @@ def top_k(scores: np.ndarray, k: int, tiebreak: np.ndarray | None = None) -> np.
         return np.zeros((rows, k), dtype=np.int64)
     if np.isnan(scores.max()):  # max is NaN only where some score is: one pass, no copy
         scores = np.where(np.isnan(scores), -np.inf, scores)
-    if scores.dtype.kind == "f" and n < MIN_COLUMNS and rows * n <= SMALL_BLOCK:
+    whole = k * 2 > n or (n < MIN_COLUMNS and rows * n <= SMALL_BLOCK)
+    if scores.dtype.kind == "f" and whole:
         # a small block (a request or a few against a small catalogue): one stable sort of
-        # it costs less than the partition path's eight numpy calls
+        # it costs less than the partition path's eight numpy calls; so does most of a row
+        # (a candidate source ranks the whole of a small catalogue to its rank depth): one
+        # stable sort against a partition and a two-key lexsort of what it kept (1,000
+        # requests x 1,682 items: 0.24 -> 0.14 s, ties by index the same)
         if tiebreak is None:
             return np.argsort(-scores, axis=1, kind="stable")[:, :k].astype(np.int64)
         layout = np.argsort(order_key)
         return layout[np.argsort(-scores[:, layout], axis=1, kind="stable")[:, :k]] \
             .astype(np.int64, copy=False)
-    if k == n:
+    if k == n:  # integer scores
         return _ordered(scores, np.broadcast_to(np.arange(n), (rows, n)), order_key) \
             .astype(np.int64, copy=False)
     out = np.empty((rows, k), dtype=np.int64)
