@@ -18,6 +18,7 @@ repo's id map (recdata.ids) at load, and users it learns of by a refresh on firs
 from __future__ import annotations
 
 import os
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -220,10 +221,6 @@ class Recommender:
     def load(cls, cfg: RecommenderConfig) -> Recommender:
         from encoders.text import TextEncoder
 
-        if cfg.torch_threads is not None:
-            import torch
-
-            torch.set_num_threads(cfg.torch_threads)
         model_dir = cfg.model or latest_model(cfg.data_dir / "models")
         model = LTRModel.load(model_dir)
         repo = fs.FeatureRepo(cfg.repo)
@@ -292,6 +289,11 @@ class Recommender:
             from threadpoolctl import threadpool_limits
 
             threadpool_limits(cfg.torch_threads)
+            # PyTorch only where something loaded it by now (the torch encoder runtime, an
+            # LLM reranker); the ONNX path never imports it (~1.4 s of a server's start)
+            torch = sys.modules.get("torch")
+            if torch is not None:
+                torch.set_num_threads(cfg.torch_threads)
         return rec
 
     def keep_item_rows(self, limit: int) -> None:
