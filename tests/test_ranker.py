@@ -368,3 +368,22 @@ def test_a_request_asking_for_variety_gets_it(recommender):
     assert asked.timings_ms["diversity"] == recommender.cfg.variety_diversity
     plain = recommender.recommend(1, "a comedy, nothing varied", 10)
     assert "variety" not in plain.understood and "diversity" not in plain.timings_ms
+
+
+def test_a_loaded_recommender_has_not_imported_pytorch(trained):
+    """The ONNX encoder path serves without PyTorch: neither Feast (its eager torch import is
+    replaced by a lazy one, feature_repo) nor the thread setting may load it (~1.5 s of each
+    server worker's start)."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from pathlib import Path; "
+            "from ranking.recommend import Recommender, RecommenderConfig; "
+            f"rec = Recommender.load(RecommenderConfig(repo=Path({str(trained['repo'])!r}), "
+            f"data_dir=Path({str(trained['data'])!r}), torch_threads=1)); "
+            "rec.recommend(None, 'something funny', 3); "
+            "import feast.online_response as o; "
+            "print('torch' in sys.modules, o.get_torch().__name__, 'torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout
+    assert out.strip().splitlines()[-1] == "False torch True"
