@@ -12,7 +12,7 @@ from kg.external import load_external
 from kg.signals import kg_signals
 from kg.train import KGConfig, train_kg
 from kg.triples import build_triples
-from recdata.errors import DataValidationError, UnknownNameError
+from recdata.errors import ConfigError, DataValidationError, UnknownNameError
 from recdata.split import temporal_leave_one_out
 
 
@@ -142,6 +142,31 @@ def test_nothing_changed_trains_nothing(tmp_path):
     assert np.array_equal(first.embeddings.entity_vectors, second.embeddings.entity_vectors)
     other = train_kg(train, cfg.model_copy(update={"dim": 6}), tmp_path / "kg", progress=False)
     assert not other.cached and other.key != first.key
+
+
+def test_kg_threads_are_read_from_the_environment_and_given_back(tmp_path, monkeypatch):
+    """INSTRUCTRANK_KG_THREADS sets PyTorch's threads for the training only (make run
+    trains two KGs side by side on one each); a value that is not a count is refused by name
+    before anything trains, and the weights do not depend on it."""
+    import torch
+
+    from kg.train import THREADS_ENV, training_threads
+
+    train, _ = planted_kg()
+    cfg = KGConfig(dim=8, epochs=2, eval_every=1, batch_size=512)
+    monkeypatch.delenv(THREADS_ENV, raising=False)
+    assert training_threads() is None
+    default = train_kg(train, cfg, tmp_path / "a", progress=False)
+    before = torch.get_num_threads()
+    monkeypatch.setenv(THREADS_ENV, "1")
+    one = train_kg(train, cfg, tmp_path / "b", progress=False)
+    assert torch.get_num_threads() == before
+    assert np.array_equal(one.embeddings.entity_vectors, default.embeddings.entity_vectors)
+    for bad in ("0", "two", "-1"):
+        monkeypatch.setenv(THREADS_ENV, bad)
+        with pytest.raises(ConfigError, match=THREADS_ENV):
+            train_kg(train, cfg, tmp_path / "c", progress=False)
+    assert not (tmp_path / "c").exists() or not any((tmp_path / "c").iterdir())
 
 
 def test_signals_match_scores_and_mark_unknowns():
