@@ -51,6 +51,7 @@ _MENTION = rf"(?:[\w']+\s+)?\b(?:{_MENTION_CUES})\s+[^.,;:!?]{{2,80}}"
 _NOT_CUED = re.compile(r"^(?:feel|feels|felt|would|i'd|we'd|you'd|id|i|we|you|they|look|"
                        r"looks|seem|seems|sound|sounds|just|really)\s+like\s")
 _OPENING = r"^\s*([^.,;:!?]{2,60}?)\s+but\b"  # "Twelve Monkeys but even stranger"
+_NAMING = re.compile(rf"{_MENTION_CUES}|but")  # what a text needs for either to match
 _NOT_TITLES = {"a", "an", "the", "that", "this", "it", "one", "something", "anything",
                "those", "these", "what", "i", "me", "to", "some", "more", "stuff", "them",
                "him", "her", "you"}  # plus the schema's nouns and verb (TitleIndex)
@@ -179,6 +180,12 @@ def _lookup(word: pl.Expr, table: dict[str, Any]) -> pl.Expr:
     return pl.lit(values).gather(index)
 
 
+# every pattern of `_year_exprs` needs a digit or one of these in the lowercased text
+# ('golden age' and 'oldies' have 'old'); tests/test_requests fails without any one of them
+_YEAR_CUES = ("year", "recent", "newest", "latest", "brand", "release", "came out", "old",
+              "classic", "vintage")
+
+
 def _year_exprs(nouns: tuple[str, ...] = ()) -> list[pl.Expr]:
     """The years asked for, as columns `year_hi`, `year_lo`, `year_back` (a look-back in
     years) and `year_old`: 'before 1980', 'after the 80s', 'between 1970 and 1985', 'recent',
@@ -273,19 +280,17 @@ def parse_instructions(texts: list[str], genres: list[str], schema: DomainSchema
     """The typed intents of `texts`; `titles` links named items, `now` (unix seconds per
     request) anchors relative ranges ('recent')."""
     plan = _plan(schema, tuple(genres))
-    # eager: a lazy query's optimiser cost a one-request parse more than running it did
-    low = pl.col("t").str.to_lowercase()
-    out = pl.DataFrame({"t": texts}, schema={"t": pl.String}).with_columns(
-        low.alias("low"),
-        _cued(low).str.extract_all(_NEG_SPAN).list.join(" . ").alias("neg"),
-        _cued(low).str.replace_all(_NEG_SPAN, " . ").str.replace_all(
-            _AGES, "${1} age").alias("pos"),
-    )
+    out = _prepared(texts)
     # most requests negate nothing: then the negated clauses' phrase search (an automaton
-    # built per call, a fifth of a one-request parse) is not run
+    # built per call, a fifth of a one-request parse) is not run; and most name no number,
+    # year or decade: then the time and unit expressions (~25 regular expressions, a third
+    # of a one-request parse) are not run either, their no-match values stand in
     negated = bool((out.get_column("neg") != "").any())
-    out = out.select((plan.exprs if negated else plan.affirmed)
-                     + (TitleIndex.spans() if titles is not None else []))
+    lowered = [t.lower() for t in texts]
+    dated = not _GATED or any(plan.dated.search(t) for t in lowered)
+    # and a title can be named only after a cue ('like X') or before a 'but'
+    named = titles is not None and (not _GATED or any(_NAMING.search(t) for t in lowered))
+    out = out.select(plan.select(negated, dated) + (TitleIndex.spans() if named else []))
     n = len(genres)
     at = plan.at
     wanted = _hit_matrix(out["pos_hits"].to_list(), at, plan.wanted)
@@ -299,13 +304,33 @@ def parse_instructions(texts: list[str], genres: list[str], schema: DomainSchema
         ranges[column] = (numbers[f"{column}_lo"], numbers[f"{column}_hi"])
     ranges = {c: r for c, r in ranges.items() if np.isfinite(r[0]).any()
               or np.isfinite(r[1]).any()}
+    mentioned: list[tuple[int, ...]] | None = None
+    if named and titles is not None:
+        mentioned = titles.mentioned(out["mention_spans"].to_list(), out["opening"].to_list())
+    elif titles is not None:
+        mentioned = [()] * len(texts)
     return ParsedIntents(
         genres, wanted[:, :n] & ~excluded, out["decade"].to_numpy(), wanted[:, n],
         wanted[:, n + 1], wanted[:, n + 2], excluded, ranges,
-        titles.mentioned(out["mention_spans"].to_list(), out["opening"].to_list())
-        if titles is not None else None,
+        mentioned,
         out["remainder"].to_list(),
         numbers["variety"] == 1.0,
+    )
+
+
+_GATED = True  # False runs every expression whatever the text (tests compare the two)
+
+
+def _prepared(texts: list[str]) -> pl.DataFrame:
+    """The request texts with their lowercased, negated and affirmed parts (`low`, `neg`,
+    `pos`), which every parsing expression reads."""
+    # eager: a lazy query's optimiser cost a one-request parse more than running it did
+    low = pl.col("t").str.to_lowercase()
+    return pl.DataFrame({"t": texts}, schema={"t": pl.String}).with_columns(
+        low.alias("low"),
+        _cued(low).str.extract_all(_NEG_SPAN).list.join(" . ").alias("neg"),
+        _cued(low).str.replace_all(_NEG_SPAN, " . ").str.replace_all(
+            _AGES, "${1} age").alias("pos"),
     )
 
 
@@ -324,6 +349,16 @@ class _Plan:
     time_column: str | None
     unit_columns: list[str]
     numeric: list[str]    # result columns that leave the query as floats (`to_floats`)
+    # a text this does not match has no time or unit bound and no decade: `undated` (and
+    # `undated_affirmed`) put those expressions' values for such a text in their place
+    dated: re.Pattern[str]
+    undated: list[pl.Expr]
+    undated_affirmed: list[pl.Expr]
+
+    def select(self, negated: bool, dated: bool) -> list[pl.Expr]:
+        if dated:
+            return self.exprs if negated else self.affirmed
+        return self.undated if negated else self.undated_affirmed
 
 
 _PLANS: dict[tuple, _Plan] = {}
@@ -370,9 +405,17 @@ def _plan(schema: DomainSchema, genres: tuple[str, ...]) -> _Plan:
     exprs = [to_floats(e) if e.meta.output_name() in numeric else e for e in exprs]
     affirmed = [pl.lit(None, pl.List(pl.String)).alias("neg_hits")
                 if e.meta.output_name() == "neg_hits" else e for e in exprs]
+    # the decade, time and unit expressions match only texts with a digit, a decade word
+    # or (time) one of _YEAR_CUES; for any other text their value is the empty text's
+    cues = [r"\d", *words, *(map(re.escape, _YEAR_CUES) if time_ is not None else [])]
+    gated = {"decade", *[c for c in numeric if c != "variety"]}
+    blank = _prepared([""]).select([e for e in exprs if e.meta.output_name() in gated])
+    constant = {c: pl.lit(blank[c][0], dtype=blank.schema[c]).alias(c) for c in blank.columns}
     plan = _Plan(schema, exprs, affirmed, patterns, {p: i for i, p in enumerate(patterns)},
                  wanted, excluded, time_.column if time_ is not None else None,
-                 [a.column for a in units], numeric)
+                 [a.column for a in units], numeric, re.compile("|".join(cues)),
+                 [constant.get(e.meta.output_name(), e) for e in exprs],
+                 [constant.get(e.meta.output_name(), e) for e in affirmed])
     if len(_PLANS) > 16:  # a process sees a schema or two; tests build many
         _PLANS.clear()
     _PLANS[key] = plan

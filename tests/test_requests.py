@@ -158,3 +158,66 @@ def client(trained):
     cfg = RecommenderConfig(repo=trained["repo"], data_dir=trained["data"])
     with TestClient(create_app(lambda: Recommender.load(cfg))) as c:
         yield c
+
+
+def test_skipping_the_number_expressions_changes_no_intent(ml, monkeypatch):
+    """Texts with no digit, decade word or year cue skip the decade, time and unit
+    expressions, and texts with no title cue the title spans (their no-match values stand
+    in): every field of the intents is the same as with all of them run, request by request and as one batch, on the generated and
+    hand-written requests, texts at the gate's edge, and a schema with price and runtime."""
+    import dataclasses
+    from pathlib import Path
+
+    import ranking.intent_parser as ip
+    from recdata.instructions import InstructionConfig, generate_requests
+    from recdata.schema import Attribute
+
+    ds, genres, titles = ml
+    root = Path(__file__).resolve().parents[1] / "bench" / "requests"
+    written = [t for f in sorted(root.glob("*.csv"))
+               for t in pl.read_csv(f)["instruction"].to_list()]
+    made = generate_requests(ds, InstructionConfig())["instruction"].unique(
+        maintain_order=True).head(300).to_list()
+    edge = ["", "a good comedy", "something from the eighties", "a film from 1994",
+            "released after 2000", "recent stuff", "an oldie please", "a golden age musical",
+            "the last couple of years", "brand-new releases", "nothing from the 80s",
+            "a man in his 50s", "late-90s thrillers", "films from the ٩٠s", "under 2 hours",
+            "at least 90 minutes and under $20", "no westerns older than 1960", "Old Yeller",
+            "WHAT CAME OUT LATELY", "a CLASSIC", "not newer than 2.5", "vintage, not new",
+            # each cue alone, where it sets a value
+            "hits of the last few years", "something recent", "the newest ones",
+            "the latest comedy", "brand new stuff", "new releases please",
+            "what just came out", "an old movie", "older films", "oldies", "a classic film",
+            "vintage", "golden age musicals",
+            # titles: after a cue, or opening an 'X but Y'
+            "something like Toy Story", "Heat but funnier", "I loved Fargo", "fans of Alien",
+            "in the vein of Brazil", "I feel like a comedy", "Butch Cassidy"]
+    priced = ds.domain.model_copy(update={"attributes": [
+        *ds.domain.attributes, Attribute(column="price", kind="numeric", unit="$"),
+        Attribute(column="runtime", kind="numeric", unit="minutes")]})
+
+    def parsed(texts, schema, gated):
+        monkeypatch.setattr(ip, "_GATED", gated)
+        return parse_instructions(texts, genres, schema, titles=titles,
+                                  now=np.full(len(texts), NOW))
+
+    def same(a, b):
+        for f in dataclasses.fields(a):
+            x, y = getattr(a, f.name), getattr(b, f.name)
+            if isinstance(x, dict):
+                assert x.keys() == y.keys(), f.name
+                for c in x:
+                    assert all(np.array_equal(u, v, equal_nan=True)
+                               for u, v in zip(x[c], y[c], strict=True)), (f.name, c)
+            elif isinstance(x, np.ndarray):
+                assert x.dtype == y.dtype and np.array_equal(x, y), f.name
+            else:
+                assert x == y, f.name
+
+    for schema, texts in ((ds.domain, written + made + edge), (priced, edge + written[:40])):
+        same(parsed(texts, schema, True), parsed(texts, schema, False))
+        skipped = [t for t in texts if not ip._plan(schema, tuple(genres)).dated.search(
+            t.lower())]
+        assert len(skipped) > len(texts) // 4  # the gate does skip plain requests
+        for t in skipped[:60] + edge:
+            same(parsed([t], schema, True), parsed([t], schema, False))
