@@ -206,6 +206,15 @@ class CandidateGenerator:
         for name, scorer in sorted(self.sources.items(), key=lambda s: s[1].uses_instruction):
             top, pair_scores[name] = self._retrieve(name, scorer, batch, m)  # ties: index
             rank = np.arange(1, top.shape[1] + 1, dtype=np.float64)[None, :]
+            if top.shape[1] == n_items and not (name == "embedding" and self.index is not None):
+                # the whole catalogue is ranked (a small one, under the rank depth): each
+                # item's rank by one scatter, then dense arithmetic, instead of a gather and
+                # two scatters of requests x items cells (the same values)
+                at = np.empty(top.shape, dtype=np.float64)
+                np.put_along_axis(at, top, rank, axis=1)
+                np.minimum(key, at / self.cfg.weights[name], out=key)
+                dense_ranks[name] = np.where(at <= depth, at, depth + 1).astype(np.float32)
+                continue
             key[rows, top] = np.minimum(key[rows, top], rank / self.cfg.weights[name])
             r = np.full((len(batch), n_items), depth + 1, dtype=np.float32)
             r[rows, top[:, :depth]] = rank[:, :depth]
