@@ -163,8 +163,9 @@ def client(trained):
 def test_skipping_the_number_expressions_changes_no_intent(ml, monkeypatch):
     """Texts with no digit, decade word or year cue skip the decade, time and unit
     expressions, and texts with no title cue the title spans (their no-match values stand
-    in): every field of the intents is the same as with all of them run, request by request and as one batch, on the generated and
-    hand-written requests, texts at the gate's edge, and a schema with price and runtime."""
+    in): every field of the intents is the same as with all of them run, request by request
+    and as one batch, on the generated and hand-written requests, texts at the gate's edge,
+    and a schema with price and runtime."""
     import dataclasses
     from pathlib import Path
 
