@@ -286,7 +286,7 @@ def parse_instructions(texts: list[str], genres: list[str], schema: DomainSchema
     # year or decade: then the time and unit expressions (~25 regular expressions, a third
     # of a one-request parse) are not run either, their no-match values stand in
     negated = bool((out.get_column("neg") != "").any())
-    lowered = [t.lower() for t in texts]
+    lowered = out.get_column("low").to_list()  # what the expressions read
     dated = not _GATED or any(plan.dated.search(t) for t in lowered)
     # and a title can be named only after a cue ('like X') or before a 'but'
     named = titles is not None and (not _GATED or any(_NAMING.search(t) for t in lowered))
