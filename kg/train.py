@@ -14,6 +14,8 @@ import os
 import time
 import warnings
 import zipfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from dataclasses import fields as dataclass_fields
 from pathlib import Path
@@ -227,16 +229,22 @@ def train_kg(triples: pl.DataFrame, cfg: KGConfig, cache_dir: Path, *,
     # triple (a known fact is not ranked as a miss because it was left out of the sample)
     measured = _sample(testing, cfg.test_eval_triples, cfg.seed)
     started = time.perf_counter()
-    threads, before = training_threads(), torch.get_num_threads()
-    with warnings.catch_warnings(), stage("kg training"):
+    with warnings.catch_warnings(), stage("kg training"), _torch_threads(training_threads()):
         warnings.simplefilter("ignore")
-        if threads is not None:
-            torch.set_num_threads(threads)
-        try:
-            result = _pipeline(pipeline, name, cfg, training, validation, measured, testing,
-                               eval_batch, progress)
-        finally:
-            torch.set_num_threads(before)
+        result = pipeline(
+            training=training, validation=validation, testing=measured, model=name,
+            model_kwargs={"embedding_dim": cfg.dim}, optimizer="Adam",
+            optimizer_kwargs={"lr": cfg.lr},
+            training_kwargs={"num_epochs": cfg.epochs, "batch_size": cfg.batch_size,
+                             "use_tqdm": progress, "use_tqdm_batch": False},
+            stopper="early",
+            stopper_kwargs={"frequency": cfg.eval_every, "patience": cfg.patience,
+                            "metric": "mrr", "relative_delta": 0.002,
+                            "evaluation_batch_size": eval_batch},
+            evaluation_kwargs={"batch_size": eval_batch, "use_tqdm": False,
+                               "additional_filter_triples": [testing.mapped_triples]},
+            random_seed=cfg.seed, device="cpu",
+        )
     seconds = time.perf_counter() - started
     metrics = result.metric_results
     out = KGResult(
@@ -269,19 +277,15 @@ def training_threads() -> int | None:
     return int(raw)
 
 
-def _pipeline(pipeline: Any, name: str, cfg: KGConfig, training: Any, validation: Any,
-              measured: Any, testing: Any, eval_batch: int, progress: bool) -> Any:
-    return pipeline(
-        training=training, validation=validation, testing=measured, model=name,
-        model_kwargs={"embedding_dim": cfg.dim}, optimizer="Adam",
-        optimizer_kwargs={"lr": cfg.lr},
-        training_kwargs={"num_epochs": cfg.epochs, "batch_size": cfg.batch_size,
-                         "use_tqdm": progress, "use_tqdm_batch": False},
-        stopper="early",
-        stopper_kwargs={"frequency": cfg.eval_every, "patience": cfg.patience,
-                        "metric": "mrr", "relative_delta": 0.002,
-                        "evaluation_batch_size": eval_batch},
-        evaluation_kwargs={"batch_size": eval_batch, "use_tqdm": False,
-                           "additional_filter_triples": [testing.mapped_triples]},
-        random_seed=cfg.seed, device="cpu",
-    )
+@contextmanager
+def _torch_threads(threads: int | None) -> Iterator[None]:
+    """PyTorch on `threads` threads inside the block (None: as it is), restored after."""
+    import torch
+
+    before = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
