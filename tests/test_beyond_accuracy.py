@@ -62,3 +62,26 @@ def test_items_without_attributes_are_at_distance_zero_from_each_other():
                              .filter(pl.col("protocol") == "full"), items, popularity, 2)
     assert got["ild_attr@10"][0] == 0.0 and got["ild@10"][0] == pytest.approx(1.0)
     assert got["popular_share@10"][0] == 1.0  # tied at the cut: both count as popular
+
+
+def test_shared_pairs_count_once_per_list_that_holds_them():
+    """Distances are computed per distinct item pair and joined back: every list still
+    averages its own pairs, in either order, however many lists share them."""
+    from ranking.diversity import intra_list_diversity
+
+    rng = np.random.default_rng(3)
+    vectors = rng.normal(size=(12, 5))
+    items = item_table(np.arange(1, 13), vectors, [[f"g{i % 3}"] for i in range(12)])
+    unit = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+    lists = {}
+    for m in ("a", "b"):  # b: a's lists reversed (each pair in the other order) or reshuffled
+        for r in range(40):
+            lists[(m, r)] = (rng.choice(12, size=int(rng.integers(2, 8)), replace=False) + 1
+                             ).tolist() if m == "a" or r % 2 else lists[("a", r)][::-1]
+    popularity = popularity_table("intent", np.arange(1, 13), np.ones(12))
+    got = {r["model"]: r["ild@10"] for r in beyond_accuracy_of(
+        _rankings(lists), items, popularity, 12).to_dicts()}
+    for m in ("a", "b"):
+        want = np.mean([intra_list_diversity(unit[np.asarray(v) - 1])
+                        for (mm, _), v in lists.items() if mm == m])
+        assert got[m] == pytest.approx(want, abs=1e-6)

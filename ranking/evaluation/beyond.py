@@ -17,7 +17,10 @@ each model and task also gets, over the full-ranking protocol's top ten:
 
 Lists of one item have no pairs: they count for coverage, novelty and popularity, not for
 the two diversities. Memory follows the rankings (pairs of a list are formed per request in
-SQL), never items x items.
+SQL), never items x items. Each distinct item pair's two distances are computed once and
+joined back to the lists that hold it: the lists of one evaluation share most of their
+pairs (a diversity trade-off's 3,342 lists x 48 settings: 1.8 M list pairs, 135 k distinct,
+10.6 -> 1.5 s), and a pair's distance is the same expression on the same two rows either way.
 """
 
 from __future__ import annotations
@@ -36,17 +39,24 @@ BEYOND_SQL = """
 WITH top AS (
     SELECT model, task, request_id, rank, item_id FROM {rankings}
     WHERE protocol = 'full' AND rank <= 10
-), pairs AS (
-    SELECT a.model, a.task, a.request_id,
-        avg(1 - array_cosine_similarity(ia.vec, ib.vec)) AS ild,
-        avg(CASE WHEN len(list_distinct(list_concat(ia.attrs, ib.attrs))) = 0 THEN 0.0
-            ELSE 1 - len(list_intersect(ia.attrs, ib.attrs))
-                     / len(list_distinct(list_concat(ia.attrs, ib.attrs))) END) AS ild_attr
+), listed AS (
+    SELECT a.model, a.task, a.request_id, a.item_id AS a_id, b.item_id AS b_id
     FROM top a
     JOIN top b ON a.model = b.model AND a.task = b.task AND a.request_id = b.request_id
         AND a.rank < b.rank
-    JOIN beyond_items ia ON ia.item_id = a.item_id
-    JOIN beyond_items ib ON ib.item_id = b.item_id
+), distances AS (
+    -- each (upper, lower) item pair once: lists of one catalogue share most of their pairs
+    SELECT p.a_id, p.b_id,
+        1 - array_cosine_similarity(ia.vec, ib.vec) AS d,
+        CASE WHEN len(list_distinct(list_concat(ia.attrs, ib.attrs))) = 0 THEN 0.0
+            ELSE 1 - len(list_intersect(ia.attrs, ib.attrs))
+                     / len(list_distinct(list_concat(ia.attrs, ib.attrs))) END AS d_attr
+    FROM (SELECT DISTINCT a_id, b_id FROM listed) p
+    JOIN beyond_items ia ON ia.item_id = p.a_id
+    JOIN beyond_items ib ON ib.item_id = p.b_id
+), pairs AS (
+    SELECT model, task, request_id, avg(d) AS ild, avg(d_attr) AS ild_attr
+    FROM listed JOIN distances USING (a_id, b_id)
     GROUP BY ALL
 ), lists AS (
     SELECT t.model, t.task, t.request_id,
