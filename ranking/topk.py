@@ -15,9 +15,20 @@ against a catalogue of thousands) is simply sorted.
 
 The result equals `argsort` by (score descending, tie position ascending) truncated to k,
 ties included, which the evaluation protocol needs; NaN ranks as -inf.
+
+Rows are independent, so a large block (the candidate sources of a few thousand training
+requests) is cut into one slice of rows per core, ranked on threads: numpy's sorts,
+partitions and comparisons release the GIL, and the answer is the same array. Building the
+ranker's examples spends ~30% of its time here, on one core while the other waits
+(1,000 x 1,682, k 1,000: 0.23 -> 0.10 s on two cores). A request's block is far below the
+size that pays for a thread, so serving never starts one.
 """
 
 from __future__ import annotations
+
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -86,9 +97,43 @@ def _by_threshold(scores: np.ndarray, k: int, order_key: np.ndarray,
     return best, ok
 
 
+PARALLEL_MIN = 1 << 20  # scores in a block ranked on threads, a slice of rows per core
+_POOL: ThreadPoolExecutor | None = None
+_POOL_LOCK = threading.Lock()
+_IN_POOL = threading.local()
+
+
+def _cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def _pool(threads: int) -> ThreadPoolExecutor:
+    global _POOL
+    with _POOL_LOCK:
+        if _POOL is None:
+            _POOL = ThreadPoolExecutor(threads, thread_name_prefix="top_k",
+                                       initializer=setattr, initargs=(_IN_POOL, "on", True))
+        return _POOL
+
+
 def top_k(scores: np.ndarray, k: int, tiebreak: np.ndarray | None = None) -> np.ndarray:
     """(rows x min(k, n)) column indices, best first. `tiebreak[j]` is column j's position
     in the tie order (a permutation of 0..n-1); None orders ties by ascending index."""
+    rows, n = scores.shape
+    threads = _cores()
+    if (threads > 1 and rows >= 2 * threads and rows * n >= PARALLEL_MIN
+            and not getattr(_IN_POOL, "on", False)):
+        bounds = np.linspace(0, rows, threads + 1).astype(np.int64)
+        parts = _pool(threads).map(lambda lo, hi: _top_k(scores[lo:hi], k, tiebreak),
+                                   bounds[:-1], bounds[1:])
+        return np.concatenate(list(parts))
+    return _top_k(scores, k, tiebreak)
+
+
+def _top_k(scores: np.ndarray, k: int, tiebreak: np.ndarray | None) -> np.ndarray:
     rows, n = scores.shape
     k = min(k, n)
     order_key = np.arange(n) if tiebreak is None else np.asarray(tiebreak)

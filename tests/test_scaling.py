@@ -13,11 +13,14 @@ from ranking.topk import top_k
 from recdata.errors import ConfigError
 
 
+@pytest.mark.parametrize("threads", [1, 3], ids=["one thread", "row slices on threads"])
 @pytest.mark.parametrize("small_block", [1 << 15, 0], ids=["sorted whole", "partitions"])
-def test_top_k_equals_a_full_stable_sort_ties_included(monkeypatch, small_block):
+def test_top_k_equals_a_full_stable_sort_ties_included(monkeypatch, small_block, threads):
     import ranking.topk as topk
 
     monkeypatch.setattr(topk, "SMALL_BLOCK", small_block)
+    monkeypatch.setattr(topk, "PARALLEL_MIN", 0)  # every block large enough for threads
+    monkeypatch.setattr(topk, "_cores", lambda: threads)
     rng = np.random.default_rng(0)
     scores = rng.integers(0, 6, (40, 300)).astype(float)  # many ties
     scores[3] = -np.inf
@@ -67,6 +70,41 @@ def test_top_k_by_threshold_is_exact_on_tie_blocks_nan_and_mostly_infinite_rows(
                                   np.argsort(-clean[:, layout], axis=1, kind="stable"), axis=1)
         for k in (1, 7, n // 9 + 1, n // 3, n // 2):
             assert (top_k(scores, k, tiebreak) == full[:, :k]).all(), (trial, kind, k)
+
+
+def test_top_k_on_threads_slices_rows_and_never_nests(monkeypatch):
+    """A large block is ranked one slice of rows per core (uneven slices included), and a
+    top_k called from one of those threads ranks inline instead of waiting on the pool."""
+    import ranking.topk as topk
+
+    monkeypatch.setattr(topk, "PARALLEL_MIN", 0)
+    monkeypatch.setattr(topk, "_cores", lambda: 3)
+    rng = np.random.default_rng(2)
+    scores = rng.integers(0, 4, (11, 500)).astype(float)
+    want = np.argsort(-scores, axis=1, kind="stable")[:, :20]
+    import threading
+
+    used: list[str] = []
+    depth = threading.local()
+    inner = topk._top_k
+
+    def spy(block, k, tiebreak):
+        used.append(threading.current_thread().name.split("_")[0])
+        if not getattr(depth, "nested", False):  # a whole block again, from a pool thread
+            depth.nested = True
+            assert (topk.top_k(scores, k, tiebreak) == want).all()
+            depth.nested = False
+        return inner(block, k, tiebreak)
+
+    monkeypatch.setattr(topk, "_top_k", spy)
+    assert (topk.top_k(scores, 20) == want).all()
+    # three slices, each on a pool thread, and each one's nested call inline on that thread
+    assert used == ["top"] * 6
+    monkeypatch.setattr(topk, "_cores", lambda: 1)
+    used.clear()
+    depth.nested = True
+    assert (topk.top_k(scores, 20) == want).all()
+    assert used == ["MainThread"]
 
 
 @pytest.fixture(scope="module")
