@@ -26,6 +26,7 @@ import polars as pl
 from pydantic import BaseModel, ConfigDict, Field
 
 from kg.embeddings import KGEmbeddings
+from kg.known_filter import sorted_lookup_filter
 from kg.triples import relation_counts
 from recdata.atomic_io import write_text_atomic
 from recdata.errors import ConfigError, UnknownNameError
@@ -229,7 +230,8 @@ def train_kg(triples: pl.DataFrame, cfg: KGConfig, cache_dir: Path, *,
     # triple (a known fact is not ranked as a miss because it was left out of the sample)
     measured = _sample(testing, cfg.test_eval_triples, cfg.seed)
     started = time.perf_counter()
-    with warnings.catch_warnings(), stage("kg training"), _torch_threads(training_threads()):
+    with (warnings.catch_warnings(), stage("kg training"), _torch_threads(training_threads()),
+          sorted_lookup_filter()):
         warnings.simplefilter("ignore")
         result = pipeline(
             training=training, validation=validation, testing=measured, model=name,
