@@ -205,6 +205,20 @@ def train(cfg: EvalConfig, *, dataset: Dataset | None = None,
                        records_since(first_stage))
 
 
+def train_holdout_kg(cfg: EvalConfig, *, dataset: Dataset | None = None,
+                     progress: bool = True) -> KGResult | None:
+    """Only the hold-out KG `train()` starts with, cached where `train()` looks for it
+    (None when none of the models reads a KG). It reads the interactions alone, not the
+    feature repo, so it can train while `features build` runs (make run) and the `train`
+    after it finds it made."""
+    from recdata.stages import stage
+
+    if not any(scorer_class(m).uses_kg for m in cfg.models):
+        return None
+    with stage("kg (hold-out)"):
+        return ltr_kg(cfg, run_dataset(cfg, dataset), progress)
+
+
 def ltr_kg(cfg: EvalConfig, ds: Dataset, progress: bool) -> KGResult:
     """The KG every KG feature of the run reads: trained without each user's last training
     positions, where the ranker's training requests sit, so no KG feature has seen a target

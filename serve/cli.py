@@ -387,6 +387,11 @@ def train_cmd(
     train_requests: TrainRequests = None,
     repo: Repo = None,
     data_dir: DataDir = Path("data"),
+    kg_only: Annotated[bool, typer.Option(
+        "--kg-only", help="Train only the hold-out KG (the first thing train trains; it "
+                          "reads the interactions, not the feature repo), so that it can "
+                          "run beside `features build`; the next train finds it cached.")]
+    = False,
     quiet: Quiet = False,
 ) -> None:
     """Train what the models read: the hold-out KG, each ranker version (with the candidate
@@ -394,11 +399,12 @@ def train_cmd(
 
     Each artifact is cached by a hash of its inputs: with nothing changed, nothing trains.
     The manifest naming them goes to DATA_DIR/trained/<hash>.json, where `instructrank
-    evaluate` with the same options reads them. Run `instructrank features build` first.
+    evaluate` with the same options reads them. Run `instructrank features build` first
+    (not needed for --kg-only).
     """
     from rich.table import Table
 
-    from ranking.train import train
+    from ranking.train import train, train_holdout_kg
 
     cfg = _run_config(config, dataset=dataset, models=models, tasks=tasks,
                       interactions=interactions, items=items, schema_file=schema,
@@ -406,6 +412,12 @@ def train_cmd(
                       seed=seed, data_dir=data_dir, feature_repo=repo,
                       external_triples=external_triples, entity_map=entity_map,
                       train_requests_file=train_requests)
+    if kg_only:
+        kg = train_holdout_kg(cfg, progress=not quiet)
+        console.print("none of the models reads a KG: nothing to train" if kg is None else
+                      f"hold-out KG: {cfg.data_dir / 'kg' / kg.key}"
+                      f"{' (cached, nothing trained)' if kg.cached else ''}")
+        return
     result = train(cfg, progress=not quiet)
     m = result.manifest
     table = Table(title=f"trained for {cfg.dataset} ({m.fingerprint})")

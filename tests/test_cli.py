@@ -56,9 +56,20 @@ def test_train_then_evaluate_reads_what_train_made(tmp_path):
     out = runner.invoke(app, ["evaluate", *common, "--results-dir", str(tmp_path)])
     assert out.exit_code == 1 and "instructrank train" in out.output
     assert "Traceback" not in out.output
+    # --kg-only (make run starts it beside `features build`): the hold-out KG alone, where
+    # train looks for it; train then trains it no more
+    out = runner.invoke(app, ["train", *common, "--kg-only"])
+    assert out.exit_code == 0, out.output
+    (kg,) = (tmp_path / "kg").iterdir()
+    assert f"hold-out KG: {kg}" in " ".join(out.output.split())
+    assert not (tmp_path / "trained").exists()  # no manifest: the rankers are not trained
+    made = (kg / "result.json").stat().st_mtime_ns
     out = runner.invoke(app, ["train", *common])
     assert out.exit_code == 0, out.output
     assert "hold-out KG" in out.output and "manifest" in out.output
+    assert list((tmp_path / "kg").iterdir()) == [kg]
+    assert (kg / "result.json").stat().st_mtime_ns == made
+    assert json.loads(next((tmp_path / "trained").iterdir()).read_text())["kg"] == kg.name
     out = runner.invoke(app, ["evaluate", *common, "--results-dir", str(tmp_path)])
     assert out.exit_code == 0, out.output
     assert (tmp_path / "quality.csv").exists()
