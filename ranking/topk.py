@@ -26,11 +26,12 @@ size that pays for a thread, so serving never starts one.
 
 from __future__ import annotations
 
-import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
+
+from recdata.cores import usable_cores
 
 SAMPLE = 4096  # columns sampled per row to place the threshold (at most a quarter of them)
 MIN_COLUMNS = 4096  # rows narrower than this take the partition path
@@ -103,13 +104,6 @@ _POOL_LOCK = threading.Lock()
 _IN_POOL = threading.local()
 
 
-def _cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
-
-
 def _pool(threads: int) -> ThreadPoolExecutor:
     global _POOL
     with _POOL_LOCK:
@@ -123,7 +117,7 @@ def top_k(scores: np.ndarray, k: int, tiebreak: np.ndarray | None = None) -> np.
     """(rows x min(k, n)) column indices, best first. `tiebreak[j]` is column j's position
     in the tie order (a permutation of 0..n-1); None orders ties by ascending index."""
     rows, n = scores.shape
-    threads = _cores()
+    threads = usable_cores()
     if (threads > 1 and rows >= 2 * threads and rows * n >= PARALLEL_MIN
             and not getattr(_IN_POOL, "on", False)):
         bounds = np.linspace(0, rows, threads + 1).astype(np.int64)

@@ -176,3 +176,28 @@ def test_the_validation_screen_equals_the_metrics_queries():
         assert row["ndcg@10"] == pytest.approx(want["ndcg@10"][0], abs=1e-9)
         assert row["ild@10"] == pytest.approx(want["ild@10"][0], abs=1e-5)
     assert screen["ild@10"].n_unique() == 3  # the settings differ
+
+
+def test_the_trade_off_on_threads_equals_one_thread(monkeypatch):
+    """Chunks of lists re-ranked on a thread per core give the screen's sums and the
+    re-ranked rows of one thread exactly (results are taken in chunk order)."""
+    import ranking.evaluation.tradeoff as tradeoff
+
+    rng = np.random.default_rng(5)
+    n_items, lists, pool = 80, 3 * tradeoff.CHUNK - 40, 25  # three chunks, the last short
+    item_ids = np.arange(n_items)
+    unit = _unit(rng.normal(size=(n_items, 8)))
+    items = np.stack([rng.choice(item_ids, pool, replace=False) for _ in range(lists)])
+    scores = np.sort(rng.normal(size=(lists, pool)), axis=1)[:, ::-1].copy()
+    targets = items[np.arange(lists), rng.integers(0, pool, lists)]
+    settings = [(1.0, 0.3, 0.0), (2.0, 0.3, 0.6), (1.0, 0.5, 0.9)]
+    got = {}
+    for threads in (1, 3):
+        monkeypatch.setattr(tradeoff, "usable_cores", lambda threads=threads: threads)
+        got[threads] = (tradeoff.screened(items, scores, targets, item_ids, unit, settings, 10),
+                        tradeoff.reranked(np.arange(lists), items, scores, item_ids, unit,
+                                          settings, 10))
+    assert got[1][0].equals(got[3][0])
+    assert got[1][1].keys() == got[3][1].keys()
+    assert all(got[1][1][s].equals(got[3][1][s]) for s in settings)
+    assert got[3][1][settings[1]]["request_id"].is_sorted()  # chunk order kept

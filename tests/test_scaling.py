@@ -20,7 +20,7 @@ def test_top_k_equals_a_full_stable_sort_ties_included(monkeypatch, small_block,
 
     monkeypatch.setattr(topk, "SMALL_BLOCK", small_block)
     monkeypatch.setattr(topk, "PARALLEL_MIN", 0)  # every block large enough for threads
-    monkeypatch.setattr(topk, "_cores", lambda: threads)
+    monkeypatch.setattr(topk, "usable_cores", lambda: threads)
     rng = np.random.default_rng(0)
     scores = rng.integers(0, 6, (40, 300)).astype(float)  # many ties
     scores[3] = -np.inf
@@ -78,7 +78,7 @@ def test_top_k_on_threads_slices_rows_and_never_nests(monkeypatch):
     import ranking.topk as topk
 
     monkeypatch.setattr(topk, "PARALLEL_MIN", 0)
-    monkeypatch.setattr(topk, "_cores", lambda: 3)
+    monkeypatch.setattr(topk, "usable_cores", lambda: 3)
     rng = np.random.default_rng(2)
     scores = rng.integers(0, 4, (11, 500)).astype(float)
     want = np.argsort(-scores, axis=1, kind="stable")[:, :20]
@@ -100,7 +100,7 @@ def test_top_k_on_threads_slices_rows_and_never_nests(monkeypatch):
     assert (topk.top_k(scores, 20) == want).all()
     # three slices, each on a pool thread, and each one's nested call inline on that thread
     assert used == ["top"] * 6
-    monkeypatch.setattr(topk, "_cores", lambda: 1)
+    monkeypatch.setattr(topk, "usable_cores", lambda: 1)
     used.clear()
     depth.nested = True
     assert (topk.top_k(scores, 20) == want).all()
