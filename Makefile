@@ -27,6 +27,8 @@ ML_TEST := --requests bench/requests/movielens-100k-handwritten.csv
 # every model of bench/results/quality.csv (the ranker's ablations, the history baselines'
 # grids, the instruction-tuned encoder and the ranker on it), ~17 min on 2 cores.
 RUN_MODELS := popularity,transition,filter_popularity,embedding,kg,ltr_full
+# one command line for both calls: --kg-only must cache its KG where train will look
+RUN_TRAIN := $(VENV)/bin/instructrank train $(ML_ARGS) --models $(RUN_MODELS)
 # The two KGs read the interactions only, so they train while `features build` encodes:
 # the serving KG (`kg train --no-serve`, output in KG_LOG) and the ranker's hold-out KG
 # (`train --kg-only`, in HOLDOUT_LOG), in the background on one thread each
@@ -41,14 +43,12 @@ run: $(STAMP)
 	@mkdir -p $(dir $(KG_LOG))
 	INSTRUCTRANK_KG_THREADS=1 $(VENV)/bin/instructrank kg train --dataset movielens-100k \
 		--no-serve > $(KG_LOG) 2>&1 & kg=$$!; \
-	INSTRUCTRANK_KG_THREADS=1 $(VENV)/bin/instructrank train $(ML_ARGS) --models $(RUN_MODELS) \
-		--kg-only > $(HOLDOUT_LOG) 2>&1 & held=$$!; \
+	INSTRUCTRANK_KG_THREADS=1 $(RUN_TRAIN) --kg-only > $(HOLDOUT_LOG) 2>&1 & held=$$!; \
 	$(VENV)/bin/instructrank features build --dataset movielens-100k \
 		|| { kill $$kg $$held 2>/dev/null; exit 1; }; \
 	wait $$held || { tail -n 30 $(HOLDOUT_LOG); echo "hold-out KG failed (log: $(HOLDOUT_LOG))"; \
 		kill $$kg 2>/dev/null; exit 1; }; \
-	$(VENV)/bin/instructrank train $(ML_ARGS) --models $(RUN_MODELS) \
-		|| { kill $$kg 2>/dev/null; exit 1; }; \
+	$(RUN_TRAIN) || { kill $$kg 2>/dev/null; exit 1; }; \
 	wait $$kg || { tail -n 30 $(KG_LOG); echo "kg train failed (log: $(KG_LOG))"; exit 1; }
 	$(VENV)/bin/instructrank kg train --dataset movielens-100k
 	$(VENV)/bin/instructrank evaluate $(ML_ARGS) $(ML_TEST) --models $(RUN_MODELS)

@@ -54,8 +54,7 @@ class _SortedTriples:
 
         other = 2 - self.filter_col
         inside = batch[:, other] < self.width  # an entity no known triple has matches none
-        keys = torch.where(inside, batch[:, 1].long() * self.width + batch[:, other].long(),
-                           torch.full_like(batch[:, 1], -1, dtype=torch.long))
+        keys = torch.where(inside, self._keys(batch), -1)
         lo = torch.searchsorted(self.sorted, keys, right=False)
         hi = torch.searchsorted(self.sorted, keys, right=True)
         counts = hi - lo

@@ -46,6 +46,7 @@ from ranking.queries import history_label
 from ranking.rerank.llm import LLMRerankConfig
 from ranking.sanitize import MAX_INSTRUCTION_CHARS, clean_instruction
 from ranking.scorers.base import ENCODING, ScorerContext
+from ranking.topk import limit_threads
 from recdata.errors import ConfigError, InvalidRequestError
 from recdata.ids import IdMap, Key, modified, users_file
 
@@ -289,6 +290,7 @@ class Recommender:
             from threadpoolctl import threadpool_limits
 
             threadpool_limits(cfg.torch_threads)
+            limit_threads(cfg.torch_threads)  # top_k's pool likewise
             # PyTorch only where something loaded it by now (the torch encoder runtime, an
             # LLM reranker); the ONNX path never imports it (~1.4 s of a server's start)
             torch = sys.modules.get("torch")

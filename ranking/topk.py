@@ -21,7 +21,8 @@ requests) is cut into one slice of rows per core, ranked on threads: numpy's sor
 partitions and comparisons release the GIL, and the answer is the same array. Building the
 ranker's examples spends ~30% of its time here, on one core while the other waits
 (1,000 x 1,682, k 1,000: 0.23 -> 0.10 s on two cores). A request's block is far below the
-size that pays for a thread, so serving never starts one.
+size that pays for a thread, and a serving process limits the threads to its own
+count (`limit_threads`).
 """
 
 from __future__ import annotations
@@ -99,16 +100,28 @@ def _by_threshold(scores: np.ndarray, k: int, order_key: np.ndarray,
 
 
 PARALLEL_MIN = 1 << 20  # scores in a block ranked on threads, a slice of rows per core
+_LIMIT: int | None = None  # threads at most (limit_threads); None: one per usable core
 _POOL: ThreadPoolExecutor | None = None
 _POOL_LOCK = threading.Lock()
 _IN_POOL = threading.local()
 
 
-def _pool(threads: int) -> ThreadPoolExecutor:
+def limit_threads(threads: int | None) -> None:
+    """Rank on at most `threads` threads in this process (None: one per usable core). A
+    serving process sets its own count, as it caps BLAS's pools (Recommender.load): its
+    concurrent requests are its parallelism, and a catalogue of 10^5 items makes a batch of
+    16 requests large enough to fan out."""
+    global _LIMIT
+    _LIMIT = threads
+
+
+def _pool() -> ThreadPoolExecutor:
+    """One pool for the process, a thread per usable core (a call with a lower limit uses
+    fewer of them)."""
     global _POOL
     with _POOL_LOCK:
         if _POOL is None:
-            _POOL = ThreadPoolExecutor(threads, thread_name_prefix="top_k",
+            _POOL = ThreadPoolExecutor(usable_cores(), thread_name_prefix="top_k",
                                        initializer=setattr, initargs=(_IN_POOL, "on", True))
         return _POOL
 
@@ -117,13 +130,13 @@ def top_k(scores: np.ndarray, k: int, tiebreak: np.ndarray | None = None) -> np.
     """(rows x min(k, n)) column indices, best first. `tiebreak[j]` is column j's position
     in the tie order (a permutation of 0..n-1); None orders ties by ascending index."""
     rows, n = scores.shape
-    threads = usable_cores()
-    if (threads > 1 and rows >= 2 * threads and rows * n >= PARALLEL_MIN
-            and not getattr(_IN_POOL, "on", False)):
-        bounds = np.linspace(0, rows, threads + 1).astype(np.int64)
-        parts = _pool(threads).map(lambda lo, hi: _top_k(scores[lo:hi], k, tiebreak),
-                                   bounds[:-1], bounds[1:])
-        return np.concatenate(list(parts))
+    if rows * n >= PARALLEL_MIN and not getattr(_IN_POOL, "on", False):
+        threads = usable_cores() if _LIMIT is None else min(_LIMIT, usable_cores())
+        if threads > 1 and rows >= 2 * threads:
+            bounds = np.linspace(0, rows, threads + 1).astype(np.int64)
+            parts = _pool().map(lambda lo, hi: _top_k(scores[lo:hi], k, tiebreak),
+                                bounds[:-1], bounds[1:])
+            return np.concatenate(list(parts))
     return _top_k(scores, k, tiebreak)
 
 

@@ -124,8 +124,7 @@ def run_context(cfg: EvalConfig, ds: Dataset, prep: Prepared, models: list[str],
     kg_key = None
     if any(c.uses_kg for c in classes):
         if trained is None:
-            with stage("kg (hold-out)"):
-                kg = ltr_kg(cfg, ds, progress)
+            kg = holdout_kg(cfg, ds, progress)
             record.kg = kg.key
         else:
             from kg.train import KGResult
@@ -208,15 +207,22 @@ def train(cfg: EvalConfig, *, dataset: Dataset | None = None,
 def train_holdout_kg(cfg: EvalConfig, *, dataset: Dataset | None = None,
                      progress: bool = True) -> KGResult | None:
     """Only the hold-out KG `train()` starts with, cached where `train()` looks for it
-    (None when none of the models reads a KG). It reads the interactions alone, not the
-    feature repo, so it can train while `features build` runs (make run) and the `train`
-    after it finds it made."""
+    (None when none of the models it would train reads a KG). It reads the interactions
+    alone, not the feature repo, so it can train while `features build` runs (make run) and
+    the `train` after it finds it made."""
+    ds = run_dataset(cfg, dataset)
+    models, _ = runnable_models(cfg.models, ds.items.height)
+    if not any(scorer_class(m).uses_kg for m in models):
+        return None
+    return holdout_kg(cfg, ds, progress)
+
+
+def holdout_kg(cfg: EvalConfig, ds: Dataset, progress: bool) -> KGResult:
+    """`ltr_kg` as the stage `train()` reports."""
     from recdata.stages import stage
 
-    if not any(scorer_class(m).uses_kg for m in cfg.models):
-        return None
     with stage("kg (hold-out)"):
-        return ltr_kg(cfg, run_dataset(cfg, dataset), progress)
+        return ltr_kg(cfg, ds, progress)
 
 
 def ltr_kg(cfg: EvalConfig, ds: Dataset, progress: bool) -> KGResult:

@@ -383,7 +383,10 @@ def test_a_loaded_recommender_has_not_imported_pytorch(trained):
             f"data_dir=Path({str(trained['data'])!r}), torch_threads=1)); "
             "rec.recommend(None, 'something funny', 3); "
             "import feast.online_response as o; "
-            "print('torch' in sys.modules, o.get_torch().__name__, 'torch' in sys.modules)")
+            "print('torch' in sys.modules, o.get_torch().__name__, 'torch' in sys.modules); "
+            "import ranking.topk as t; print('top_k threads', t._LIMIT)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout
-    assert out.strip().splitlines()[-1] == "False torch True"
+    assert out.strip().splitlines()[-2] == "False torch True"
+    # and top_k's pool, like BLAS's, is held to the process's thread count
+    assert out.strip().splitlines()[-1] == "top_k threads 1"

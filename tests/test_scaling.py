@@ -100,6 +100,13 @@ def test_top_k_on_threads_slices_rows_and_never_nests(monkeypatch):
     assert (topk.top_k(scores, 20) == want).all()
     # three slices, each on a pool thread, and each one's nested call inline on that thread
     assert used == ["top"] * 6
+    monkeypatch.setattr(topk, "_LIMIT", None)
+    topk.limit_threads(1)  # a serving process's own count: inline on its thread
+    used.clear()
+    depth.nested = True
+    assert (topk.top_k(scores, 20) == want).all()
+    assert used == ["MainThread"]
+    topk.limit_threads(None)
     monkeypatch.setattr(topk, "usable_cores", lambda: 1)
     used.clear()
     depth.nested = True

@@ -45,7 +45,7 @@ WITH top AS (
     JOIN top b ON a.model = b.model AND a.task = b.task AND a.request_id = b.request_id
         AND a.rank < b.rank
 ), distances AS (
-    -- each (upper, lower) item pair once: lists of one catalogue share most of their pairs
+    -- each (higher-ranked, lower-ranked) item pair once: lists share most of their pairs
     SELECT p.a_id, p.b_id,
         1 - array_cosine_similarity(ia.vec, ib.vec) AS d,
         CASE WHEN len(list_distinct(list_concat(ia.attrs, ib.attrs))) = 0 THEN 0.0

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
 from pathlib import Path
 from typing import TypeVar
 
@@ -104,12 +105,9 @@ def _per_chunk(items: np.ndarray, scores: np.ndarray, item_ids: np.ndarray, unit
 
     starts = range(0, len(items), CHUNK)
     threads = min(usable_cores(), len(starts))
-    if threads <= 1:
-        for lo in starts:
-            yield from chunk(lo)
-        return
-    with ThreadPoolExecutor(threads, thread_name_prefix="tradeoff") as pool:
-        for results in pool.map(chunk, starts):
+    with (ThreadPoolExecutor(threads, thread_name_prefix="tradeoff") if threads > 1
+          else nullcontext()) as pool:
+        for results in (pool.map if pool is not None else map)(chunk, starts):
             yield from results
 
 
