@@ -6,8 +6,9 @@ import os
 
 
 def usable_cores() -> int:
-    """The cores the OS lets this process run on (its CPU affinity, which a container or
-    `taskset` narrows), else every core the machine has."""
+    """The cores the OS lets this process run on (its CPU affinity: `taskset` or a
+    container's pinned cpuset narrow it; a CPU-time quota such as `docker --cpus` does not
+    show here), else every core the machine has."""
     try:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
