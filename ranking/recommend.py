@@ -68,6 +68,12 @@ class RecommenderConfig(BaseModel):
     encoder_runtime: str = Field("onnx", description="'onnx' (ONNX Runtime, the default: "
                                                      "the same vectors, ~3x cheaper per "
                                                      "request) or 'torch'")
+    compiled_ranker: bool = Field(True, description="score with the ranker's trees compiled "
+                                                    "to machine code (ranking.ltr.compiled: "
+                                                    "the same scores to the bit, about half "
+                                                    "the CPU), cached under "
+                                                    "DATA_DIR/cache/compiled; False: "
+                                                    "LightGBM's own predictor")
     attribution: str = Field("occlusion", description="how reasons weigh feature families: "
                                                       "'occlusion' or 'shap' "
                                                       "(ranking.explain)")
@@ -224,6 +230,8 @@ class Recommender:
 
         model_dir = cfg.model or latest_model(cfg.data_dir / "models")
         model = LTRModel.load(model_dir)
+        if cfg.compiled_ranker:
+            model.compile(cfg.data_dir / "cache" / "compiled")
         repo = fs.FeatureRepo(cfg.repo)
         store = repo.store(cfg.online, cfg.redis_url)
         service = model.feature_service

@@ -9,7 +9,7 @@ import json
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -87,6 +87,8 @@ class LTRModel:
     best_iteration: int
     valid_ndcg: float
     extra: dict[str, Any]
+    # ranking.ltr.compiled's predictor once `compile()` found one: the same scores, cheaper
+    compiled: Any = field(default=None, repr=False, compare=False)
 
     def predict(self, frame: pl.DataFrame, threads: int = 0) -> np.ndarray:
         """Scores; `threads=1` for one request's few hundred rows, where starting OpenMP
@@ -95,9 +97,24 @@ class LTRModel:
         return self.predict_array(frame.select(self.features).to_numpy(), threads)
 
     def predict_array(self, x: np.ndarray, threads: int = 0) -> np.ndarray:
-        """Scores of rows already in the model's feature order."""
+        """Scores of rows already in the model's feature order (by the compiled forest
+        after `compile()`: equal to the bit)."""
+        if self.compiled is not None:
+            from recdata.cores import usable_cores
+
+            return self.compiled(x, threads or usable_cores())
         return self.booster.predict(x, num_iteration=self.best_iteration or None,
                                     num_threads=threads)
+
+    def compile(self, cache_dir: Path) -> bool:
+        """Score with the trees compiled to machine code from now on, when they compile
+        here and pass their check (ranking.ltr.compiled); False: LightGBM's predictor
+        stays, and a warning said why."""
+        from ranking.ltr.compiled import compiled_predictor
+
+        self.compiled = compiled_predictor(self.booster, self.best_iteration or None,
+                                           cache_dir)
+        return self.compiled is not None
 
     def contributions(self, x: np.ndarray, threads: int = 0) -> np.ndarray:
         """Per-row, per-feature contributions (SHAP values) of rows in the model's feature
