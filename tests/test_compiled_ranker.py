@@ -96,6 +96,15 @@ def test_a_compiler_failure_keeps_lightgbm(booster, tmp_path, monkeypatch):
         assert compiled_predictor(booster, None, tmp_path) is None
 
 
+def test_without_lleaves_lightgbm_scores_and_a_warning_says_why(booster, tmp_path,
+                                                                monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "lleaves", None)  # `import lleaves` now fails
+    with pytest.warns(RuntimeWarning, match="could not be compiled.*lleaves"):
+        assert compiled_predictor(booster, None, tmp_path) is None
+
+
 @pytest.mark.slow
 def test_a_loaded_recommender_scores_compiled_and_answers_as_lightgbm_would(recommender,
                                                                             synthetic):

@@ -45,23 +45,19 @@ def compiled_predictor(booster: Any, num_iteration: int | None, cache_dir: Path,
     trees; None: all), from the compiled forest; None when it cannot be had here (lleaves
     missing, a compile failure, a check that differs), with a warning saying why, so the
     caller keeps LightGBM's own predictor."""
-    try:
-        import lleaves  # noqa: F401  (present: the rest of this module can run)
-    except ImportError:
-        return None
-    try:
+    try:  # a compiler problem (or lleaves missing) must not stop serving: LightGBM scores
         model = _compiled(booster, num_iteration, Path(cache_dir))
-    except Exception as exc:  # a compiler problem must not stop serving: LightGBM scores
+
+        def predict(x: np.ndarray, threads: int = 1) -> np.ndarray:
+            return model.predict(x, n_jobs=max(1, threads))
+
+        probe = probe_rows(booster, num_iteration)
+        want = booster.predict(probe, num_iteration=num_iteration, num_threads=1)
+        got = predict(probe)
+    except Exception as exc:
         warnings.warn(f"the ranker could not be compiled ({type(exc).__name__}: {exc}); "
                       "scoring with LightGBM's predictor", RuntimeWarning, stacklevel=2)
         return None
-
-    def predict(x: np.ndarray, threads: int = 1) -> np.ndarray:
-        return model.predict(x, n_jobs=max(1, threads))
-
-    probe = probe_rows(booster, num_iteration)
-    want = booster.predict(probe, num_iteration=num_iteration, num_threads=1)
-    got = predict(probe)
     if not np.array_equal(want, got, equal_nan=True):
         worst = float(np.nanmax(np.abs(want - got)))
         warnings.warn(f"the compiled ranker's scores differ from LightGBM's (by up to "
