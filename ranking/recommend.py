@@ -70,8 +70,8 @@ class RecommenderConfig(BaseModel):
                                                      "request) or 'torch'")
     compiled_ranker: bool = Field(True, description="score with the ranker's trees compiled "
                                                     "to machine code (ranking.ltr.compiled: "
-                                                    "the same scores to the bit, about half "
-                                                    "the CPU), cached under "
+                                                    "the same scores to the bit for half "
+                                                    "the predictor's CPU), cached under "
                                                     "DATA_DIR/cache/compiled; False: "
                                                     "LightGBM's own predictor")
     attribution: str = Field("occlusion", description="how reasons weigh feature families: "
@@ -230,8 +230,6 @@ class Recommender:
 
         model_dir = cfg.model or latest_model(cfg.data_dir / "models")
         model = LTRModel.load(model_dir)
-        if cfg.compiled_ranker:
-            model.compile(cfg.data_dir / "cache" / "compiled")
         repo = fs.FeatureRepo(cfg.repo)
         store = repo.store(cfg.online, cfg.redis_url)
         service = model.feature_service
@@ -277,6 +275,8 @@ class Recommender:
             raise ConfigError(f"the id map in {repo.ids} does not cover model {model.key}'s "
                               "catalogue: the feature repo was built from other data; rerun "
                               "`instructrank features build` and `instructrank train`")
+        if cfg.compiled_ranker:  # after every check that can refuse this model
+            model.compile(cfg.data_dir / "cache" / "compiled")
         rec = cls(cfg, model, reader, catalogue, generator, tables, context, ids, repo.ids)
         if cfg.llm is not None:
             from ranking.rerank.llm import LLMReranker, in_domain_words

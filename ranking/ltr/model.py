@@ -99,10 +99,8 @@ class LTRModel:
     def predict_array(self, x: np.ndarray, threads: int = 0) -> np.ndarray:
         """Scores of rows already in the model's feature order (by the compiled forest
         after `compile()`: equal to the bit)."""
-        if self.compiled is not None:
-            from recdata.cores import usable_cores
-
-            return self.compiled(x, threads or usable_cores())
+        if self.compiled is not None:  # threads 0 (LightGBM's "all"): one, as serving runs
+            return self.compiled(x, threads)
         return self.booster.predict(x, num_iteration=self.best_iteration or None,
                                     num_threads=threads)
 
