@@ -59,13 +59,13 @@ def compiled_predictor(booster: Any, num_iteration: int | None, cache_dir: Path,
         want = booster.predict(probe, num_iteration=num_iteration, num_threads=1)
         if binary.exists():
             model = _loaded(model_file, binary)
-            if model is not None and _agrees(model, probe, want):
+            if model is not None and not _difference(model, probe, want):
                 return _predictor(model)
             binary.unlink(missing_ok=True)  # cut short, or not this model's: made again
         model, tmp = _compiled(model_file, binary)
         try:
-            agrees = _agrees(model, probe, want)
-            if agrees and _whole_object(tmp):
+            worst = _difference(model, probe, want)
+            if not worst and _whole_object(tmp):
                 os.replace(tmp, binary)
         finally:
             tmp.unlink(missing_ok=True)
@@ -73,8 +73,7 @@ def compiled_predictor(booster: Any, num_iteration: int | None, cache_dir: Path,
         warnings.warn(f"the ranker could not be compiled ({type(exc).__name__}: {exc}); "
                       "scoring with LightGBM's predictor", RuntimeWarning, stacklevel=2)
         return None
-    if not agrees:
-        worst = float(np.nanmax(np.abs(want - _predictor(model)(probe, 1))))
+    if worst:
         warnings.warn(f"the compiled ranker's scores differ from LightGBM's (by up to "
                       f"{worst:.3g} on {PROBE_ROWS} check rows); scoring with LightGBM's "
                       "predictor", RuntimeWarning, stacklevel=2)
@@ -93,8 +92,14 @@ def _predictor(model: Any) -> Predict:
     return predict
 
 
-def _agrees(model: Any, probe: np.ndarray, want: np.ndarray) -> bool:
-    return bool(np.array_equal(_predictor(model)(probe, 1), want, equal_nan=True))
+def _difference(model: Any, probe: np.ndarray, want: np.ndarray) -> float:
+    """The largest gap between the compiled scores of `probe` and LightGBM's `want`: 0.0
+    when they are equal to the bit (missing where LightGBM's are), inf where only one is."""
+    got = _predictor(model)(probe, 1)
+    if np.array_equal(got, want, equal_nan=True):
+        return 0.0
+    return float(np.nanmax(np.where(np.isnan(got) != np.isnan(want), np.inf,
+                                    np.abs(got - want))))
 
 
 def _cache_files(text: str, cache_dir: Path) -> tuple[Path, Path]:
