@@ -89,6 +89,57 @@ def test_a_lone_text_runs_on_its_own_session_with_the_same_vectors(tmp_path):
     assert same._onnx.lone is None
 
 
+def test_padding_groups_is_the_cheapest_contiguous_split():
+    """The split a server's batch is encoded in: checked against every split of the sorted
+    lengths (brute force), and on the cases it exists for."""
+    import itertools
+
+    from encoders.onnx_runtime import padding_groups
+
+    def cost(groups, lengths, call):
+        return sum(call + len(g) * lengths[g].max() for g in groups)
+
+    rng = np.random.default_rng(0)
+    for _ in range(40):
+        lengths = rng.integers(3, 70, size=int(rng.integers(1, 8)))
+        groups = padding_groups(lengths, 12.0)
+        assert sorted(np.concatenate(groups).tolist()) == list(range(len(lengths)))
+        ordered = np.sort(lengths)
+        brute = min(
+            sum(12.0 + (b - a) * ordered[b - 1]
+                for a, b in zip((0, *cuts), (*cuts, len(ordered)), strict=True))
+            for r in range(len(ordered))
+            for cuts in itertools.combinations(range(1, len(ordered)), r))
+        assert cost(groups, lengths, 12.0) == brute
+    same = padding_groups(np.array([11, 11, 12, 11]))
+    assert len(same) == 1, "similar lengths share one call"
+    apart = padding_groups(np.array([60, 9, 10, 58]))
+    assert sorted(sorted(g.tolist()) for g in apart) == [[0, 3], [1, 2]]
+
+
+def test_a_batch_of_unequal_texts_runs_split_and_unpadded(tmp_path):
+    """Texts of very different lengths are encoded in several calls, each as wide as its
+    longest text, and get the vectors each would get alone."""
+    enc = TextEncoder(show_progress=False, persist=False, cache_dir=tmp_path, threads=1)
+    enc.alone = False
+    texts = ["x", "no horror please", TEXTS[4], TEXTS[2], "a scary movie"]
+    alone = np.stack([enc.encode_uncached([t])[0] for t in texts])
+    onnx = enc._onnx
+    widths = []
+    run = onnx.session.run
+
+    def spy(out, feed):
+        ids, mask = feed["input_ids"], feed["attention_mask"]
+        widths.append((len(ids), ids.shape[1], int(mask.sum(1).max())))
+        return run(out, feed)
+
+    onnx.session = type("Spy", (), {"run": lambda self, out, feed: spy(out, feed)})()
+    batch = enc.encode_uncached(texts)
+    assert len(widths) > 1 and sum(n for n, _, _ in widths) == len(texts)
+    assert all(width == longest for _, width, longest in widths), "no column of padding only"
+    assert np.abs(batch - alone).max() < 1e-5
+
+
 def test_unknown_runtime_lists_the_valid_ones():
     import pytest
 
