@@ -144,10 +144,14 @@ class OnnxEncoder:
         return vectors
 
 
-# One more session call costs about what 12 more tokens of padding cost: on one thread, a
-# 16-token text alone 8.3 ms, four of them in one call 22.3 ms (4.7 ms a row, ~0.3 ms a
-# token), so ~3.5 ms is the call's own (bench/README.md, *Latency*).
-CALL_TOKENS = 12.0
+# What one more session call costs, in tokens of padding a row. On one thread a 16-token
+# text alone took 8.3 ms and four in one call 22.3 ms: ~3.5 ms is the call's own, ~0.3 ms a
+# token past ~16 tokens, less below. Chosen by timing the encode alone over random batches
+# of the benchmark's requests (CPU a text, 4 rounds alternated with one padded call): at 12
+# the short generated requests were split too often (batches of 4: +5%); at 20, generated
+# batches of 4 cost the same and of 8 -7%, hand-written ones of 4 -13% and of 8 -21%; 30
+# gave no more.
+CALL_TOKENS = 20.0
 
 
 def padding_groups(lengths: np.ndarray, call_tokens: float = CALL_TOKENS) -> list[np.ndarray]:
