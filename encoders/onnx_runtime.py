@@ -105,7 +105,7 @@ class OnnxEncoder:
 
         session = self.lone if alone and self.lone is not None and len(texts) == 1 \
             else self.session
-        if 1 < len(texts) <= batch_size:  # a server's batch: texts of any lengths together
+        if 1 < len(texts) <= batch_size:  # a few texts of any lengths (a server's batch)
             return _normalised(self._grouped(session, texts))
         out = []
         # similar lengths batched together pad less
@@ -125,11 +125,17 @@ class OnnxEncoder:
     def _grouped(self, session: Any, texts: list[str]) -> np.ndarray:
         """A few texts tokenized once, then run in the calls `padding_groups` picks, each
         cut to its own longest text. Right padding is what lets a group drop the columns
-        past its longest; a tokenizer that pads on the left runs as one call."""
+        past its longest; a tokenizer that pads on the left, or gives no mask to read the
+        lengths from, runs as one call."""
         tokens = self.tokenize(texts)
-        mask = tokens["attention_mask"]
-        lengths = mask.sum(axis=1)
-        right = bool(np.array_equal(mask != 0, np.arange(mask.shape[1]) < lengths[:, None]))
+        mask = tokens.get("attention_mask")
+        if mask is None:
+            mask = np.ones_like(tokens["input_ids"])
+            lengths, right = mask.sum(axis=1), False
+        else:
+            lengths = mask.sum(axis=1)
+            right = bool(np.array_equal(mask != 0,
+                                        np.arange(mask.shape[1]) < lengths[:, None]))
         groups = padding_groups(lengths) if right else [np.arange(len(texts))]
         vectors: np.ndarray | None = None
         for rows in groups:

@@ -36,7 +36,7 @@ def test_cache_writes_shards_and_folds_them_into_one_file(tmp_path, monkeypatch)
 
 TEXTS = ["a funny film from the '90s", "no horror please",
          "something like Alien but funnier, not too long, for a rainy Sunday with my kids",
-         "x", "ünïcödé and emoji 🎬 " * 40,  # past the model's 256 tokens: truncated alike
+         "x", "ünïcödé and emoji 🎬 " * 45,  # past the model's 256 tokens: truncated alike
          "a war drama about friendship, released before 1980, with a strong female lead"]
 
 
@@ -48,8 +48,12 @@ def test_onnx_runtime_computes_the_torch_vectors(tmp_path):
     assert onnx.runtime == "onnx" and a.dtype == np.float32
     assert np.abs(a - b).max() < 1e-5
     assert (a * b).sum(1).min() > 0.999999
-    # one request alone gets the vector it gets in a padded batch
+    # one request alone gets the vector it gets in a batch, split by length or padded (a
+    # call of more texts than batch_size: chunks of sorted texts, each padded to its longest)
     assert np.abs(onnx.encode_uncached(TEXTS[2:3])[0] - a[2]).max() < 1e-5
+    padded = TextEncoder(show_progress=False, persist=False, cache_dir=tmp_path, threads=1,
+                         batch_size=2)
+    assert np.abs(padded.encode_uncached(TEXTS) - a).max() < 1e-5
     graph = tmp_path / "onnx" / f"{onnx.fingerprint}.onnx"
     assert graph.exists(), "exported once per model, beside the cache"
     stamp = graph.stat().st_mtime_ns
@@ -138,6 +142,31 @@ def test_a_batch_of_unequal_texts_runs_split_and_unpadded(tmp_path):
     assert len(widths) > 1 and sum(n for n, _, _ in widths) == len(texts)
     assert all(width == longest for _, width, longest in widths), "no column of padding only"
     assert np.abs(batch - alone).max() < 1e-5
+
+
+def test_a_tokenizer_that_pads_on_the_left_runs_one_call(tmp_path):
+    """Cutting a group to its longest row drops the columns on the right: with padding on
+    the left that would cut real tokens, so such a tokenizer's batch runs whole."""
+    enc = TextEncoder(show_progress=False, persist=False, cache_dir=tmp_path, threads=1)
+    enc.encode_uncached(["warm"])
+    onnx = enc._onnx
+    right = onnx.tokenize
+
+    def left(texts):
+        tokens = right(texts)
+        shift = tokens["attention_mask"].shape[1] - tokens["attention_mask"].sum(1)
+        return {n: np.stack([np.roll(row, s) for row, s in zip(v, shift, strict=True)])
+                for n, v in tokens.items()}
+
+    onnx.tokenize = left
+    widths = []
+    run = onnx.session.run
+    onnx.session = type("Spy", (), {"run": lambda self, out, feed: widths.append(
+        feed["input_ids"].shape) or run(out, feed)})()
+    texts = ["x", TEXTS[2], "no horror please"]
+    enc.alone = False
+    enc.encode_uncached(texts)
+    assert widths == [left(texts)["input_ids"].shape]
 
 
 def test_unknown_runtime_lists_the_valid_ones():
