@@ -113,9 +113,7 @@ class OnnxEncoder:
         for start in tqdm(range(0, len(texts), batch_size), desc=desc, unit="batch",
                           disable=not progress or len(texts) <= batch_size):
             tokens = self.tokenize([texts[i] for i in order[start:start + batch_size]])
-            feed = {n: tokens[n] if n in tokens else np.zeros_like(tokens["input_ids"])
-                    for n in self.wants}
-            out.append(session.run(None, feed)[0])
+            out.append(session.run(None, self._feed(tokens))[0])
         if not out:
             return np.zeros((0, self.session.get_outputs()[0].shape[-1] or 0), np.float32)
         vectors = np.empty((len(texts), out[0].shape[1]), dtype=np.float32)
@@ -129,25 +127,23 @@ class OnnxEncoder:
         lengths from, runs as one call."""
         tokens = self.tokenize(texts)
         mask = tokens.get("attention_mask")
-        if mask is None:
-            mask = np.ones_like(tokens["input_ids"])
-            lengths, right = mask.sum(axis=1), False
-        else:
-            lengths = mask.sum(axis=1)
-            right = bool(np.array_equal(mask != 0,
-                                        np.arange(mask.shape[1]) < lengths[:, None]))
-        groups = padding_groups(lengths) if right else [np.arange(len(texts))]
-        vectors: np.ndarray | None = None
-        for rows in groups:
-            width = max(int(lengths[rows].max()), 1) if right else mask.shape[1]
-            feed = {n: tokens[n][rows, :width] if n in tokens
-                    else np.zeros((len(rows), width), np.int64) for n in self.wants}
-            part = session.run(None, feed)[0]
-            if vectors is None:
-                vectors = np.empty((len(texts), part.shape[1]), dtype=np.float32)
-            vectors[rows] = part
-        assert vectors is not None
+        lengths = mask.sum(axis=1) if mask is not None else None
+        if lengths is None or not np.array_equal(
+                mask != 0, np.arange(mask.shape[1]) < lengths[:, None]):
+            return session.run(None, self._feed(tokens))[0]
+        groups = padding_groups(lengths)
+        parts = [session.run(None, self._feed(
+            {n: v[rows, :max(int(lengths[rows].max()), 1)] for n, v in tokens.items()}))[0]
+            for rows in groups]
+        vectors = np.empty((len(texts), parts[0].shape[1]), dtype=np.float32)
+        vectors[np.concatenate(groups)] = np.concatenate(parts)
         return vectors
+
+    def _feed(self, tokens: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The graph's inputs from the tokenizer's arrays (a tokenizer without token types
+        gets zeros)."""
+        return {n: tokens[n] if n in tokens else np.zeros_like(tokens["input_ids"])
+                for n in self.wants}
 
 
 # What one more session call costs, in tokens of padding a row. On one thread a 16-token
