@@ -90,6 +90,12 @@ class RecommenderConfig(BaseModel):
     max_batch: int = Field(1, ge=1, description="requests computed together when they "
                                                 "arrive together (ranking.batching; 1: each "
                                                 "alone). `instructrank serve` sets 16")
+    batch_wait_ms: float = Field(0.0, ge=0, le=1000,
+                                 description="how long a free worker may wait for the "
+                                             "requests it can expect, while the others are "
+                                             "busy (ranking.batching; 0: takes only what "
+                                             "is waiting). `instructrank serve` sets "
+                                             "--batch-wait-ms")
     diversity: float = Field(0.0, ge=0, le=1, description="MMR lambda every answer is "
                                                           "re-ranked with (ranking.diversity; "
                                                           "0: the ranker's order, off)")
@@ -289,7 +295,8 @@ class Recommender:
             # the parse: nothing to start early
             rec._ahead = ThreadPoolExecutor(1, thread_name_prefix="encode-ahead")
         if cfg.max_batch > 1:
-            rec._batcher = RequestBatcher(rec.recommend_many, cfg.max_batch)
+            rec._batcher = RequestBatcher(rec.recommend_many, cfg.max_batch,
+                                          wait_ms=cfg.batch_wait_ms)
         if cfg.torch_threads is not None:
             # BLAS and OpenMP pools (numpy's and scipy's OpenBLAS, the libgomp LightGBM and
             # faiss share) are loaded by now; at their default of one thread per core their

@@ -27,6 +27,9 @@ kg_app = typer.Typer(help="Knowledge graph: build it, train PyKEEN embeddings, s
 app.add_typer(kg_app, name="kg")
 app.add_typer(llm_app, name="llm")
 console = Console()
+# serve's default --batch-wait-ms: with 8 clients on 2 compute processes the batches grew
+# from 2.1 to 3.6 requests on average and the requests per second by 5-9% (bench/README.md)
+BATCH_WAIT_MS = 8.0
 
 DatasetName = Annotated[str, typer.Option("--dataset",
                                           help="movielens-100k, synthetic or custom.")]
@@ -669,6 +672,12 @@ def serve_cmd(
                     "the model, encoder and sources (~1 GB each); one per core serves the "
                     "most requests per second (serve/workers.py, "
                     "bench/results/latency.csv).")] = 1,
+    batch_wait_ms: Annotated[float, typer.Option(
+        min=0.0, max=1000.0,
+        help="How long a free compute process may wait for the requests due to it while "
+             "the others are busy, so that concurrent requests share a batch (ranking/"
+             "batching.py); never at one client. 0: it takes only what is waiting.")
+    ] = BATCH_WAIT_MS,
     api_key_file: Annotated[Path | None, typer.Option(
         help="File whose first line is the API key every request but /healthz and /readyz "
              "must send (X-API-Key or Authorization: Bearer); or set INSTRUCTRANK_API_KEY. "
@@ -712,12 +721,12 @@ def serve_cmd(
         from serve.workers import MAX_BATCH
 
         # concurrent requests are computed together (ranking.batching)
-        cfg = cfg.model_copy(update={"max_batch": MAX_BATCH})
+        cfg = cfg.model_copy(update={"max_batch": MAX_BATCH, "batch_wait_ms": batch_wait_ms})
         app = create_app(lambda: Recommender.load(cfg), **guard)
     else:
         from serve.workers import WorkerPool
 
-        app = create_app(lambda: WorkerPool(cfg, workers), **guard)
+        app = create_app(lambda: WorkerPool(cfg, workers, batch_wait_ms), **guard)
     if key is not None:
         console.print("API key required (X-API-Key) on every path but /healthz and /readyz")
     _access_log_to_stderr()

@@ -123,14 +123,14 @@ class WorkerPool:
     """`recommend()` and `health()` as a `Recommender` has them, computed in `n` processes
     (serve.http takes either)."""
 
-    def __init__(self, cfg: Any, n: int) -> None:
+    def __init__(self, cfg: Any, n: int, wait_ms: float = 0.0) -> None:
         self.cfg_json, self.n = cfg.model_dump_json(), n
         self.workers = self._start(n)
         self.lock = threading.Lock()
         self._mine = threading.local()  # a dispatcher thread's process: its index
         self._claimed = 0
         # one batch in flight per process: a process that is free takes what is waiting
-        self.batcher = RequestBatcher(self._run, MAX_BATCH, threads=n)
+        self.batcher = RequestBatcher(self._run, MAX_BATCH, threads=n, wait_ms=wait_ms)
 
     def _start(self, n: int) -> list[_Worker]:
         # every process loads now, not on its first request, all at once
