@@ -47,7 +47,7 @@ class RequestBatcher:
         self.in_flight = 0  # submitted and not yet answered
         self.recent: deque[int] = deque([1], maxlen=RECENT)  # in_flight at each arrival
         self.free = 0  # workers waiting for a first request
-        self.sizes: deque[int] = deque(maxlen=1024)  # the last batches' sizes, for reports
+        self.sizes: deque[int] = deque(maxlen=1024)  # the last batches' sizes (stats)
         for i in range(threads):
             threading.Thread(target=self._loop, name=f"request-batcher-{i}",
                              daemon=True).start()
@@ -70,6 +70,14 @@ class RequestBatcher:
         with self.lock:
             recent = sorted(self.recent)
         return min(self.max_batch, -(-recent[len(recent) // 2] // self.threads))
+
+    def stats(self) -> dict[str, Any]:
+        """How batching goes (for /healthz): the mean of the last batches, what a worker
+        expects now and the wait allowed, to tune `wait_ms` against."""
+        sizes = list(self.sizes)
+        return {"recent_batches": len(sizes),
+                "mean_batch": round(sum(sizes) / len(sizes), 2) if sizes else None,
+                "expected_batch": self.expected(), "wait_ms": self.wait_s * 1000}
 
     def _take(self) -> list[tuple[Any, Future]]:
         with self.lock:

@@ -554,7 +554,10 @@ class Recommender:
         """The loaded model and store; raises StoreUnavailableError when the online store
         does not answer right now."""
         self.reader.read_user(-1)
-        return {"model": self.model.key, "online_store": self.cfg.online}
+        out: dict[str, Any] = {"model": self.model.key, "online_store": self.cfg.online}
+        if self._batcher is not None:
+            out["batching"] = self._batcher.stats()
+        return out
 
     def recommend_many(self, asked: list[Asked], *, alone: bool = True) -> list[Recommendation]:
         """`recommend` for several checked requests (`ask`) at once; each answer is the one

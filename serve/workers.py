@@ -183,7 +183,7 @@ class WorkerPool:
             raise StoreUnavailableError("the compute process did not answer within 30 s")
         try:
             worker.conn.send(("health", None))
-            return worker._reply()
+            return {**worker._reply(), "workers": self.n, "batching": self.batcher.stats()}
         except (EOFError, OSError):
             raise StoreUnavailableError("a compute process died; it is replaced on the "
                                         "next request") from None

@@ -66,6 +66,9 @@ def test_waiting_gathers_the_requests_due_and_each_caller_gets_its_own_answer():
         sizes = list(batcher.sizes)
         assert sum(sizes) == clients * each
         mean[wait_ms] = sum(sizes) / len(sizes)
+        stats = batcher.stats()
+        assert stats["recent_batches"] == len(sizes) and stats["wait_ms"] == wait_ms
+        assert stats["mean_batch"] == round(mean[wait_ms], 2)
     # eight clients on two workers: four due to each; taking only what is waiting, a worker
     # finds the stragglers of the pause
     assert mean[200.0] >= 3.0 and mean[200.0] > mean[0.0] + 0.5, mean

@@ -388,6 +388,10 @@ def test_serve_with_two_workers_answers_from_both(trained):
             answers = [http.post("/recommend", json=GOOD) for _ in range(6)]
         assert all(a.status_code == 200 for a in answers), answers[0].text
         assert len({tuple(i["item_id"] for i in a.json()["items"]) for a in answers}) == 1
+        # one after another: six batches of one, none of them waited for company
+        health = httpx.get(f"{base}/healthz", timeout=30).json()
+        assert health["workers"] == 2 and health["batching"] == {
+            "recent_batches": 6, "mean_batch": 1.0, "expected_batch": 1, "wait_ms": 8.0}
     finally:
         proc.terminate()
         proc.wait(timeout=30)
