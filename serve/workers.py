@@ -6,7 +6,8 @@ to one process for good: measured with 8 clients on 2 workers, the connections s
 as often as 4:4, and the busy process set the pace (47-73 requests/s). Here one HTTP
 process takes every request and N compute processes, each with its own recommender, take
 *batches*: a dispatcher thread per process waits until its process is free, then hands it
-every request waiting at that moment (`Recommender.answer`). A process that falls behind
+every request waiting at that moment (`Recommender.answer`), and, while the other processes
+are busy, those due within `wait_ms` (`serve --batch-wait-ms`). A process that falls behind
 is simply given less (ranking.batching, one batch in flight per process); under load the
 batches grow and the fixed cost of each stage is shared; at one client a request is
 computed at once, alone.
@@ -130,6 +131,7 @@ class WorkerPool:
         self._mine = threading.local()  # a dispatcher thread's process: its index
         self._claimed = 0
         # one batch in flight per process: a process that is free takes what is waiting
+        # (and, while the others are busy, what is due within wait_ms)
         self.batcher = RequestBatcher(self._run, MAX_BATCH, threads=n, wait_ms=wait_ms)
 
     def _start(self, n: int) -> list[_Worker]:
